@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Builds kube-apiserver, kube-controller-manager, kubectl, etcd, helm and kubeconform from the Go
+# module proxy into $ENS_CACHE/bin/<tool>-<version>/ (outside the clone). Idempotent: a tool whose
+# binary is already cached is skipped. Recipe and pitfalls: shared/local-control-plane.md.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+command -v go >/dev/null || die "Go is not installed (need go >= 1.26 for Kubernetes ${K8S_VERSION})"
+command -v python3 >/dev/null || die "python3 is needed to read the upstream go.mod"
+go_minor=$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
+[ "$go_minor" -ge 26 ] || die "Go $(go env GOVERSION) is too old: Kubernetes ${K8S_VERSION} needs go1.26"
+mkdir -p "$ENS_CACHE/src" "$ENS_CACHE/bin"
+
+proxy_check() {
+  go mod download -json "$1" >/dev/null 2>"$ENS_CACHE/proxy-check.err" ||
+    die "cannot download $1 from the Go module proxy ($(go env GOPROXY)): $(tail -1 "$ENS_CACHE/proxy-check.err")"
+}
+
+build_k8s() {
+  if [ -x "$K8S_BIN/kube-apiserver" ] && [ -x "$K8S_BIN/kube-controller-manager" ] && [ -x "$K8S_BIN/kubectl" ]; then
+    log "k8s $K8S_VERSION: cached in $K8S_BIN"; return; fi
+  log "k8s $K8S_VERSION: building kube-apiserver, kube-controller-manager, kubectl (cold: ~7 min)"
+  proxy_check "k8s.io/kubernetes@$K8S_VERSION"
+  local minor staging w upstream ld
+  minor=$(echo "$K8S_VERSION" | cut -d. -f2); staging=v0.${K8S_VERSION#v1.}
+  w=$ENS_CACHE/src/k8s-$K8S_VERSION; mkdir -p "$w"; cd "$w"
+  [ -f go.mod ] || go mod init local.invalid/k8s-build >/dev/null 2>&1
+  upstream=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  # Staging modules are required at v0.0.0 upstream; pin each to its v0.X.Y tag.
+  grep -E '^[[:space:]]*k8s\.io/[^ ]+ => \./staging/' "$upstream" | awk '{print $1}' |
+    while read -r m; do go mod edit -replace="$m=$m@$staging"; done
+  go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" \
+    "k8s.io/kubernetes/cmd/kube-controller-manager@$K8S_VERSION" \
+    "k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION"
+  ld="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+    ld+=" -X $p.gitTreeState=clean -X $p.buildDate=2026-01-01T00:00:00Z"
+  done
+  mkdir -p "$K8S_BIN.tmp"
+  go build -trimpath -ldflags "$ld" -o "$K8S_BIN.tmp/" k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
+  rm -rf "$K8S_BIN"; mv "$K8S_BIN.tmp" "$K8S_BIN"
+  "$K8S_BIN/kube-apiserver" --version >&2
+}
+
+build_etcd() {
+  if [ -x "$ETCD_BIN/etcd" ]; then log "etcd $ETCD_VERSION: cached in $ETCD_BIN"; return; fi
+  log "etcd $ETCD_VERSION: building (go install refuses etcd's replace lines, so a wrapper module)"
+  proxy_check "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  local w=$ENS_CACHE/src/etcd-$ETCD_VERSION; mkdir -p "$w"; cd "$w"
+  [ -f go.mod ] || go mod init local.invalid/etcd-build >/dev/null 2>&1
+  go get -tool "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  mkdir -p "$ETCD_BIN.tmp"
+  go build -trimpath -ldflags "-s -w" -o "$ETCD_BIN.tmp/etcd" go.etcd.io/etcd/server/v3
+  rm -rf "$ETCD_BIN"; mv "$ETCD_BIN.tmp" "$ETCD_BIN"
+  "$ETCD_BIN/etcd" --version >&2
+}
+
+build_go_install() { # name version package dir
+  local name=$1 version=$2 pkg=$3 dir=$4
+  if [ -x "$dir/$name" ]; then log "$name $version: cached in $dir"; return; fi
+  log "$name $version: go install"
+  proxy_check "${pkg%%/cmd/*}@$version"
+  mkdir -p "$dir.tmp"
+  GOBIN="$dir.tmp" go install -trimpath -ldflags "-s -w" "$pkg@$version"
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"
+}
+
+want=${*:-k8s etcd helm kubeconform}
+start=$(date +%s)
+for t in $want; do
+  case $t in
+    k8s) build_k8s ;;
+    etcd) build_etcd ;;
+    helm) build_go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$HELM_BIN" ;;
+    kubeconform) build_go_install kubeconform "$KUBECONFORM_VERSION" github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_BIN" ;;
+    *) die "unknown tool $t (k8s etcd helm kubeconform)" ;;
+  esac
+done
+log "tools ready in $(( $(date +%s) - start )) s under $ENS_CACHE/bin"

@@ -1,0 +1,17 @@
+# Shared settings for the scripts: every cache lives outside the clone, keyed by version.
+# Sourced, not run.
+ENS_CACHE=${ENS_CACHE:-$HOME/.cache/ens-operator}
+K8S_VERSION=${K8S_VERSION:-v1.37.0}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.13}
+HELM_VERSION=${HELM_VERSION:-v3.21.3}
+KUBECONFORM_VERSION=${KUBECONFORM_VERSION:-v0.7.0}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ENS_CACHE/target}
+export GOMODCACHE=${GOMODCACHE_OVERRIDE:-$ENS_CACHE/gomod}
+export GOCACHE=${GOCACHE_OVERRIDE:-$ENS_CACHE/gobuild}
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+K8S_BIN=$ENS_CACHE/bin/k8s-$K8S_VERSION
+ETCD_BIN=$ENS_CACHE/bin/etcd-$ETCD_VERSION
+HELM_BIN=$ENS_CACHE/bin/helm-$HELM_VERSION
+KUBECONFORM_BIN=$ENS_CACHE/bin/kubeconform-$KUBECONFORM_VERSION
+log() { printf '\033[1m[%s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -1,0 +1,31 @@
+//! Every annotation, label, finalizer and field-manager name the project writes or reads.
+
+/// Finalizer on both kinds: the remote object is cleaned up before the Kubernetes one goes.
+pub const FINALIZER: &str = "ens-operator.io/cleanup";
+/// Field manager for every server-side apply the controller makes.
+pub const FIELD_MANAGER: &str = "ens-operator";
+/// Field manager for the receiver's writes (verification hand-off).
+pub const RECEIVER_FIELD_MANAGER: &str = "ens-operator-receiver";
+
+/// The ENS `callbackId`, kept on the object as well as in status (status is not always restored
+/// by backups; the annotation is).
+pub const CALLBACK_ID: &str = "ens-operator.io/callback-id";
+/// The ENS `subscriptionId`, kept like [`CALLBACK_ID`].
+pub const SUBSCRIPTION_ID: &str = "ens-operator.io/subscription-id";
+/// Set before a create POST and removed once its outcome is recorded (crash-safe create).
+pub const CREATE_PENDING: &str = "ens-operator.io/create-pending";
+/// `"true"` pauses reconciliation of this object (nothing is read or written remotely).
+pub const PAUSE: &str = "ens-operator.io/paused";
+/// Any new value forces a reconcile (drift check included), like Flux's `requestedAt`.
+pub const RECONCILE_REQUESTED_AT: &str = "ens-operator.io/reconcile-requested-at";
+/// Any new value rotates the signature key with `ens-regenerate`.
+pub const REGENERATE_KEY: &str = "ens-operator.io/regenerate-key";
+/// For `receiver: External`: the verification key ENS sent to your endpoint.
+pub const VERIFICATION_KEY: &str = "ens-operator.io/verification-key";
+
+/// Label on every Secret the operator manages.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "ens-operator";
+/// Label on receiver route Secrets, so the receiver watches only those.
+pub const ROUTE_LABEL: &str = "ens-operator.io/route";

@@ -1,0 +1,28 @@
+//! Command line: one binary, one subcommand per role (design §1).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Kubernetes operator for Salesforce Marketing Cloud ENS callbacks and subscriptions.
+#[derive(Parser, Debug)]
+#[command(name = "ens-operator", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "ENS_LOG_FORMAT", default_value = "text")]
+    pub log_format: crate::telemetry::LogFormat,
+    /// The role to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The roles of the binary.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions (or write one file per CRD).
+    Crd {
+        /// Write `<plural>.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,11 @@
+//! ens-operator: manages Salesforce Marketing Cloud Event Notification Service (ENS) callbacks
+//! and subscriptions from Kubernetes, and ships the receiver that serves the callback URL.
+//!
+//! Modules follow the architecture (`shared/design.md` §1): `api` (resource types), `crd`
+//! (generated manifests), `ens` (ENS protocol), and one module per binary role.
+
+pub mod api;
+pub mod cli;
+pub mod crd;
+pub mod ens;
+pub mod telemetry;
