@@ -19,6 +19,8 @@ pub struct Cli {
 /// The roles of the binary.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the EnsCallback/EnsSubscription controllers.
+    Controller(crate::controller::ControllerArgs),
     /// Print the CustomResourceDefinitions (or write one file per CRD).
     Crd {
         /// Write `<plural>.yaml` files into this directory instead of printing.

@@ -150,4 +150,7 @@ pub struct EnsCallbackStatus {
     /// When the remote state was last read and found in sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
+    /// The value of the `ens-operator.io/regenerate-key` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotation: Option<String>,
 }

@@ -1,0 +1,608 @@
+//! Chooses the next lifecycle step of an `EnsCallback` (design §3) and the status that describes
+//! it. Pure: no client, no clock — everything it needs is in [`Observed`] and `now`. Each plan has
+//! at most one mutating step; the next reconcile observes its effect before taking another.
+
+use std::time::Duration;
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+use crate::{
+    api::{
+        callback::{AdoptionPolicy, EnsCallbackSpec, EnsCallbackStatus, ReceiverMode},
+        conditions::{ConditionType as C, Reason, condition, set},
+    },
+    controller::keys::{KeyData, KeySecretRef, Probe},
+    ens::{Callback, CallbackUpdate, NewCallback},
+};
+
+/// What the ENS side looks like, as far as this object is concerned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Remote {
+    /// Not looked up (the credentials are unusable).
+    Unknown,
+    /// The recorded callback id no longer exists in ENS.
+    Gone,
+    /// No id is recorded and no callback has this URL.
+    Absent,
+    /// The callback: by recorded id, or matched by URL when none is recorded.
+    Found(Callback),
+}
+
+/// Everything `decide` looks at, read once per reconcile by `observe`.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// Namespace and name (for default names and messages).
+    pub namespace: String,
+    /// Object name.
+    pub name: String,
+    /// The spec.
+    pub spec: EnsCallbackSpec,
+    /// The status as last written.
+    pub status: EnsCallbackStatus,
+    /// The callback id recorded on the object (annotation, else status).
+    pub recorded_id: Option<String>,
+    /// Whether a create may be in flight (create-pending annotation).
+    pub create_pending: bool,
+    /// Value of the regenerate-key annotation.
+    pub regenerate_request: Option<String>,
+    /// Why the credentials are unusable, if they are.
+    pub credentials_error: Option<String>,
+    /// Where the key Secret lives.
+    pub key_secret: KeySecretRef,
+    /// What the key Secret holds (`None`: it does not exist).
+    pub keys: Option<KeyData>,
+    /// Whether the receiver confirmed it serves the route (`None`: not checked).
+    pub receiver_serving: Option<bool>,
+    /// A verification key handed over for this callback.
+    pub probe: Option<Probe>,
+    /// The ENS side.
+    pub remote: Remote,
+}
+
+/// Settings that shape decisions.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Prefix of default names.
+    pub cluster_name: String,
+    /// ENS verification window.
+    pub verification_window: Duration,
+    /// Base interval of drift checks.
+    pub drift_interval: Duration,
+    /// Overlap during which the previous signature key is still accepted.
+    pub key_overlap: Duration,
+}
+
+/// One mutating step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Write the key Secret (for managed callbacks: the receiver's route) as given.
+    WriteKeySecret(KeyData),
+    /// Record that a create is about to be sent (optimistic concurrency on the object).
+    MarkCreatePending,
+    /// Create the callback; on success write the key, then record the id.
+    Create(NewCallback),
+    /// Record an existing callback as this object's (after an ambiguous create, or adoption).
+    Record(Callback),
+    /// Forget a recorded callback that ENS no longer has.
+    ForgetRemote,
+    /// Get a new signature key: the stored one is missing, or a rotation was requested.
+    RegenerateKey {
+        /// The callback.
+        callback_id: String,
+        /// Keep the old key accepted during the overlap (a requested rotation).
+        rotation: bool,
+    },
+    /// Verify with the key the probe delivered.
+    Verify {
+        /// The callback.
+        callback_id: String,
+        /// The hand-off.
+        probe: Probe,
+    },
+    /// Delete a used or stale verification hand-off.
+    DiscardProbe,
+    /// Delete the remote callback (its verification window passed), to create a fresh one.
+    DeleteRemote {
+        /// The callback.
+        callback_id: String,
+    },
+    /// Bring name and batch size in line with the spec.
+    Update(CallbackUpdate),
+}
+
+/// The decision: at most one step, the status to show, and when to look again.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The step to take, if any.
+    pub step: Option<Step>,
+    /// The status describing the object after this decision.
+    pub status: EnsCallbackStatus,
+    /// When to reconcile again if nothing else triggers it.
+    pub requeue: Duration,
+}
+
+/// How soon to look again after a mutating step (its own watch event usually comes first).
+pub const AFTER_STEP: Duration = Duration::from_millis(200);
+const RECEIVER_POLL: Duration = Duration::from_secs(2);
+const STALLED_RECHECK: Duration = Duration::from_secs(300);
+
+/// The deterministic ENS name of the callback.
+pub fn callback_name(seen: &Observed, s: &Settings) -> String {
+    seen.spec
+        .callback_name
+        .clone()
+        .unwrap_or_else(|| crate::controller::names::callback_name(&s.cluster_name, &seen.namespace, &seen.name))
+}
+
+/// The URL path the receiver must serve (`/` when the URL has none).
+pub fn url_path(url: &str) -> String {
+    let rest = url.strip_prefix("https://").unwrap_or(url);
+    match rest.find('/') {
+        Some(i) => rest[i..].to_owned(),
+        None => "/".to_owned(),
+    }
+}
+
+/// Per-object drift interval, jittered ±10% by a hash of the object so checks spread out.
+pub fn drift_interval(seen: &Observed, s: &Settings) -> Duration {
+    let h = crate::controller::names::short_hash(&[&seen.namespace, &seen.name]);
+    let frac = u64::from_str_radix(&h[..4], 16).unwrap_or(0) as f64 / 65535.0; // 0..1
+    s.drift_interval.mul_f64(0.9 + 0.2 * frac)
+}
+
+/// Chooses the next step.
+pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
+    let mut b = StatusBuilder::new(seen, now);
+    let managed = seen.spec.receiver == ReceiverMode::Managed;
+
+    if let Some(err) = &seen.credentials_error {
+        return b.stalled(Reason::CredentialsNotFound, err).plan(None, STALLED_RECHECK);
+    }
+    let verified = matches!(&seen.remote, Remote::Found(cb) if cb.is_verified() && seen.recorded_id.as_deref() == Some(cb.callback_id.as_str()));
+
+    // Keys and, for managed callbacks, the receiver's route: written before any ENS mutation.
+    let desired = desired_keys(seen, verified, now);
+    if seen.keys.as_ref() != Some(&desired) {
+        let b = if managed { b.receiver(false, Reason::ReceiverNotReady, "writing the receiver route") } else { b };
+        return b.progressing(Reason::Progressing, "writing the signature key Secret").plan(Some(Step::WriteKeySecret(desired)), AFTER_STEP);
+    }
+    if managed {
+        if seen.receiver_serving == Some(false) {
+            let msg = format!("the receiver does not serve {} yet; ENS probes the URL during create", url_path(&seen.spec.url));
+            return b.receiver(false, Reason::ReceiverNotReady, &msg).progressing(Reason::ReceiverNotReady, &msg).plan(None, RECEIVER_POLL);
+        }
+        b = b.receiver(true, Reason::RouteReady, &format!("the receiver serves {}", url_path(&seen.spec.url)));
+    } else {
+        b = b.receiver(true, Reason::ExternalReceiver, "the callback URL is served outside the operator");
+    }
+
+    let cb = match (&seen.remote, &seen.recorded_id) {
+        (Remote::Unknown, _) => return b.progressing(Reason::Progressing, "looking up the callback in ENS").plan(None, AFTER_STEP),
+        (Remote::Gone, _) => {
+            return b
+                .registered(false, Reason::RemoteDeleted, "the callback was deleted outside Kubernetes; creating it again")
+                .progressing(Reason::RemoteDeleted, "the callback was deleted outside Kubernetes; creating it again")
+                .plan(Some(Step::ForgetRemote), AFTER_STEP);
+        }
+        (Remote::Absent, _) if seen.spec.adoption == AdoptionPolicy::AdoptOnly => {
+            let msg = format!("adoption is AdoptOnly and ENS has no callback for {}", seen.spec.url);
+            return b.registered(false, Reason::NotFoundForAdoption, &msg).stalled(Reason::NotFoundForAdoption, &msg).plan(None, STALLED_RECHECK);
+        }
+        (Remote::Absent, _) => {
+            let step = if seen.create_pending {
+                Step::Create(NewCallback { callback_name: callback_name(seen, s), url: seen.spec.url.clone(), max_batch_size: Some(seen.spec.max_batch_size) })
+            } else {
+                Step::MarkCreatePending
+            };
+            return b.registered(false, Reason::CreatePending, "creating the callback in ENS").progressing(Reason::CreatePending, "creating the callback in ENS").plan(Some(step), AFTER_STEP);
+        }
+        (Remote::Found(cb), None) => {
+            if seen.create_pending || seen.spec.adoption != AdoptionPolicy::Create {
+                let why = if seen.create_pending { "confirming the callback created" } else { "adopting the existing callback with this URL" };
+                return b.registered(false, Reason::CreatePending, why).progressing(Reason::CreatePending, why).plan(Some(Step::Record(cb.clone())), AFTER_STEP);
+            }
+            let msg = format!("adoption is Create but ENS already has callback {} for this URL; set adoption: AdoptOrCreate to take it over", cb.callback_id);
+            return b.registered(false, Reason::AlreadyExists, &msg).stalled(Reason::AlreadyExists, &msg).plan(None, STALLED_RECHECK);
+        }
+        (Remote::Found(cb), Some(_)) => cb,
+    };
+    let id = cb.callback_id.clone();
+    b = b.registered(true, Reason::Created, &format!("ENS callback {id}"));
+
+    if !verified {
+        let deadline = b.deadline(s);
+        let expired = cb.status.eq_ignore_ascii_case("expired") || now >= deadline;
+        if expired {
+            let msg = format!("not verified before the deadline {deadline}");
+            if managed {
+                return b
+                    .verified(false, Reason::VerificationExpired, &format!("{msg}; deleting the callback to create a fresh one"))
+                    .progressing(Reason::VerificationExpired, &msg)
+                    .plan(Some(Step::DeleteRemote { callback_id: id }), AFTER_STEP);
+            }
+            let msg = format!(
+                "{msg}. ENS sends a new verification key only to a new callback: delete this EnsCallback and apply it again, then annotate it with {} within the window",
+                crate::api::annotations::VERIFICATION_KEY
+            );
+            return b.verified(false, Reason::VerificationExpired, &msg).stalled(Reason::VerificationExpired, &msg).plan(None, STALLED_RECHECK);
+        }
+        if seen.keys.as_ref().and_then(|k| k.key_of(&id)).is_none() {
+            return b.progressing(Reason::KeyRegenerating, "the signature key was lost; regenerating it").plan(Some(Step::RegenerateKey { callback_id: id, rotation: false }), AFTER_STEP);
+        }
+        match &seen.probe {
+            Some(p) if p.callback_id.as_deref().is_none_or(|c| c == id) => {
+                return b
+                    .verified(false, Reason::AwaitingVerification, "verifying with the key ENS sent to the receiver")
+                    .progressing(Reason::AwaitingVerification, "verifying")
+                    .plan(Some(Step::Verify { callback_id: id, probe: p.clone() }), AFTER_STEP);
+            }
+            Some(_) => return b.progressing(Reason::Progressing, "discarding a verification key of another callback").plan(Some(Step::DiscardProbe), AFTER_STEP),
+            None => {
+                let how = if managed { "waiting for the receiver to hand over the key ENS sent to the URL".to_owned() } else { format!("annotate the EnsCallback with {} = the key ENS sent to your endpoint", crate::api::annotations::VERIFICATION_KEY) };
+                let msg = format!("verify before {deadline}: {how}");
+                let left = Duration::from_secs(deadline.as_second().saturating_sub(now.as_second()).max(1) as u64);
+                return b.verified(false, Reason::AwaitingVerification, &msg).progressing(Reason::AwaitingVerification, &msg).plan(None, left.min(drift_interval(seen, s)));
+            }
+        }
+    }
+
+    b = b.verified(true, Reason::Verified, &format!("ENS reports callback {id} verified"));
+    if seen.keys.as_ref().and_then(|k| k.key_of(&id)).is_none() {
+        return b.progressing(Reason::KeyRegenerating, "the signature key was lost; regenerating it").plan(Some(Step::RegenerateKey { callback_id: id, rotation: false }), AFTER_STEP);
+    }
+    if seen.probe.is_some() {
+        return b.progressing(Reason::Progressing, "clearing the used verification key").plan(Some(Step::DiscardProbe), AFTER_STEP);
+    }
+    if seen.regenerate_request.is_some() && seen.regenerate_request != seen.status.key_rotation {
+        return b.progressing(Reason::KeyRegenerating, "rotating the signature key").plan(Some(Step::RegenerateKey { callback_id: id, rotation: true }), AFTER_STEP);
+    }
+    let name = callback_name(seen, s);
+    if cb.callback_name != name || cb.max_batch_size.unwrap_or(1000) != seen.spec.max_batch_size {
+        let update = CallbackUpdate { callback_id: id, callback_name: name, max_batch_size: Some(seen.spec.max_batch_size) };
+        return b.progressing(Reason::ChangePending, "updating name and batch size in ENS (applies within 2 minutes)").plan(Some(Step::Update(update)), AFTER_STEP);
+    }
+    b.synced().ready().plan(None, drift_interval(seen, s))
+}
+
+/// The key Secret as it should be: the route (managed), the recorded callback, keys that belong to
+/// it, the previous key only until its overlap ends.
+fn desired_keys(seen: &Observed, verified: bool, now: Timestamp) -> KeyData {
+    let current = seen.keys.clone().unwrap_or_default();
+    let managed = seen.spec.receiver == ReceiverMode::Managed;
+    let mut d = KeyData {
+        path: managed.then(|| url_path(&seen.spec.url)),
+        expect_probe: managed && !verified,
+        callback_id: seen.recorded_id.clone(),
+        ..Default::default()
+    };
+    // Keep keys while no id is recorded (they may be of a create whose id is about to be
+    // recorded) and when they belong to the recorded id; drop them otherwise.
+    let keys_fit = match (&seen.recorded_id, &current.key_callback_id) {
+        (None, _) => true,
+        (Some(id), Some(k)) => id == k,
+        (Some(_), None) => false,
+    };
+    if keys_fit {
+        d.key_callback_id = current.key_callback_id.clone();
+        d.signature_key = current.signature_key.clone();
+        if current.previous_expires.is_some_and(|t| t > now) {
+            d.previous_key = current.previous_key.clone();
+            d.previous_expires = current.previous_expires;
+        }
+    }
+    d
+}
+
+/// Builds the status of a plan from the current one.
+struct StatusBuilder<'a> {
+    seen: &'a Observed,
+    now: Time,
+    status: EnsCallbackStatus,
+}
+
+impl<'a> StatusBuilder<'a> {
+    fn new(seen: &'a Observed, now: Timestamp) -> Self {
+        let mut status = seen.status.clone();
+        status.observed_generation = seen.generation;
+        status.callback_id = seen.recorded_id.clone();
+        status.signature_key_secret_ref = Some(seen.key_secret.display());
+        Self { seen, now: Time(now), status }
+    }
+
+    fn set(mut self, t: C, ok: bool, reason: Reason, msg: &str) -> Self {
+        set(&mut self.status.conditions, condition(t, ok, reason, msg, self.seen.generation, &self.now));
+        self
+    }
+
+    fn receiver(self, ok: bool, reason: Reason, msg: &str) -> Self {
+        self.set(C::ReceiverReady, ok, reason, msg)
+    }
+
+    fn registered(self, ok: bool, reason: Reason, msg: &str) -> Self {
+        let s = self.set(C::Registered, ok, reason, msg);
+        if ok { s } else { s.verified(false, reason, "the callback is not registered yet") }
+    }
+
+    fn verified(mut self, ok: bool, reason: Reason, msg: &str) -> Self {
+        if ok || self.status.callback_id.is_none() {
+            self.status.verification_deadline = None;
+        }
+        self.set(C::Verified, ok, reason, msg)
+    }
+
+    /// The verification deadline: kept once set for this callback, else now + window.
+    fn deadline(&mut self, s: &Settings) -> Timestamp {
+        let window = k8s_openapi::jiff::SignedDuration::try_from(s.verification_window).unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
+        let d = self.status.verification_deadline.clone().map(|t| t.0).unwrap_or_else(|| self.now.0.saturating_add(window).unwrap_or(self.now.0));
+        self.status.verification_deadline = Some(Time(d));
+        d
+    }
+
+    fn progressing(self, reason: Reason, msg: &str) -> Self {
+        self.set(C::Ready, false, reason, msg).set(C::Reconciling, true, reason, msg).set(C::Stalled, false, reason, msg)
+    }
+
+    fn stalled(self, reason: Reason, msg: &str) -> Self {
+        self.set(C::Ready, false, reason, msg).set(C::Reconciling, false, reason, msg).set(C::Stalled, true, reason, msg)
+    }
+
+    fn synced(mut self) -> Self {
+        self.status.last_sync_time = Some(self.now.clone());
+        self
+    }
+
+    fn ready(self) -> Self {
+        let id = self.status.callback_id.clone().unwrap_or_default();
+        let msg = format!("callback {id} is verified and matches the spec");
+        self.set(C::Ready, true, Reason::Reconciled, &msg).set(C::Reconciling, false, Reason::Reconciled, "").set(C::Stalled, false, Reason::Reconciled, "")
+    }
+
+    fn plan(self, step: Option<Step>, requeue: Duration) -> Plan {
+        Plan { step, status: self.status, requeue }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{api::conditions::find, ens::signing::SignatureKey};
+
+    fn settings() -> Settings {
+        Settings {
+            cluster_name: "c".into(),
+            verification_window: Duration::from_secs(4 * 3600),
+            drift_interval: Duration::from_secs(600),
+            key_overlap: Duration::from_secs(600),
+        }
+    }
+
+    fn now() -> Timestamp {
+        "2026-11-24T10:00:00Z".parse().unwrap()
+    }
+
+    fn remote(id: &str, status: &str) -> Callback {
+        Callback {
+            callback_id: id.into(),
+            callback_name: "c-team-orders".into(),
+            url: "https://events.example.com/ens/orders".into(),
+            max_batch_size: Some(1000),
+            status: status.into(),
+            status_reason: None,
+        }
+    }
+
+    /// A managed callback whose route is written and served, nothing in ENS yet.
+    fn fresh() -> Observed {
+        let spec: EnsCallbackSpec = serde_json::from_value(serde_json::json!({"url": "https://events.example.com/ens/orders"})).unwrap();
+        let mut seen = Observed {
+            generation: Some(1),
+            namespace: "team".into(),
+            name: "orders".into(),
+            spec,
+            status: EnsCallbackStatus::default(),
+            recorded_id: None,
+            create_pending: false,
+            regenerate_request: None,
+            credentials_error: None,
+            key_secret: KeySecretRef { namespace: "rx".into(), name: "ens-route-team-orders".into(), managed: true, owner: None },
+            keys: None,
+            receiver_serving: Some(true),
+            probe: None,
+            remote: Remote::Absent,
+        };
+        seen.keys = Some(desired_keys(&seen, false, now()));
+        seen
+    }
+
+    /// Recorded callback `cb-1` with its key stored.
+    fn registered(status: &str) -> Observed {
+        let mut seen = fresh();
+        seen.recorded_id = Some("cb-1".into());
+        seen.remote = Remote::Found(remote("cb-1", status));
+        let mut keys = desired_keys(&seen, status == "verified", now());
+        keys.key_callback_id = Some("cb-1".into());
+        keys.signature_key = Some(SignatureKey::new("k1"));
+        seen.keys = Some(keys);
+        seen
+    }
+
+    fn reason(plan: &Plan, t: C) -> String {
+        find(&plan.status.conditions, t).map(|c| c.reason.clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn writes_the_route_before_anything_else() {
+        let mut seen = fresh();
+        seen.keys = None;
+        let plan = decide(&seen, &settings(), now());
+        match plan.step {
+            Some(Step::WriteKeySecret(d)) => {
+                assert_eq!(d.path.as_deref(), Some("/ens/orders"));
+                assert!(d.expect_probe);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(reason(&plan, C::ReceiverReady), "ReceiverNotReady");
+    }
+
+    #[test]
+    fn never_creates_before_the_receiver_serves_the_route() {
+        let mut seen = fresh();
+        seen.receiver_serving = Some(false);
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, None);
+        assert_eq!(reason(&plan, C::Ready), "ReceiverNotReady");
+    }
+
+    #[test]
+    fn marks_pending_then_creates() {
+        let seen = fresh();
+        assert_eq!(decide(&seen, &settings(), now()).step, Some(Step::MarkCreatePending));
+        let mut seen = fresh();
+        seen.create_pending = true;
+        match decide(&seen, &settings(), now()).step {
+            Some(Step::Create(n)) => {
+                assert_eq!(n.callback_name, "c-team-orders");
+                assert_eq!(n.max_batch_size, Some(1000));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_ambiguous_create_is_recorded_not_repeated() {
+        // Crash after the POST: pending set, no id recorded, ENS has a callback with the URL, and
+        // the key reached the Secret.
+        let mut seen = fresh();
+        seen.create_pending = true;
+        seen.remote = Remote::Found(remote("cb-1", "unverified"));
+        seen.keys.as_mut().unwrap().key_callback_id = Some("cb-1".into());
+        seen.keys.as_mut().unwrap().signature_key = Some(SignatureKey::new("k1"));
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, Some(Step::Record(remote("cb-1", "unverified"))));
+    }
+
+    #[test]
+    fn keys_survive_until_the_id_is_recorded() {
+        let mut seen = fresh();
+        seen.create_pending = true;
+        seen.keys.as_mut().unwrap().key_callback_id = Some("cb-1".into());
+        seen.keys.as_mut().unwrap().signature_key = Some(SignatureKey::new("k1"));
+        let d = desired_keys(&seen, false, now());
+        assert_eq!(d.key_of("cb-1"), Some(&SignatureKey::new("k1")));
+        assert_eq!(d.callback_id, None, "any probe is accepted while the id is unknown");
+    }
+
+    #[test]
+    fn a_lost_key_is_regenerated_not_recreated() {
+        let mut seen = registered("unverified");
+        seen.keys.as_mut().unwrap().signature_key = None;
+        seen.keys = Some(desired_keys(&seen, false, now()));
+        assert_eq!(decide(&seen, &settings(), now()).step, Some(Step::RegenerateKey { callback_id: "cb-1".into(), rotation: false }));
+    }
+
+    #[test]
+    fn adoption_policies() {
+        let mut seen = fresh();
+        seen.remote = Remote::Found(remote("cb-9", "verified"));
+        assert!(matches!(decide(&seen, &settings(), now()).step, Some(Step::Record(_))));
+        seen.spec.adoption = AdoptionPolicy::Create;
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, None);
+        assert_eq!(reason(&plan, C::Stalled), "AlreadyExists");
+        let mut seen = fresh();
+        seen.spec.adoption = AdoptionPolicy::AdoptOnly;
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, None);
+        assert_eq!(reason(&plan, C::Stalled), "NotFoundForAdoption");
+    }
+
+    #[test]
+    fn awaiting_verification_shows_the_deadline() {
+        let seen = registered("unverified");
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, None);
+        let deadline = plan.status.verification_deadline.clone().unwrap().0;
+        assert_eq!(deadline, "2026-11-24T14:00:00Z".parse::<Timestamp>().unwrap());
+        let v = find(&plan.status.conditions, C::Verified).unwrap();
+        assert_eq!((v.status.as_str(), v.reason.as_str()), ("False", "AwaitingVerification"));
+        assert!(v.message.contains("2026-11-24T14:00:00Z"), "{}", v.message);
+        assert!(plan.requeue <= Duration::from_secs(600));
+    }
+
+    #[test]
+    fn verifies_with_the_handed_over_key() {
+        let mut seen = registered("unverified");
+        seen.probe = Some(Probe { callback_id: Some("cb-1".into()), verification_key: "vk".into() });
+        assert!(matches!(decide(&seen, &settings(), now()).step, Some(Step::Verify { .. })));
+        seen.probe = Some(Probe { callback_id: Some("other".into()), verification_key: "vk".into() });
+        assert_eq!(decide(&seen, &settings(), now()).step, Some(Step::DiscardProbe));
+    }
+
+    #[test]
+    fn past_the_deadline_a_managed_callback_is_recreated_an_external_one_stalls() {
+        let mut seen = registered("unverified");
+        seen.status.verification_deadline = Some(Time("2026-11-24T09:00:00Z".parse().unwrap()));
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, Some(Step::DeleteRemote { callback_id: "cb-1".into() }));
+        assert_eq!(reason(&plan, C::Verified), "VerificationExpired");
+
+        seen.spec.receiver = ReceiverMode::External;
+        seen.key_secret.managed = false;
+        seen.keys = Some(KeyData { path: None, expect_probe: false, ..seen.keys.clone().unwrap() });
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, None);
+        assert_eq!(reason(&plan, C::Stalled), "VerificationExpired");
+    }
+
+    #[test]
+    fn steady_state_is_ready_with_no_step_and_a_drift_requeue() {
+        let seen = registered("verified");
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, None, "{:?}", plan.status.conditions);
+        assert_eq!(reason(&plan, C::Ready), "Reconciled");
+        assert!(plan.status.verification_deadline.is_none());
+        assert!(plan.requeue >= Duration::from_secs(540) && plan.requeue <= Duration::from_secs(660));
+        // Deciding again from the written status changes nothing but the sync time.
+        let mut again = seen.clone();
+        again.status = plan.status.clone();
+        let plan2 = decide(&again, &settings(), now());
+        assert!(!crate::controller::status::differs(Some(&plan.status), &plan2.status));
+    }
+
+    #[test]
+    fn drift_is_corrected() {
+        let mut seen = registered("verified");
+        seen.remote = Remote::Found(Callback { max_batch_size: Some(100), ..remote("cb-1", "verified") });
+        assert!(matches!(decide(&seen, &settings(), now()).step, Some(Step::Update(_))));
+        seen.remote = Remote::Gone;
+        assert_eq!(decide(&seen, &settings(), now()).step, Some(Step::ForgetRemote));
+    }
+
+    #[test]
+    fn rotation_is_done_once_per_request_and_the_old_key_expires() {
+        let mut seen = registered("verified");
+        seen.regenerate_request = Some("2026-11-24".into());
+        assert_eq!(decide(&seen, &settings(), now()).step, Some(Step::RegenerateKey { callback_id: "cb-1".into(), rotation: true }));
+        seen.status.key_rotation = Some("2026-11-24".into());
+        let keys = seen.keys.as_mut().unwrap();
+        keys.previous_key = Some(SignatureKey::new("k0"));
+        keys.previous_expires = Some("2026-11-24T09:59:00Z".parse().unwrap());
+        match decide(&seen, &settings(), now()).step {
+            Some(Step::WriteKeySecret(d)) => assert!(d.previous_key.is_none() && d.signature_key.is_some()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_credentials_stall_without_touching_anything() {
+        let mut seen = fresh();
+        seen.credentials_error = Some("credentials Secret team/x not found".into());
+        seen.remote = Remote::Unknown;
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, None);
+        assert_eq!(reason(&plan, C::Stalled), "CredentialsNotFound");
+    }
+}

@@ -1,0 +1,193 @@
+//! The `EnsCallback` reconciler: observe → decide → act (design §3), behind the finalizer that
+//! deletes the remote callback (subscriptions first) before the object goes.
+
+pub mod act;
+pub mod decide;
+pub mod observe;
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    api::DeleteParams,
+    runtime::{
+        controller::Action,
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+
+use crate::{
+    api::{
+        EnsCallback,
+        annotations::{CREATE_PENDING, FINALIZER, PAUSE},
+        common::DeletionPolicy,
+        conditions::Reason,
+    },
+    controller::{
+        context::Context,
+        error::{Error, Retry, ens_reason},
+        metrics::ReconcileLabels,
+        status,
+    },
+    ens::{Deleted, EnsError},
+};
+
+/// Errors surfaced to kube-runtime (the finalizer wraps ours).
+pub type ReconcileError = kube::runtime::finalizer::Error<Error>;
+
+/// Reconciles one `EnsCallback`.
+pub async fn reconcile(obj: Arc<EnsCallback>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<EnsCallback> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = format!("EnsCallback/{ns}/{}", obj.name_any());
+    if obj.annotations().get(PAUSE).is_some_and(|v| v == "true") {
+        return Ok(Action::await_change());
+    }
+    let res = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Finalizer::Apply(obj) => apply(&obj, &ctx).await,
+            Finalizer::Cleanup(obj) => cleanup(&obj, &ctx).await,
+        }
+    })
+    .await;
+    let result = match &res {
+        Ok(_) => "ok",
+        Err(kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e)) => e.reason().as_str(),
+        Err(_) => Reason::KubernetesError.as_str(),
+    };
+    ctx.metrics.reconciles.get_or_create(&ReconcileLabels { kind: "EnsCallback", result }).inc();
+    if res.is_ok() {
+        ctx.reset_backoff(&key);
+    }
+    res
+}
+
+async fn apply(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
+    let now = Timestamp::now();
+    let outcome = async {
+        let (seen, creds) = observe::observe(ctx, obj).await?;
+        let mut plan = decide::decide(&seen, &ctx.settings, now);
+        if let Some(step) = plan.step.take() {
+            tracing::info!(callback = %obj.name_any(), namespace = ?obj.namespace(), step = ?step_name(&step), "acting");
+            let done = act::act(ctx, obj, &seen, creds.as_ref(), step).await?;
+            if done.rotated {
+                plan.status.key_rotation = seen.regenerate_request.clone();
+            }
+        }
+        status::apply(obj, obj.status.as_ref(), &plan.status, &ctx.client).await.map_err(Error::kube("writing status"))?;
+        Ok::<_, Error>(Action::requeue(plan.requeue))
+    }
+    .await;
+    if let Err(e) = &outcome {
+        // The status tells the truth about the failure too.
+        let current = obj.status.clone().unwrap_or_default();
+        let s = status::after_error(current, e.reason(), &e.to_string(), e.is_terminal(), obj.meta().generation, &Time(now));
+        if let Err(w) = status::apply(obj, obj.status.as_ref(), &s, &ctx.client).await {
+            tracing::warn!(error = %w, "writing the error status failed");
+        }
+    }
+    outcome
+}
+
+fn step_name(step: &decide::Step) -> &'static str {
+    use decide::Step::*;
+    match step {
+        WriteKeySecret(_) => "write-key-secret",
+        MarkCreatePending => "mark-create-pending",
+        Create(_) => "create",
+        Record(_) => "record",
+        ForgetRemote => "forget-remote",
+        RegenerateKey { .. } => "regenerate-key",
+        Verify { .. } => "verify",
+        DiscardProbe => "discard-probe",
+        DeleteRemote { .. } => "delete-remote",
+        Update(_) => "update",
+    }
+}
+
+/// Deletes the remote callback (subscriptions first, ENS answers 409 otherwise), then the route.
+/// Never blocks forever: without usable credentials it releases with a Warning naming the id.
+async fn cleanup(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
+    let key_secret = observe::key_secret_ref(ctx, obj);
+    let mut id = observe::recorded_id(obj);
+    if obj.spec.deletion_policy == DeletionPolicy::Retain {
+        if let Some(id) = &id {
+            ctx.event(obj, false, Reason::Deleting, "RetainCallback", format!("deletionPolicy Retain: left ENS callback {id} in place")).await;
+        }
+    } else {
+        match observe::load_credentials(ctx, obj).await? {
+            Err(why) => {
+                if let Some(id) = &id {
+                    ctx.event(obj, true, Reason::CredentialsNotFound, "DeleteCallback", format!("{why}; ENS callback {id} was NOT deleted: delete it by hand")).await;
+                }
+            }
+            Ok(creds) => {
+                if id.is_none() && obj.annotations().contains_key(CREATE_PENDING) {
+                    // A create may have happened without being recorded: find it by URL.
+                    ctx.ens_permit(&creds).await;
+                    let all = ctx.ens.list_callbacks(&creds).await.map_err(Error::ens("listing callbacks"))?;
+                    id = all.into_iter().find(|c| c.url == obj.spec.url).map(|c| c.callback_id);
+                }
+                if let Some(id) = &id {
+                    match delete_remote(ctx, obj, &creds, id).await {
+                        Ok(()) => {}
+                        // Refused credentials must not block deletion forever (anchors §4.5).
+                        Err(Error::Ens { source, op }) if matches!(source, EnsError::TokenRefused { .. } | EnsError::Unauthorized { .. } | EnsError::Forbidden { .. }) => {
+                            let note = format!("{op}: {source}; ENS callback {id} was NOT deleted: delete it by hand");
+                            ctx.event(obj, true, ens_reason(&source), "DeleteCallback", note).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &key_secret.namespace);
+    for name in [key_secret.probe_secret(), key_secret.name.clone()] {
+        if key_secret.managed || name == key_secret.name {
+            match secrets.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(Error::kube("deleting the key Secret")(e)),
+            }
+        }
+    }
+    Ok(Action::await_change())
+}
+
+async fn delete_remote(ctx: &Context, obj: &EnsCallback, creds: &crate::ens::Credentials, id: &str) -> Result<(), Error> {
+    ctx.ens_permit(creds).await;
+    let subs = match ctx.ens.list_subscriptions(creds, id).await {
+        Ok(s) => s,
+        Err(EnsError::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(Error::ens("listing the callback's subscriptions")(e)),
+    };
+    for sub in subs {
+        ctx.ens_permit(creds).await;
+        if ctx.ens.delete_subscription(creds, &sub.subscription_id).await.map_err(Error::ens("deleting a subscription"))? == Deleted::Deleted {
+            ctx.event(obj, false, Reason::Deleting, "DeleteSubscription", format!("deleted ENS subscription {} of callback {id}", sub.subscription_id)).await;
+        }
+    }
+    ctx.ens_permit(creds).await;
+    if ctx.ens.delete_callback(creds, id).await.map_err(Error::ens("deleting the callback"))? == Deleted::Deleted {
+        ctx.event(obj, false, Reason::Deleting, "DeleteCallback", format!("deleted ENS callback {id}")).await;
+    }
+    Ok(())
+}
+
+/// Requeue policy after an error: per-object exponential backoff, ENS's Retry-After, or a slow
+/// recheck when a person must act.
+pub fn error_policy(obj: Arc<EnsCallback>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let key = format!("EnsCallback/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    tracing::warn!(callback = %obj.name_any(), error = %err, "reconcile failed");
+    let retry = match err {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e.retry(),
+        _ => Retry::Backoff,
+    };
+    match retry {
+        Retry::After(d) => Action::requeue(d.max(ctx.backoff(&key))),
+        Retry::OnChange => Action::requeue(Duration::from_secs(300)),
+        Retry::Backoff => Action::requeue(ctx.backoff(&key)),
+    }
+}

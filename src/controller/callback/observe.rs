@@ -1,0 +1,138 @@
+//! Reads everything a callback decision needs, once: the credentials, the key Secret (the
+//! receiver's route for managed callbacks), the verification hand-off, the receiver's route check
+//! and the callback in ENS (by recorded id, else matched by URL).
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Resource, ResourceExt};
+
+use super::decide::{Observed, Remote, url_path};
+use crate::{
+    api::{
+        EnsCallback,
+        annotations::{CALLBACK_ID, CREATE_PENDING, REGENERATE_KEY, VERIFICATION_KEY},
+        callback::ReceiverMode,
+    },
+    controller::{
+        context::Context,
+        credentials::{self, CredentialsError, CredentialsRef},
+        error::Error,
+        keys::{KeyData, KeySecretRef, Probe},
+        names,
+    },
+    ens::Credentials,
+};
+
+/// Where the object's key Secret lives.
+pub fn key_secret_ref(ctx: &Context, obj: &EnsCallback) -> KeySecretRef {
+    let ns = obj.namespace().unwrap_or_default();
+    match obj.spec.receiver {
+        ReceiverMode::Managed => KeySecretRef {
+            namespace: ctx.args.receiver_namespace.clone(),
+            name: names::route_secret(&ns, &obj.name_any()),
+            managed: true,
+            owner: None,
+        },
+        ReceiverMode::External => KeySecretRef {
+            namespace: ns,
+            name: obj.spec.signature_key_secret_name.clone().unwrap_or_else(|| names::key_secret(&obj.name_any())),
+            managed: false,
+            owner: obj.controller_owner_ref(&()),
+        },
+    }
+}
+
+/// The credentials reference of a callback (its own, or the operator's default).
+pub fn credentials_ref(ctx: &Context, obj: &EnsCallback) -> Option<CredentialsRef> {
+    CredentialsRef::resolve(
+        &obj.namespace().unwrap_or_default(),
+        obj.spec.credentials_ref.as_ref().map(|r| r.name.as_str()),
+        ctx.args.default_credentials.as_deref(),
+    )
+}
+
+/// Loads the credentials; a missing Secret or key is an observation, a failed read an error.
+pub async fn load_credentials(ctx: &Context, obj: &EnsCallback) -> Result<Result<Credentials, String>, Error> {
+    match credentials::load(&ctx.client, credentials_ref(ctx, obj).as_ref()).await {
+        Ok(c) => Ok(Ok(c)),
+        Err(CredentialsError::Read(_, e)) => Err(Error::kube("reading the credentials Secret")(e)),
+        Err(e) => Ok(Err(e.to_string())),
+    }
+}
+
+/// The callback id recorded on the object.
+pub fn recorded_id(obj: &EnsCallback) -> Option<String> {
+    obj.annotations()
+        .get(CALLBACK_ID)
+        .cloned()
+        .or_else(|| obj.status.as_ref().and_then(|s| s.callback_id.clone()))
+        .filter(|s| !s.is_empty())
+}
+
+/// Reads everything once.
+pub async fn observe(ctx: &Context, obj: &EnsCallback) -> Result<(Observed, Option<Credentials>), Error> {
+    let key_secret = key_secret_ref(ctx, obj);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &key_secret.namespace);
+    let keys = secrets.get_opt(&key_secret.name).await.map_err(Error::kube("reading the key Secret"))?.map(|s| KeyData::from_secret(&s));
+    let probe = match obj.spec.receiver {
+        ReceiverMode::Managed => secrets
+            .get_opt(&key_secret.probe_secret())
+            .await
+            .map_err(Error::kube("reading the verification hand-off"))?
+            .and_then(|s| Probe::from_secret(&s)),
+        ReceiverMode::External => obj
+            .annotations()
+            .get(VERIFICATION_KEY)
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| Probe { callback_id: None, verification_key: k.trim().to_owned() }),
+    };
+    let creds = load_credentials(ctx, obj).await?;
+    let recorded = recorded_id(obj);
+    let remote = match &creds {
+        Err(_) => Remote::Unknown,
+        Ok(c) => {
+            ctx.ens_permit(c).await;
+            match &recorded {
+                Some(id) => match ctx.ens.get_callback(c, id).await.map_err(Error::ens("reading the callback"))? {
+                    Some(cb) => Remote::Found(cb),
+                    None => Remote::Gone,
+                },
+                None => {
+                    let all = ctx.ens.list_callbacks(c).await.map_err(Error::ens("listing callbacks"))?;
+                    all.into_iter().find(|cb| cb.url == obj.spec.url).map_or(Remote::Absent, Remote::Found)
+                }
+            }
+        }
+    };
+    let receiver_serving = match (&obj.spec.receiver, &ctx.args.receiver_url, &keys) {
+        (ReceiverMode::Managed, Some(base), Some(k)) if k.path.as_deref() == Some(url_path(&obj.spec.url).as_str()) => {
+            Some(receiver_serves(ctx, base, &url_path(&obj.spec.url)).await)
+        }
+        _ => None,
+    };
+    let seen = Observed {
+        generation: obj.meta().generation,
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+        spec: obj.spec.clone(),
+        status: obj.status.clone().unwrap_or_default(),
+        recorded_id: recorded,
+        create_pending: obj.annotations().contains_key(CREATE_PENDING),
+        regenerate_request: obj.annotations().get(REGENERATE_KEY).cloned(),
+        credentials_error: creds.as_ref().err().cloned(),
+        key_secret,
+        keys,
+        receiver_serving,
+        probe,
+        remote,
+    };
+    Ok((seen, creds.ok()))
+}
+
+/// Asks the receiver whether it serves `path` (`GET {base}/routes`, a JSON list of paths).
+async fn receiver_serves(ctx: &Context, base: &str, path: &str) -> bool {
+    let url = format!("{}/routes", base.trim_end_matches('/'));
+    match ctx.http.get(&url).send().await {
+        Ok(r) if r.status().is_success() => r.json::<Vec<String>>().await.is_ok_and(|paths| paths.iter().any(|p| p == path)),
+        _ => false,
+    }
+}

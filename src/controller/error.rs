@@ -1,0 +1,89 @@
+//! Errors of both reconcilers, each mapped to a condition reason and a retry policy, so one
+//! vocabulary serves conditions, Events and metrics (style §3).
+
+use std::time::Duration;
+
+use crate::{api::conditions::Reason, ens::EnsError};
+
+/// A failed reconcile step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("{op}: {source}")]
+    Kube {
+        /// What was being done.
+        op: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// An ENS call failed.
+    #[error("{op}: {source}")]
+    Ens {
+        /// What was being done.
+        op: &'static str,
+        /// The ENS error (its text is kept; it never carries secrets).
+        #[source]
+        source: EnsError,
+    },
+    /// ENS refused the verification key the receiver handed over.
+    #[error("ENS refused the verification key for callback {0}; waiting for a new probe or the deadline")]
+    VerificationRefused(String),
+}
+
+/// What to do after an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Exponential per-object backoff.
+    Backoff,
+    /// Wait at least this long (ENS asked to slow down).
+    After(Duration),
+    /// A person must change something; look again rarely (and on any change).
+    OnChange,
+}
+
+impl Error {
+    /// Wraps a Kubernetes error with the operation.
+    pub fn kube(op: &'static str) -> impl FnOnce(kube::Error) -> Self {
+        move |source| Self::Kube { op, source }
+    }
+
+    /// Wraps an ENS error with the operation.
+    pub fn ens(op: &'static str) -> impl FnOnce(EnsError) -> Self {
+        move |source| Self::Ens { op, source }
+    }
+
+    /// The condition reason for this error.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Kube { .. } => Reason::KubernetesError,
+            Self::VerificationRefused(_) => Reason::AwaitingVerification,
+            Self::Ens { source, .. } => ens_reason(source),
+        }
+    }
+
+    /// How to retry.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Self::Ens { source, .. } if source.is_throttled() => Retry::After(source.retry_after().unwrap_or(Duration::from_secs(5))),
+            Self::Ens { source, .. } if !source.is_retryable() && !matches!(source, EnsError::Conflict { .. }) => Retry::OnChange,
+            _ => Retry::Backoff,
+        }
+    }
+
+    /// Whether a person must act (kstatus `Stalled`) rather than the controller retrying.
+    pub fn is_terminal(&self) -> bool {
+        self.retry() == Retry::OnChange
+    }
+}
+
+/// The condition reason for an ENS error.
+pub fn ens_reason(e: &EnsError) -> Reason {
+    match e {
+        EnsError::TokenRefused { .. } | EnsError::Unauthorized { .. } => Reason::CredentialsInvalid,
+        EnsError::Forbidden { .. } => Reason::EnsForbidden,
+        EnsError::BadRequest { .. } | EnsError::NotFound { .. } | EnsError::Conflict { .. } => Reason::EnsRejected,
+        EnsError::Throttled { .. } => Reason::Throttled,
+        EnsError::Unavailable { .. } | EnsError::Protocol { .. } | EnsError::Setup(_) => Reason::EnsUnavailable,
+    }
+}

@@ -1,0 +1,202 @@
+//! Chooses the next step of an `EnsSubscription`: wait for a verified callback, create (or adopt
+//! the same-named subscription), keep ENS in line with the spec by full-state `PUT`.
+//! Pure: no client, no clock.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+use crate::{
+    api::{
+        conditions::{ConditionType as C, Reason, condition, set},
+        subscription::{EnsSubscriptionSpec, EnsSubscriptionStatus},
+    },
+    ens::{NewSubscription, Subscription, SubscriptionState, SubscriptionUpdate},
+};
+
+/// The subscription's EnsCallback, as far as it matters here.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CallbackView {
+    /// No such EnsCallback in the namespace.
+    Missing,
+    /// The EnsCallback exists but its callback is not verified yet.
+    NotVerified,
+    /// Verified; subscriptions may attach to this callback id.
+    Verified(String),
+}
+
+/// What ENS holds for this subscription.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Remote {
+    /// Not looked up.
+    Unknown,
+    /// The recorded subscription no longer exists (or belongs to another callback).
+    Gone,
+    /// None recorded and none with this name on the callback.
+    Absent,
+    /// By recorded id, or matched by name.
+    Found(Subscription),
+}
+
+/// Everything `decide` looks at.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The spec.
+    pub spec: EnsSubscriptionSpec,
+    /// The status as last written.
+    pub status: EnsSubscriptionStatus,
+    /// Subscription id recorded on the object.
+    pub recorded_id: Option<String>,
+    /// The callback.
+    pub callback: CallbackView,
+    /// Why the credentials are unusable, if they are.
+    pub credentials_error: Option<String>,
+    /// The ENS side.
+    pub remote: Remote,
+}
+
+/// One mutating step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Create it.
+    Create(NewSubscription),
+    /// Record an id (created by us earlier, or a same-named one adopted).
+    Record(String),
+    /// Forget a recorded subscription ENS no longer has.
+    ForgetRemote,
+    /// Full-state update.
+    Update(SubscriptionUpdate),
+}
+
+/// The decision.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// At most one step.
+    pub step: Option<Step>,
+    /// Status to show.
+    pub status: EnsSubscriptionStatus,
+    /// When to look again.
+    pub requeue: Duration,
+}
+
+/// Event types of the documented catalogue (`ens-api.md` §5.4); others warn, not fail.
+pub const KNOWN_EVENT_TYPES: &[&str] = &[
+    "TransactionalSendEvents.EmailSent", "TransactionalSendEvents.EmailNotSent", "TransactionalSendEvents.EmailBounced",
+    "EngagementEvents.EmailOpen", "EngagementEvents.EmailClick", "EngagementEvents.EmailUnsubscribe",
+    "TransactionalSendEvents.SmsSent", "TransactionalSendEvents.SmsNotSent", "TransactionalSendEvents.SmsTransient",
+    "TransactionalSendEvents.SmsDelivered", "TransactionalSendEvents.SmsBounced", "TransactionalSendEvents.OttNotSent",
+    "EngagementEvents.OttMobileOriginated", "EngagementEvents.OttSent", "EngagementEvents.OttDelivered",
+    "EngagementEvents.OttRead", "EngagementEvents.OttFailed", "SendEvents.AutomationInstanceStarted",
+    "SendEvents.AutomationInstanceCompleted", "SendEvents.AutomationInstanceStopped", "SendEvents.AutomationInstanceErrored",
+    "SendEvents.AutomationInstanceSkipped", "SendEvents.PushSent", "SendEvents.PushNotSent", "SendEvents.PushBounced",
+    "EngagementEvents.PushOpen", "EngagementEvents.InAppDisplay", "EngagementEvents.InAppDismiss", "EngagementEvents.InAppClick",
+    "EngagementEvents.InboxOpen", "EngagementEvents.PushDeliveryReceipt", "EngagementEvents.PushInstall",
+    "EngagementEvents.PushInactive", "EngagementEvents.PushImageClick", "EngagementEvents.PushButtonClick",
+];
+
+const AFTER_STEP: Duration = Duration::from_millis(200);
+const WAIT_CALLBACK: Duration = Duration::from_secs(30);
+const STALLED_RECHECK: Duration = Duration::from_secs(300);
+
+/// The deterministic ENS name.
+pub fn subscription_name(seen: &Observed, cluster: &str) -> String {
+    seen.spec.subscription_name.clone().unwrap_or_else(|| crate::controller::names::subscription_name(cluster, &seen.namespace, &seen.name))
+}
+
+fn desired_state(spec: &EnsSubscriptionSpec) -> SubscriptionState {
+    if spec.paused { SubscriptionState::Paused } else { SubscriptionState::Active }
+}
+
+fn as_set(v: &[String]) -> BTreeSet<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Chooses the next step.
+pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -> Plan {
+    let now = Time(now);
+    let mut status = seen.status.clone();
+    status.observed_generation = seen.generation;
+    status.subscription_id = seen.recorded_id.clone();
+    let g = seen.generation;
+    let plan = |mut status: EnsSubscriptionStatus, step: Option<Step>, ready: bool, stalled: bool, reason: Reason, msg: String, requeue: Duration| {
+        let c = &mut status.conditions;
+        set(c, condition(C::Ready, ready, reason, &msg, g, &now));
+        set(c, condition(C::Reconciling, !ready && !stalled, reason, if ready { "" } else { &msg }, g, &now));
+        set(c, condition(C::Stalled, stalled, reason, if stalled { &msg } else { "" }, g, &now));
+        Plan { step, status, requeue }
+    };
+
+    let callback_id = match &seen.callback {
+        CallbackView::Missing => {
+            let msg = format!("EnsCallback {} does not exist in this namespace", seen.spec.callback_ref.name);
+            return plan(status, None, false, false, Reason::CallbackNotFound, msg, WAIT_CALLBACK);
+        }
+        CallbackView::NotVerified => {
+            let msg = format!("waiting for EnsCallback {} to be verified; ENS only subscribes verified callbacks", seen.spec.callback_ref.name);
+            return plan(status, None, false, false, Reason::CallbackNotVerified, msg, WAIT_CALLBACK);
+        }
+        CallbackView::Verified(id) => id.clone(),
+    };
+    status.callback_id = Some(callback_id.clone());
+    if let Some(err) = &seen.credentials_error {
+        return plan(status, None, false, true, Reason::CredentialsNotFound, err.clone(), STALLED_RECHECK);
+    }
+    let name = subscription_name(seen, cluster);
+    let sub = match (&seen.remote, &seen.recorded_id) {
+        (Remote::Unknown, _) => return plan(status, None, false, false, Reason::Progressing, "looking up the subscription in ENS".into(), AFTER_STEP),
+        (Remote::Gone, _) => {
+            return plan(status, Some(Step::ForgetRemote), false, false, Reason::RemoteDeleted, "the subscription was deleted outside Kubernetes; creating it again".into(), AFTER_STEP);
+        }
+        (Remote::Absent, _) => {
+            let new = NewSubscription {
+                callback_id,
+                subscription_name: name,
+                event_category_types: seen.spec.event_category_types.clone(),
+                filters: seen.spec.filters.clone(),
+            };
+            return plan(status, Some(Step::Create(new)), false, false, Reason::Progressing, "creating the subscription in ENS".into(), AFTER_STEP);
+        }
+        (Remote::Found(sub), None) => {
+            return plan(status, Some(Step::Record(sub.subscription_id.clone())), false, false, Reason::Progressing, format!("recording subscription {}", sub.subscription_id), AFTER_STEP);
+        }
+        (Remote::Found(sub), Some(_)) => sub,
+    };
+    let want = desired_state(&seen.spec);
+    let in_sync = sub.subscription_name == name
+        && as_set(&sub.event_category_types) == as_set(&seen.spec.event_category_types)
+        && as_set(&sub.filters) == as_set(&seen.spec.filters)
+        && sub.status == want;
+    if !in_sync {
+        let update = SubscriptionUpdate {
+            subscription_id: sub.subscription_id.clone(),
+            subscription_name: name,
+            event_category_types: seen.spec.event_category_types.clone(),
+            filters: seen.spec.filters.clone(),
+            status: want,
+            status_reason: if seen.spec.paused { "paused by EnsSubscription spec.paused".into() } else { "active per EnsSubscription spec".into() },
+        };
+        status.last_sent_time = Some(now.clone());
+        return plan(status, Some(Step::Update(update)), false, false, Reason::ChangePending, "sending the desired state to ENS (applies within 2 minutes)".into(), AFTER_STEP);
+    }
+    let (active, reason, msg) = if seen.spec.paused {
+        (false, Reason::Paused, "paused: ENS drops (does not queue) events that happen while paused".to_owned())
+    } else {
+        (true, Reason::Active, format!("ENS subscription {} is active", sub.subscription_id))
+    };
+    set(&mut status.conditions, condition(C::Active, active, reason, &msg, g, &now));
+    status.last_sync_time = Some(now.clone());
+    let unknown: Vec<&str> = seen.spec.event_category_types.iter().map(String::as_str).filter(|t| !KNOWN_EVENT_TYPES.contains(t)).collect();
+    let ready_msg = if unknown.is_empty() {
+        format!("subscription {} matches the spec", sub.subscription_id)
+    } else {
+        format!("subscription {} matches the spec; not in the documented catalogue: {}", sub.subscription_id, unknown.join(", "))
+    };
+    let reason = if unknown.is_empty() { Reason::Reconciled } else { Reason::UnknownEventType };
+    plan(status, None, true, false, reason, ready_msg, drift)
+}

@@ -1,0 +1,128 @@
+//! The `EnsSubscription` reconciler: observe → decide → act behind a finalizer that deletes the
+//! remote subscription first.
+
+pub mod act;
+pub mod decide;
+pub mod observe;
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    runtime::{
+        controller::Action,
+        finalizer::{Error as FinalizerError, Event as Finalizer, finalizer},
+    },
+};
+
+use crate::{
+    api::{
+        EnsSubscription,
+        annotations::{FINALIZER, PAUSE},
+        common::DeletionPolicy,
+        conditions::Reason,
+    },
+    controller::{
+        context::Context,
+        error::{Error, Retry, ens_reason},
+        metrics::ReconcileLabels,
+        status,
+    },
+    ens::{Deleted, EnsError},
+};
+
+/// Errors surfaced to kube-runtime.
+pub type ReconcileError = FinalizerError<Error>;
+
+/// Reconciles one `EnsSubscription`.
+pub async fn reconcile(obj: Arc<EnsSubscription>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<EnsSubscription> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = format!("EnsSubscription/{ns}/{}", obj.name_any());
+    if obj.annotations().get(PAUSE).is_some_and(|v| v == "true") {
+        return Ok(Action::await_change());
+    }
+    let res = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Finalizer::Apply(obj) => apply(&obj, &ctx).await,
+            Finalizer::Cleanup(obj) => cleanup(&obj, &ctx).await,
+        }
+    })
+    .await;
+    let result = match &res {
+        Ok(_) => "ok",
+        Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => e.reason().as_str(),
+        Err(_) => Reason::KubernetesError.as_str(),
+    };
+    ctx.metrics.reconciles.get_or_create(&ReconcileLabels { kind: "EnsSubscription", result }).inc();
+    if res.is_ok() {
+        ctx.reset_backoff(&key);
+    }
+    res
+}
+
+async fn apply(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
+    let now = Timestamp::now();
+    let outcome = async {
+        let (seen, creds) = observe::observe(ctx, obj).await?;
+        let drift = ctx.settings.drift_interval;
+        let mut plan = decide::decide(&seen, &ctx.settings.cluster_name, drift, now);
+        if let Some(step) = plan.step.take() {
+            act::act(ctx, obj, &seen, creds.as_ref(), step).await?;
+        }
+        status::apply(obj, obj.status.as_ref(), &plan.status, &ctx.client).await.map_err(Error::kube("writing status"))?;
+        Ok::<_, Error>(Action::requeue(plan.requeue))
+    }
+    .await;
+    if let Err(e) = &outcome {
+        let s = status::after_error(obj.status.clone().unwrap_or_default(), e.reason(), &e.to_string(), e.is_terminal(), obj.meta().generation, &Time(now));
+        if let Err(w) = status::apply(obj, obj.status.as_ref(), &s, &ctx.client).await {
+            tracing::warn!(error = %w, "writing the error status failed");
+        }
+    }
+    outcome
+}
+
+/// Deletes the remote subscription (404 = gone); without usable credentials releases with a
+/// Warning naming the id.
+async fn cleanup(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
+    let Some(id) = observe::recorded_id(obj) else { return Ok(Action::await_change()) };
+    if obj.spec.deletion_policy == DeletionPolicy::Retain {
+        ctx.event(obj, false, Reason::Deleting, "RetainSubscription", format!("deletionPolicy Retain: left ENS subscription {id} in place")).await;
+        return Ok(Action::await_change());
+    }
+    let cb = observe::callback(ctx, obj).await?;
+    let creds = match observe::load_credentials(ctx, obj, cb.as_ref()).await? {
+        Ok(c) => c,
+        Err(why) => {
+            ctx.event(obj, true, Reason::CredentialsNotFound, "DeleteSubscription", format!("{why}; ENS subscription {id} was NOT deleted: delete it by hand")).await;
+            return Ok(Action::await_change());
+        }
+    };
+    ctx.ens_permit(&creds).await;
+    match ctx.ens.delete_subscription(&creds, &id).await {
+        Ok(Deleted::Deleted) => ctx.event(obj, false, Reason::Deleting, "DeleteSubscription", format!("deleted ENS subscription {id}")).await,
+        Ok(Deleted::NotFound) => {}
+        Err(e @ (EnsError::TokenRefused { .. } | EnsError::Unauthorized { .. } | EnsError::Forbidden { .. })) => {
+            ctx.event(obj, true, ens_reason(&e), "DeleteSubscription", format!("{e}; ENS subscription {id} was NOT deleted: delete it by hand")).await;
+        }
+        Err(e) => return Err(Error::ens("deleting the subscription")(e)),
+    }
+    Ok(Action::await_change())
+}
+
+/// Requeue policy after an error.
+pub fn error_policy(obj: Arc<EnsSubscription>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let key = format!("EnsSubscription/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    tracing::warn!(subscription = %obj.name_any(), error = %err, "reconcile failed");
+    let retry = match err {
+        FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e.retry(),
+        _ => Retry::Backoff,
+    };
+    match retry {
+        Retry::After(d) => Action::requeue(d.max(ctx.backoff(&key))),
+        Retry::OnChange => Action::requeue(Duration::from_secs(300)),
+        Retry::Backoff => Action::requeue(ctx.backoff(&key)),
+    }
+}

@@ -1,0 +1,93 @@
+//! Reads what a subscription decision needs: its EnsCallback, the credentials (the callback's),
+//! and the subscription in ENS (by recorded id, else by name on the callback).
+
+use kube::{Api, Resource, ResourceExt};
+
+use super::decide::{CallbackView, Observed, Remote, subscription_name};
+use crate::{
+    api::{
+        EnsCallback, EnsSubscription,
+        annotations::SUBSCRIPTION_ID,
+        conditions::{ConditionType, is_true},
+    },
+    controller::{
+        callback::observe as callback_observe,
+        context::Context,
+        credentials::{self, CredentialsError, CredentialsRef},
+        error::Error,
+    },
+    ens::Credentials,
+};
+
+/// The subscription id recorded on the object.
+pub fn recorded_id(obj: &EnsSubscription) -> Option<String> {
+    obj.annotations()
+        .get(SUBSCRIPTION_ID)
+        .cloned()
+        .or_else(|| obj.status.as_ref().and_then(|s| s.subscription_id.clone()))
+        .filter(|s| !s.is_empty())
+}
+
+/// The subscription's EnsCallback, if it exists.
+pub async fn callback(ctx: &Context, obj: &EnsSubscription) -> Result<Option<EnsCallback>, Error> {
+    Api::<EnsCallback>::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default())
+        .get_opt(&obj.spec.callback_ref.name)
+        .await
+        .map_err(Error::kube("reading the EnsCallback"))
+}
+
+/// Credentials: the callback's, or the operator's default when the callback is gone.
+pub async fn load_credentials(ctx: &Context, obj: &EnsSubscription, cb: Option<&EnsCallback>) -> Result<Result<Credentials, String>, Error> {
+    if let Some(cb) = cb {
+        return callback_observe::load_credentials(ctx, cb).await;
+    }
+    let r = CredentialsRef::resolve(&obj.namespace().unwrap_or_default(), None, ctx.args.default_credentials.as_deref());
+    match credentials::load(&ctx.client, r.as_ref()).await {
+        Ok(c) => Ok(Ok(c)),
+        Err(CredentialsError::Read(_, e)) => Err(Error::kube("reading the credentials Secret")(e)),
+        Err(e) => Ok(Err(e.to_string())),
+    }
+}
+
+/// Reads everything once.
+pub async fn observe(ctx: &Context, obj: &EnsSubscription) -> Result<(Observed, Option<Credentials>), Error> {
+    let cb = callback(ctx, obj).await?;
+    let callback = match &cb {
+        None => CallbackView::Missing,
+        Some(cb) => {
+            let status = cb.status.clone().unwrap_or_default();
+            match status.callback_id {
+                Some(id) if is_true(&status.conditions, ConditionType::Verified) && cb.meta().deletion_timestamp.is_none() => CallbackView::Verified(id),
+                _ => CallbackView::NotVerified,
+            }
+        }
+    };
+    let creds = load_credentials(ctx, obj, cb.as_ref()).await?;
+    let recorded = recorded_id(obj);
+    let mut seen = Observed {
+        generation: obj.meta().generation,
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+        spec: obj.spec.clone(),
+        status: obj.status.clone().unwrap_or_default(),
+        recorded_id: recorded.clone(),
+        callback,
+        credentials_error: creds.as_ref().err().cloned(),
+        remote: Remote::Unknown,
+    };
+    if let (CallbackView::Verified(cb_id), Ok(c)) = (&seen.callback, &creds) {
+        ctx.ens_permit(c).await;
+        seen.remote = match &recorded {
+            Some(id) => match ctx.ens.get_subscription(c, id).await.map_err(Error::ens("reading the subscription"))? {
+                Some(s) if &s.callback_id == cb_id => Remote::Found(s),
+                _ => Remote::Gone,
+            },
+            None => {
+                let name = subscription_name(&seen, &ctx.settings.cluster_name);
+                let all = ctx.ens.list_subscriptions(c, cb_id).await.map_err(Error::ens("listing the callback's subscriptions"))?;
+                all.into_iter().find(|s| s.subscription_name == name).map_or(Remote::Absent, Remote::Found)
+            }
+        };
+    }
+    Ok((seen, creds.ok()))
+}
