@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the EnsCallback/EnsSubscription controllers.
-    Controller(crate::controller::ControllerArgs),
+    Controller(Box<crate::controller::ControllerArgs>),
     /// Print the CustomResourceDefinitions (or write one file per CRD).
     Crd {
         /// Write `<plural>.yaml` files into this directory instead of printing.

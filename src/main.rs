@@ -11,7 +11,9 @@ fn main() -> ExitCode {
     telemetry::init(cli.log_format);
     let result = match cli.command {
         Command::Crd { out_dir } => print_crds(out_dir),
-        Command::Controller(args) => runtime().and_then(|rt| rt.block_on(ens_operator::controller::run(args))),
+        Command::Controller(args) => {
+            runtime().and_then(|rt| rt.block_on(ens_operator::controller::run(*args)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -23,7 +25,9 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn print_crds(out_dir: Option<std::path::PathBuf>) -> Result<(), Box<dyn std::error::Error>> {

@@ -41,7 +41,13 @@ pub struct Context {
 
 impl Context {
     /// Builds the context.
-    pub fn new(client: Client, ens: EnsClient, args: ControllerArgs, metrics: Metrics, identity: String) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        ens: EnsClient,
+        args: ControllerArgs,
+        metrics: Metrics,
+        identity: String,
+    ) -> Arc<Self> {
         let settings = Settings {
             cluster_name: args.cluster_name.clone(),
             verification_window: args.verification_window,
@@ -49,12 +55,18 @@ impl Context {
             key_overlap: args.key_overlap,
         };
         let rate = NonZeroU32::new(args.ens_rate).unwrap_or(NonZeroU32::MIN);
-        let reporter = Reporter { controller: "ens-operator".into(), instance: Some(identity) };
+        let reporter = Reporter {
+            controller: "ens-operator".into(),
+            instance: Some(identity),
+        };
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             ens,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
             args,
             settings,
             metrics,
@@ -65,15 +77,30 @@ impl Context {
 
     /// Waits for the tenant's ENS rate limit (per client id and account).
     pub async fn ens_permit(&self, creds: &Credentials) {
-        let key = format!("{}/{}", creds.client_id, creds.account_id.as_deref().unwrap_or(""));
+        let key = format!(
+            "{}/{}",
+            creds.client_id,
+            creds.account_id.as_deref().unwrap_or("")
+        );
         self.limiter.until_key_ready(&key).await;
     }
 
     /// Publishes a Kubernetes Event on `obj`. Notes name ids, never keys. Failures are logged:
     /// an Event is never worth failing a reconcile for.
-    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: Reason, action: &str, note: String) {
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        warning: bool,
+        reason: Reason,
+        action: &str,
+        note: String,
+    ) {
         let ev = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.as_str().to_owned(),
             note: Some(note),
             action: action.to_owned(),
@@ -90,12 +117,19 @@ impl Context {
         let n = map.entry(key.to_owned()).or_insert(0);
         *n = (*n + 1).min(20);
         let base = Duration::from_secs(1u64 << (*n - 1).min(9)).min(Duration::from_secs(300));
-        let jitter = 0.9 + 0.2 * (crate::controller::names::short_hash(&[key, &n.to_string()]).as_bytes()[0] as f64 / 255.0);
+        let jitter = 0.9
+            + 0.2
+                * (crate::controller::names::short_hash(&[key, &n.to_string()]).as_bytes()[0]
+                    as f64
+                    / 255.0);
         base.mul_f64(jitter)
     }
 
     /// Forgets the failures of `key` after a successful reconcile.
     pub fn reset_backoff(&self, key: &str) {
-        self.backoff.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 }

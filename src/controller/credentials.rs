@@ -34,10 +34,16 @@ impl CredentialsRef {
     /// The object's own reference (same namespace) or the operator's default (`ns/name`).
     pub fn resolve(namespace: &str, own: Option<&str>, default: Option<&str>) -> Option<Self> {
         match (own, default) {
-            (Some(name), _) => Some(Self { namespace: namespace.to_owned(), name: name.to_owned() }),
+            (Some(name), _) => Some(Self {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }),
             (None, Some(default)) => {
                 let (ns, name) = default.split_once('/').unwrap_or((namespace, default));
-                Some(Self { namespace: ns.to_owned(), name: name.to_owned() })
+                Some(Self {
+                    namespace: ns.to_owned(),
+                    name: name.to_owned(),
+                })
             }
             (None, None) => None,
         }
@@ -48,7 +54,9 @@ impl CredentialsRef {
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
     /// Neither `credentialsRef` nor a default is configured.
-    #[error("no credentialsRef and the operator has no default credentials (--default-credentials)")]
+    #[error(
+        "no credentialsRef and the operator has no default credentials (--default-credentials)"
+    )]
     NotConfigured,
     /// The Secret does not exist.
     #[error("credentials Secret {0} not found")]
@@ -62,7 +70,10 @@ pub enum CredentialsError {
 }
 
 /// Reads and validates the credentials Secret.
-pub async fn load(client: &Client, r: Option<&CredentialsRef>) -> Result<Credentials, CredentialsError> {
+pub async fn load(
+    client: &Client,
+    r: Option<&CredentialsRef>,
+) -> Result<Credentials, CredentialsError> {
     let r = r.ok_or(CredentialsError::NotConfigured)?;
     let secret = Api::<Secret>::namespaced(client.clone(), &r.namespace)
         .get_opt(&r.name)
@@ -97,7 +108,12 @@ mod tests {
 
     fn secret(pairs: &[(&str, &str)]) -> Secret {
         Secret {
-            data: Some(pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()),
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
             ..Default::default()
         }
     }
@@ -108,18 +124,41 @@ mod tests {
         assert_eq!(own.to_string(), "team/creds");
         let def = CredentialsRef::resolve("team", None, Some("ops/default")).unwrap();
         assert_eq!(def.to_string(), "ops/default");
-        assert_eq!(CredentialsRef::resolve("team", None, Some("shared")).unwrap().to_string(), "team/shared");
+        assert_eq!(
+            CredentialsRef::resolve("team", None, Some("shared"))
+                .unwrap()
+                .to_string(),
+            "team/shared"
+        );
         assert!(CredentialsRef::resolve("team", None, None).is_none());
     }
 
     #[test]
     fn reads_keys_and_names_the_missing_one_without_values() {
-        let r = CredentialsRef { namespace: "t".into(), name: "c".into() };
-        let ok = from_secret(&r, &secret(&[("clientId", "id"), ("clientSecret", "s3cr3t"), ("authBaseUrl", "https://a")])).unwrap();
+        let r = CredentialsRef {
+            namespace: "t".into(),
+            name: "c".into(),
+        };
+        let ok = from_secret(
+            &r,
+            &secret(&[
+                ("clientId", "id"),
+                ("clientSecret", "s3cr3t"),
+                ("authBaseUrl", "https://a"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(ok.client_id, "id");
         assert!(ok.account_id.is_none());
         assert!(!format!("{ok:?}").contains("s3cr3t"));
-        let err = from_secret(&r, &secret(&[("clientId", "id"), ("clientSecret", "s3cr3t")])).unwrap_err();
-        assert_eq!(err.to_string(), "credentials Secret t/c has no \"authBaseUrl\" key");
+        let err = from_secret(
+            &r,
+            &secret(&[("clientId", "id"), ("clientSecret", "s3cr3t")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "credentials Secret t/c has no \"authBaseUrl\" key"
+        );
     }
 }

@@ -27,7 +27,9 @@ pub enum Error {
         source: EnsError,
     },
     /// ENS refused the verification key the receiver handed over.
-    #[error("ENS refused the verification key for callback {0}; waiting for a new probe or the deadline")]
+    #[error(
+        "ENS refused the verification key for callback {0}; waiting for a new probe or the deadline"
+    )]
     VerificationRefused(String),
 }
 
@@ -65,8 +67,14 @@ impl Error {
     /// How to retry.
     pub fn retry(&self) -> Retry {
         match self {
-            Self::Ens { source, .. } if source.is_throttled() => Retry::After(source.retry_after().unwrap_or(Duration::from_secs(5))),
-            Self::Ens { source, .. } if !source.is_retryable() && !matches!(source, EnsError::Conflict { .. }) => Retry::OnChange,
+            Self::Ens { source, .. } if source.is_throttled() => {
+                Retry::After(source.retry_after().unwrap_or(Duration::from_secs(5)))
+            }
+            Self::Ens { source, .. }
+                if !source.is_retryable() && !matches!(source, EnsError::Conflict { .. }) =>
+            {
+                Retry::OnChange
+            }
             _ => Retry::Backoff,
         }
     }
@@ -82,8 +90,12 @@ pub fn ens_reason(e: &EnsError) -> Reason {
     match e {
         EnsError::TokenRefused { .. } | EnsError::Unauthorized { .. } => Reason::CredentialsInvalid,
         EnsError::Forbidden { .. } => Reason::EnsForbidden,
-        EnsError::BadRequest { .. } | EnsError::NotFound { .. } | EnsError::Conflict { .. } => Reason::EnsRejected,
+        EnsError::BadRequest { .. } | EnsError::NotFound { .. } | EnsError::Conflict { .. } => {
+            Reason::EnsRejected
+        }
         EnsError::Throttled { .. } => Reason::Throttled,
-        EnsError::Unavailable { .. } | EnsError::Protocol { .. } | EnsError::Setup(_) => Reason::EnsUnavailable,
+        EnsError::Unavailable { .. } | EnsError::Protocol { .. } | EnsError::Setup(_) => {
+            Reason::EnsUnavailable
+        }
     }
 }

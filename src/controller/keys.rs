@@ -17,9 +17,9 @@ use k8s_openapi::{
 
 use crate::{
     api::annotations::{
-        MANAGED_BY, MANAGED_BY_LABEL, PROBE_CALLBACK_ID_KEY, PROBE_SECRET_SUFFIX, PROBE_VERIFICATION_KEY,
-        ROUTE_CALLBACK_ID_KEY, ROUTE_EXPECT_PROBE_KEY, ROUTE_LABEL, ROUTE_PATH_KEY, ROUTE_PREVIOUS_SIGNATURE_KEY,
-        ROUTE_SIGNATURE_KEY,
+        MANAGED_BY, MANAGED_BY_LABEL, PROBE_CALLBACK_ID_KEY, PROBE_SECRET_SUFFIX,
+        PROBE_VERIFICATION_KEY, ROUTE_CALLBACK_ID_KEY, ROUTE_EXPECT_PROBE_KEY, ROUTE_LABEL,
+        ROUTE_PATH_KEY, ROUTE_PREVIOUS_SIGNATURE_KEY, ROUTE_SIGNATURE_KEY,
     },
     ens::signing::SignatureKey,
 };
@@ -74,7 +74,9 @@ impl KeyData {
 
     /// The signature key of `callback_id`, if this Secret holds it.
     pub fn key_of(&self, callback_id: &str) -> Option<&SignatureKey> {
-        (self.key_callback_id.as_deref() == Some(callback_id)).then_some(self.signature_key.as_ref()).flatten()
+        (self.key_callback_id.as_deref() == Some(callback_id))
+            .then_some(self.signature_key.as_ref())
+            .flatten()
     }
 
     fn data(&self, managed: bool) -> BTreeMap<String, ByteString> {
@@ -84,7 +86,10 @@ impl KeyData {
         };
         if managed {
             put(ROUTE_PATH_KEY, self.path.as_deref().unwrap_or("/"));
-            put(ROUTE_EXPECT_PROBE_KEY, if self.expect_probe { "true" } else { "false" });
+            put(
+                ROUTE_EXPECT_PROBE_KEY,
+                if self.expect_probe { "true" } else { "false" },
+            );
         }
         if let Some(id) = &self.callback_id {
             put(ROUTE_CALLBACK_ID_KEY, id);
@@ -161,14 +166,23 @@ pub struct Probe {
 
 impl std::fmt::Debug for Probe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Probe").field("callback_id", &self.callback_id).field("verification_key", &"***").finish()
+        f.debug_struct("Probe")
+            .field("callback_id", &self.callback_id)
+            .field("verification_key", &"***")
+            .finish()
     }
 }
 
 impl Probe {
     /// Reads a probe Secret written by the receiver.
     pub fn from_secret(secret: &Secret) -> Option<Self> {
-        let get = |k: &str| secret.data.as_ref()?.get(k).map(|v| String::from_utf8_lossy(&v.0).trim().to_owned());
+        let get = |k: &str| {
+            secret
+                .data
+                .as_ref()?
+                .get(k)
+                .map(|v| String::from_utf8_lossy(&v.0).trim().to_owned())
+        };
         Some(Self {
             callback_id: get(PROBE_CALLBACK_ID_KEY).filter(|s| !s.is_empty()),
             verification_key: get(PROBE_VERIFICATION_KEY).filter(|s| !s.is_empty())?,
@@ -182,7 +196,12 @@ mod tests {
 
     #[test]
     fn round_trips_through_a_secret() {
-        let target = KeySecretRef { namespace: "rx".into(), name: "ens-route-a-b".into(), managed: true, owner: None };
+        let target = KeySecretRef {
+            namespace: "rx".into(),
+            name: "ens-route-a-b".into(),
+            managed: true,
+            owner: None,
+        };
         let data = KeyData {
             callback_id: Some("cb-1".into()),
             key_callback_id: Some("cb-1".into()),
@@ -193,7 +212,10 @@ mod tests {
             expect_probe: true,
         };
         let secret = target.build(&data);
-        assert_eq!(secret.metadata.labels.as_ref().unwrap()[ROUTE_LABEL], "true");
+        assert_eq!(
+            secret.metadata.labels.as_ref().unwrap()[ROUTE_LABEL],
+            "true"
+        );
         assert_eq!(KeyData::from_secret(&secret), data);
         assert_eq!(data.key_of("cb-1"), Some(&SignatureKey::new("k1")));
         assert_eq!(data.key_of("cb-2"), None, "a key belongs to one callback");
@@ -202,8 +224,16 @@ mod tests {
 
     #[test]
     fn external_secrets_carry_no_routing() {
-        let target = KeySecretRef { namespace: "t".into(), name: "x-signature-key".into(), managed: false, owner: None };
-        let secret = target.build(&KeyData { callback_id: Some("cb".into()), ..Default::default() });
+        let target = KeySecretRef {
+            namespace: "t".into(),
+            name: "x-signature-key".into(),
+            managed: false,
+            owner: None,
+        };
+        let secret = target.build(&KeyData {
+            callback_id: Some("cb".into()),
+            ..Default::default()
+        });
         let data = secret.data.unwrap();
         assert!(!data.contains_key(ROUTE_PATH_KEY) && !data.contains_key(ROUTE_EXPECT_PROBE_KEY));
         assert!(!secret.metadata.labels.unwrap().contains_key(ROUTE_LABEL));

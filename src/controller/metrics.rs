@@ -53,13 +53,31 @@ impl Metrics {
             reconciles: Family::default(),
             ens_calls: Family::default(),
             drift: Family::default(),
-            time_to_verified: Histogram::new([1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0]),
+            time_to_verified: Histogram::new([
+                1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0,
+            ]),
         };
         let r = registry.sub_registry_with_prefix("ens_operator");
-        r.register("reconciles", "Reconciles by kind and result", m.reconciles.clone());
-        r.register("ens_calls", "Mutating ENS calls by step and result", m.ens_calls.clone());
-        r.register("drift_found", "Remote state found different from the spec", m.drift.clone());
-        r.register("time_to_verified_seconds", "Seconds from creation to a verified callback", m.time_to_verified.clone());
+        r.register(
+            "reconciles",
+            "Reconciles by kind and result",
+            m.reconciles.clone(),
+        );
+        r.register(
+            "ens_calls",
+            "Mutating ENS calls by step and result",
+            m.ens_calls.clone(),
+        );
+        r.register(
+            "drift_found",
+            "Remote state found different from the spec",
+            m.drift.clone(),
+        );
+        r.register(
+            "time_to_verified_seconds",
+            "Seconds from creation to a verified callback",
+            m.time_to_verified.clone(),
+        );
         m
     }
 }

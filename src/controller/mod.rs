@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
-        Controller, WatchStreamExt, metadata_watcher, reflector,
+        Controller, WatchStreamExt, reflector,
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -43,10 +43,16 @@ use context::Context;
 /// Runs the controller until SIGTERM/Ctrl-C or until leadership is lost.
 pub async fn run(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::try_default().await?;
-    let identity = args.identity.clone().unwrap_or_else(|| format!("ens-operator-{}", std::process::id()));
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("ens-operator-{}", std::process::id()));
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::new(&mut registry);
-    let ens = EnsClient::new(ClientConfig { timeout: args.ens_timeout, ..ClientConfig::default() })?;
+    let ens = EnsClient::new(ClientConfig {
+        timeout: args.ens_timeout,
+        ..ClientConfig::default()
+    })?;
     let ctx = Context::new(client.clone(), ens, args.clone(), metrics, identity.clone());
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(serve_metrics(args.metrics_listen, registry, ready.clone()));
@@ -54,13 +60,14 @@ pub async fn run(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>>
     let mut lost = if args.no_leader_election {
         None
     } else {
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-            .with_namespace(&args.lease_namespace)
-            .with_identity(&identity)
-            .with_duration(args.lease_duration.as_secs().max(2))
-            .with_grace(2)
-            .build()
-            .await?;
+        let manager =
+            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+                .with_namespace(&args.lease_namespace)
+                .with_identity(&identity)
+                .with_duration(args.lease_duration.as_secs().max(2))
+                .with_grace(2)
+                .build()
+                .await?;
         let (mut leader, task) = manager.watch().await;
         tracing::info!(lease = %args.lease_name, identity = %identity, "waiting for leadership");
         while !*leader.borrow_and_update() {
@@ -94,7 +101,11 @@ pub async fn run(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>>
     let wait = |mut rx: tokio::sync::broadcast::Receiver<()>| async move {
         let _ = rx.recv().await;
     };
-    future::join(run_callbacks(client.clone(), ctx.clone(), wait(rx1)), run_subscriptions(client, ctx, wait(rx2))).await;
+    future::join(
+        run_callbacks(client.clone(), ctx.clone(), wait(rx1)),
+        run_subscriptions(client, ctx, wait(rx2)),
+    )
+    .await;
     Ok(())
 }
 
@@ -103,17 +114,30 @@ pub async fn run(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>>
 fn meaningful<K: Resource>(obj: &K) -> Option<u64> {
     let m = obj.meta();
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (m.generation, &m.annotations, m.deletion_timestamp.is_some(), &m.finalizers).hash(&mut h);
+    (
+        m.generation,
+        &m.annotations,
+        m.deletion_timestamp.is_some(),
+        &m.finalizers,
+    )
+        .hash(&mut h);
     Some(h.finish())
 }
 
-async fn run_callbacks(client: Client, ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync + 'static) {
+async fn run_callbacks(
+    client: Client,
+    ctx: Arc<Context>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let (reader, writer) = reflector::store();
-    let stream = watcher(Api::<EnsCallback>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(meaningful, Default::default());
+    let stream = watcher(
+        Api::<EnsCallback>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(meaningful, Default::default());
     let ctrl = Controller::for_stream(stream, reader);
     let (by_route, by_creds) = (ctrl.store(), ctrl.store());
     let default_creds = ctx.args.default_credentials.clone();
@@ -121,12 +145,29 @@ async fn run_callbacks(client: Client, ctx: Arc<Context>, stop: impl Future<Outp
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     ctrl.owns(Api::<Secret>::all(client.clone()), managed.clone())
         // Route Secrets and the receiver's probe hand-offs live in the receiver's namespace.
-        .watches(Api::<Secret>::namespaced(client.clone(), &receiver_ns), managed, move |s: Secret| route_owner(&by_route, &s))
+        .watches(
+            Api::<Secret>::namespaced(client.clone(), &receiver_ns),
+            managed,
+            move |s: Secret| route_owner(&by_route, &s),
+        )
         // Credentials rotation re-reconciles every callback using the Secret (metadata only).
-        .watches_stream(metadata_watcher(Api::<Secret>::all(client), watcher::Config::default()).default_backoff().touched_objects(), move |s| {
-            let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
-            by_creds.state().into_iter().filter(|cb| uses_credentials(default_creds.as_deref(), cb, &ns, &name)).map(|cb| ObjectRef::from_obj(&*cb)).collect::<Vec<_>>()
-        })
+        .watches_stream(
+            watcher(
+                Api::<kube::core::PartialObjectMeta<Secret>>::all(client),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .touched_objects(),
+            move |s| {
+                let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
+                by_creds
+                    .state()
+                    .into_iter()
+                    .filter(|cb| uses_credentials(default_creds.as_deref(), cb, &ns, &name))
+                    .map(|cb| ObjectRef::from_obj(&*cb))
+                    .collect::<Vec<_>>()
+            },
+        )
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
         .graceful_shutdown_on(stop)
         .run(callback::reconcile, callback::error_policy, ctx)
@@ -136,27 +177,44 @@ async fn run_callbacks(client: Client, ctx: Arc<Context>, stop: impl Future<Outp
 
 /// Whether `cb` reads the credentials Secret `ns/name`.
 fn uses_credentials(default: Option<&str>, cb: &EnsCallback, ns: &str, name: &str) -> bool {
-    credentials::CredentialsRef::resolve(&cb.namespace().unwrap_or_default(), cb.spec.credentials_ref.as_ref().map(|r| r.name.as_str()), default)
-        .is_some_and(|r| r.namespace == ns && r.name == name)
+    credentials::CredentialsRef::resolve(
+        &cb.namespace().unwrap_or_default(),
+        cb.spec.credentials_ref.as_ref().map(|r| r.name.as_str()),
+        default,
+    )
+    .is_some_and(|r| r.namespace == ns && r.name == name)
 }
 
 /// The callback a route Secret (or a probe hand-off for it) belongs to.
 fn route_owner(store: &Store<EnsCallback>, secret: &Secret) -> Option<ObjectRef<EnsCallback>> {
-    let route = secret.labels().get(PROBE_FOR_LABEL).cloned().unwrap_or_else(|| secret.name_any());
+    let route = secret
+        .labels()
+        .get(PROBE_FOR_LABEL)
+        .cloned()
+        .unwrap_or_else(|| secret.name_any());
     store
         .state()
         .into_iter()
-        .find(|cb| names::route_secret(&cb.namespace().unwrap_or_default(), &cb.name_any()) == route)
+        .find(|cb| {
+            names::route_secret(&cb.namespace().unwrap_or_default(), &cb.name_any()) == route
+        })
         .map(|cb| ObjectRef::from_obj(&*cb))
 }
 
-async fn run_subscriptions(client: Client, ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync + 'static) {
+async fn run_subscriptions(
+    client: Client,
+    ctx: Arc<Context>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let (reader, writer) = reflector::store();
-    let stream = watcher(Api::<EnsSubscription>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(meaningful, Default::default());
+    let stream = watcher(
+        Api::<EnsSubscription>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(meaningful, Default::default());
     let ctrl = Controller::for_stream(stream, reader);
     let subs = ctrl.store();
     // A callback becoming verified (or re-created with a new id, or deleted) moves its subscriptions.
@@ -167,7 +225,12 @@ async fn run_subscriptions(client: Client, ctx: Arc<Context>, stop: impl Future<
             |cb: &EnsCallback| {
                 let s = cb.status.clone().unwrap_or_default();
                 let mut h = std::collections::hash_map::DefaultHasher::new();
-                (s.callback_id, is_true(&s.conditions, ConditionType::Verified), cb.meta().deletion_timestamp.is_some()).hash(&mut h);
+                (
+                    s.callback_id,
+                    is_true(&s.conditions, ConditionType::Verified),
+                    cb.meta().deletion_timestamp.is_some(),
+                )
+                    .hash(&mut h);
                 Some(h.finish())
             },
             Default::default(),
@@ -187,7 +250,11 @@ async fn run_subscriptions(client: Client, ctx: Arc<Context>, stop: impl Future<
     .await;
 }
 
-async fn serve_metrics(addr: std::net::SocketAddr, registry: Registry, ready: Arc<std::sync::atomic::AtomicBool>) {
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    registry: Registry,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) {
     use axum::{Router, http::StatusCode, routing::get};
     let registry = Arc::new(registry);
     let app = Router::new()
@@ -198,8 +265,19 @@ async fn serve_metrics(addr: std::net::SocketAddr, registry: Registry, ready: Ar
                 async move {
                     let mut out = String::new();
                     match prometheus_client::encoding::text::encode(&mut out, &registry) {
-                        Ok(()) => (StatusCode::OK, [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], out),
-                        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], String::new()),
+                        Ok(()) => (
+                            StatusCode::OK,
+                            [(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            out,
+                        ),
+                        Err(_) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [("content-type", "text/plain")],
+                            String::new(),
+                        ),
                     }
                 }
             }),
@@ -210,7 +288,13 @@ async fn serve_metrics(addr: std::net::SocketAddr, registry: Registry, ready: Ar
             get(move || {
                 let ready = ready.clone();
                 // A standby replica is healthy and ready to take over; the body says which it is.
-                async move { if ready.load(std::sync::atomic::Ordering::Relaxed) { (StatusCode::OK, "leader") } else { (StatusCode::OK, "standby") } }
+                async move {
+                    if ready.load(std::sync::atomic::Ordering::Relaxed) {
+                        (StatusCode::OK, "leader")
+                    } else {
+                        (StatusCode::OK, "standby")
+                    }
+                }
             }),
         );
     match tokio::net::TcpListener::bind(addr).await {

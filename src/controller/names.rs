@@ -12,7 +12,11 @@ pub fn short_hash(parts: &[&str]) -> String {
         h.update(p.as_bytes());
         h.update([0]);
     }
-    h.finalize().iter().take(5).map(|b| format!("{b:02x}")).collect()
+    h.finalize()
+        .iter()
+        .take(5)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Joins `parts` with `-`, and when longer than `max` cuts it and appends a hash of the whole,
@@ -54,7 +58,10 @@ mod tests {
 
     #[test]
     fn short_names_stay_readable() {
-        assert_eq!(callback_name("prod", "team-a", "orders"), "prod-team-a-orders");
+        assert_eq!(
+            callback_name("prod", "team-a", "orders"),
+            "prod-team-a-orders"
+        );
         assert_eq!(route_secret("team-a", "orders"), "ens-route-team-a-orders");
         assert_eq!(key_secret("orders"), "orders-signature-key");
     }

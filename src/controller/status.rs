@@ -53,9 +53,17 @@ pub fn differs<S: HasConditions>(a: Option<&S>, b: &S) -> bool {
 }
 
 /// Applies `desired` as the object's status when it differs from `current`. Returns whether it wrote.
-pub async fn apply<K, S>(obj: &K, current: Option<&S>, desired: &S, client: &kube::Client) -> Result<bool, kube::Error>
+pub async fn apply<K, S>(
+    obj: &K,
+    current: Option<&S>,
+    desired: &S,
+    client: &kube::Client,
+) -> Result<bool, kube::Error>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
     S: HasConditions,
 {
     if !differs(current, desired) {
@@ -68,16 +76,58 @@ where
         "kind": K::kind(&()),
         "status": desired,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(true)
 }
 
 /// The status after an error: Ready=False and Reconciling or Stalled with the error's reason and
 /// text; domain conditions are left as they were observed.
-pub fn after_error<S: HasConditions>(mut status: S, reason: Reason, message: &str, terminal: bool, generation: Option<i64>, now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> S {
+pub fn after_error<S: HasConditions>(
+    mut status: S,
+    reason: Reason,
+    message: &str,
+    terminal: bool,
+    generation: Option<i64>,
+    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> S {
     let c = status.conditions_mut();
-    conditions::set(c, condition(ConditionType::Ready, false, reason, message, generation, now));
-    conditions::set(c, condition(ConditionType::Reconciling, !terminal, reason, message, generation, now));
-    conditions::set(c, condition(ConditionType::Stalled, terminal, reason, message, generation, now));
+    conditions::set(
+        c,
+        condition(
+            ConditionType::Ready,
+            false,
+            reason,
+            message,
+            generation,
+            now,
+        ),
+    );
+    conditions::set(
+        c,
+        condition(
+            ConditionType::Reconciling,
+            !terminal,
+            reason,
+            message,
+            generation,
+            now,
+        ),
+    );
+    conditions::set(
+        c,
+        condition(
+            ConditionType::Stalled,
+            terminal,
+            reason,
+            message,
+            generation,
+            now,
+        ),
+    );
     status
 }

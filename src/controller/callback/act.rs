@@ -4,7 +4,7 @@
 
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
-    Api, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
 };
 use serde_json::json;
@@ -33,14 +33,30 @@ pub struct Outcome {
 }
 
 /// Runs one step.
-pub async fn act(ctx: &Context, obj: &EnsCallback, seen: &Observed, creds: Option<&Credentials>, step: Step) -> Result<Outcome, Error> {
-    let creds = || creds.ok_or_else(|| Error::ens("using the credentials")(EnsError::Setup("no credentials".into())));
+pub async fn act(
+    ctx: &Context,
+    obj: &EnsCallback,
+    seen: &Observed,
+    creds: Option<&Credentials>,
+    step: Step,
+) -> Result<Outcome, Error> {
+    let creds = || {
+        creds.ok_or_else(|| {
+            Error::ens("using the credentials")(EnsError::Setup("no credentials".into()))
+        })
+    };
     match step {
         Step::WriteKeySecret(data) => write_keys(ctx, seen, &data).await?,
         Step::MarkCreatePending => {
             // Optimistic concurrency: only one writer may move the object into "create pending".
             let rv = obj.resource_version();
-            annotate(ctx, obj, json!({ CREATE_PENDING: Timestamp::now().to_string() }), rv).await?;
+            annotate(
+                ctx,
+                obj,
+                json!({ CREATE_PENDING: Timestamp::now().to_string() }),
+                rv,
+            )
+            .await?;
         }
         Step::Create(new) => {
             let c = creds()?;
@@ -57,7 +73,14 @@ pub async fn act(ctx: &Context, obj: &EnsCallback, seen: &Observed, creds: Optio
                     keys.previous_expires = None;
                     write_keys(ctx, seen, &keys).await?;
                     record(ctx, obj, Some(&id)).await?;
-                    ctx.event(obj, false, Reason::Created, "CreateCallback", format!("created ENS callback {id} for {}", new.url)).await;
+                    ctx.event(
+                        obj,
+                        false,
+                        Reason::Created,
+                        "CreateCallback",
+                        format!("created ENS callback {id} for {}", new.url),
+                    )
+                    .await;
                 }
                 // 304: a callback with this URL exists (maybe our own earlier attempt); the
                 // pending marker stays, so the next reconcile lists and matches it.
@@ -65,11 +88,31 @@ pub async fn act(ctx: &Context, obj: &EnsCallback, seen: &Observed, creds: Optio
                 Err(e) if e.is_probe_failure() => {
                     // ENS keeps a callback whose probe failed; delete it so the URL is free.
                     ctx.ens_permit(c).await;
-                    let leftovers = ctx.ens.list_callbacks(c).await.map_err(Error::ens("listing callbacks"))?;
-                    for cb in leftovers.into_iter().filter(|cb| cb.url == new.url && !cb.is_verified()) {
+                    let leftovers = ctx
+                        .ens
+                        .list_callbacks(c)
+                        .await
+                        .map_err(Error::ens("listing callbacks"))?;
+                    for cb in leftovers
+                        .into_iter()
+                        .filter(|cb| cb.url == new.url && !cb.is_verified())
+                    {
                         ctx.ens_permit(c).await;
-                        ctx.ens.delete_callback(c, &cb.callback_id).await.map_err(Error::ens("deleting the unverifiable callback"))?;
-                        ctx.event(obj, true, Reason::ReceiverNotReady, "DeleteCallback", format!("ENS could not probe the URL; deleted the unverifiable callback {}", cb.callback_id)).await;
+                        ctx.ens
+                            .delete_callback(c, &cb.callback_id)
+                            .await
+                            .map_err(Error::ens("deleting the unverifiable callback"))?;
+                        ctx.event(
+                            obj,
+                            true,
+                            Reason::ReceiverNotReady,
+                            "DeleteCallback",
+                            format!(
+                                "ENS could not probe the URL; deleted the unverifiable callback {}",
+                                cb.callback_id
+                            ),
+                        )
+                        .await;
                     }
                     return Err(Error::ens("creating the callback")(e));
                 }
@@ -80,19 +123,47 @@ pub async fn act(ctx: &Context, obj: &EnsCallback, seen: &Observed, creds: Optio
             let adopted = !seen.create_pending;
             record(ctx, obj, Some(&cb.callback_id)).await?;
             let (reason, note) = if adopted {
-                (Reason::Adopted, format!("adopted the existing ENS callback {} for {}", cb.callback_id, cb.url))
+                (
+                    Reason::Adopted,
+                    format!(
+                        "adopted the existing ENS callback {} for {}",
+                        cb.callback_id, cb.url
+                    ),
+                )
             } else {
-                (Reason::Created, format!("recorded ENS callback {} created by an earlier attempt", cb.callback_id))
+                (
+                    Reason::Created,
+                    format!(
+                        "recorded ENS callback {} created by an earlier attempt",
+                        cb.callback_id
+                    ),
+                )
             };
             ctx.event(obj, false, reason, "RecordCallback", note).await;
         }
         Step::ForgetRemote => {
             let id = seen.recorded_id.clone().unwrap_or_default();
-            ctx.metrics.drift.get_or_create(&DriftLabels { kind: "EnsCallback", what: "deleted" }).inc();
+            ctx.metrics
+                .drift
+                .get_or_create(&DriftLabels {
+                    kind: "EnsCallback",
+                    what: "deleted",
+                })
+                .inc();
             clear_record(ctx, obj).await?;
-            ctx.event(obj, true, Reason::RemoteDeleted, "RecreateCallback", format!("ENS callback {id} was deleted outside Kubernetes; creating a new one")).await;
+            ctx.event(
+                obj,
+                true,
+                Reason::RemoteDeleted,
+                "RecreateCallback",
+                format!("ENS callback {id} was deleted outside Kubernetes; creating a new one"),
+            )
+            .await;
         }
-        Step::RegenerateKey { callback_id, rotation } => {
+        Step::RegenerateKey {
+            callback_id,
+            rotation,
+        } => {
             let c = creds()?;
             ctx.ens_permit(c).await;
             let res = ctx.ens.regenerate_key(c, &callback_id).await;
@@ -103,22 +174,45 @@ pub async fn act(ctx: &Context, obj: &EnsCallback, seen: &Observed, creds: Optio
             keys.key_callback_id = Some(callback_id.clone());
             keys.signature_key = Some(created.signature_key);
             (keys.previous_key, keys.previous_expires) = match (rotation, old) {
-                (true, Some(old)) => (Some(old), Timestamp::now().checked_add(k8s_openapi::jiff::SignedDuration::try_from(ctx.settings.key_overlap).unwrap_or_default()).ok()),
+                (true, Some(old)) => (
+                    Some(old),
+                    Timestamp::now()
+                        .checked_add(
+                            k8s_openapi::jiff::SignedDuration::try_from(ctx.settings.key_overlap)
+                                .unwrap_or_default(),
+                        )
+                        .ok(),
+                ),
                 _ => (None, None),
             };
             write_keys(ctx, seen, &keys).await?;
             let note = if rotation {
-                format!("rotated the signature key of callback {callback_id}; the previous key is accepted for {}", humantime::format_duration(ctx.settings.key_overlap))
+                format!(
+                    "rotated the signature key of callback {callback_id}; the previous key is accepted for {}",
+                    humantime::format_duration(ctx.settings.key_overlap)
+                )
             } else {
-                format!("the stored signature key of callback {callback_id} was missing; regenerated it")
+                format!(
+                    "the stored signature key of callback {callback_id} was missing; regenerated it"
+                )
             };
-            ctx.event(obj, !rotation, Reason::KeyRegenerating, "RegenerateKey", note).await;
+            ctx.event(
+                obj,
+                !rotation,
+                Reason::KeyRegenerating,
+                "RegenerateKey",
+                note,
+            )
+            .await;
             return Ok(Outcome { rotated: rotation });
         }
         Step::Verify { callback_id, probe } => {
             let c = creds()?;
             ctx.ens_permit(c).await;
-            let res = ctx.ens.verify_callback(c, &callback_id, &probe.verification_key).await;
+            let res = ctx
+                .ens
+                .verify_callback(c, &callback_id, &probe.verification_key)
+                .await;
             count(ctx, "verify_callback", &res);
             match res {
                 Ok(()) => {
@@ -126,11 +220,25 @@ pub async fn act(ctx: &Context, obj: &EnsCallback, seen: &Observed, creds: Optio
                         let secs = Timestamp::now().duration_since(created.0).as_secs_f64();
                         ctx.metrics.time_to_verified.observe(secs.max(0.0));
                     }
-                    ctx.event(obj, false, Reason::Verified, "VerifyCallback", format!("verified ENS callback {callback_id}")).await;
+                    ctx.event(
+                        obj,
+                        false,
+                        Reason::Verified,
+                        "VerifyCallback",
+                        format!("verified ENS callback {callback_id}"),
+                    )
+                    .await;
                 }
                 Err(EnsError::NotFound { .. }) => {
                     discard_probe(ctx, seen).await?;
-                    ctx.event(obj, true, Reason::AwaitingVerification, "VerifyCallback", format!("ENS refused the verification key for callback {callback_id}")).await;
+                    ctx.event(
+                        obj,
+                        true,
+                        Reason::AwaitingVerification,
+                        "VerifyCallback",
+                        format!("ENS refused the verification key for callback {callback_id}"),
+                    )
+                    .await;
                     return Err(Error::VerificationRefused(callback_id));
                 }
                 Err(e) => return Err(Error::ens("verifying the callback")(e)),
@@ -153,8 +261,24 @@ pub async fn act(ctx: &Context, obj: &EnsCallback, seen: &Observed, creds: Optio
             let res = ctx.ens.update_callback(c, &update).await;
             count(ctx, "update_callback", &res);
             res.map_err(Error::ens("updating the callback"))?;
-            ctx.metrics.drift.get_or_create(&DriftLabels { kind: "EnsCallback", what: "settings" }).inc();
-            ctx.event(obj, false, Reason::ChangePending, "UpdateCallback", format!("updated ENS callback {}: name {:?}, maxBatchSize {:?}", update.callback_id, update.callback_name, update.max_batch_size)).await;
+            ctx.metrics
+                .drift
+                .get_or_create(&DriftLabels {
+                    kind: "EnsCallback",
+                    what: "settings",
+                })
+                .inc();
+            ctx.event(
+                obj,
+                false,
+                Reason::ChangePending,
+                "UpdateCallback",
+                format!(
+                    "updated ENS callback {}: name {:?}, maxBatchSize {:?}",
+                    update.callback_id, update.callback_name, update.max_batch_size
+                ),
+            )
+            .await;
         }
     }
     Ok(Outcome::default())
@@ -162,15 +286,24 @@ pub async fn act(ctx: &Context, obj: &EnsCallback, seen: &Observed, creds: Optio
 
 /// Counts a mutating ENS call by step and result.
 pub fn count<T>(ctx: &Context, call: &'static str, res: &Result<T, EnsError>) {
-    let result = res.as_ref().map_or_else(|e| ens_reason(e).as_str(), |_| "ok");
-    ctx.metrics.ens_calls.get_or_create(&CallLabels { call, result }).inc();
+    let result = res
+        .as_ref()
+        .map_or_else(|e| ens_reason(e).as_str(), |_| "ok");
+    ctx.metrics
+        .ens_calls
+        .get_or_create(&CallLabels { call, result })
+        .inc();
 }
 
 /// Server-side applies the key Secret.
 pub async fn write_keys(ctx: &Context, seen: &Observed, data: &KeyData) -> Result<(), Error> {
     let secret = seen.key_secret.build(data);
     Api::<Secret>::namespaced(ctx.client.clone(), &seen.key_secret.namespace)
-        .patch(&seen.key_secret.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
+        .patch(
+            &seen.key_secret.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
         .await
         .map_err(Error::kube("writing the key Secret"))?;
     Ok(())
@@ -180,7 +313,10 @@ async fn discard_probe(ctx: &Context, seen: &Observed) -> Result<(), Error> {
     if !seen.key_secret.managed {
         return Ok(());
     }
-    match Api::<Secret>::namespaced(ctx.client.clone(), &seen.key_secret.namespace).delete(&seen.key_secret.probe_secret(), &DeleteParams::default()).await {
+    match Api::<Secret>::namespaced(ctx.client.clone(), &seen.key_secret.namespace)
+        .delete(&seen.key_secret.probe_secret(), &DeleteParams::default())
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(Error::kube("deleting the verification hand-off")(e)),
@@ -189,22 +325,36 @@ async fn discard_probe(ctx: &Context, seen: &Observed) -> Result<(), Error> {
 
 /// Records `id` (or clears it) and ends the create-pending state, in one metadata patch.
 async fn record(ctx: &Context, obj: &EnsCallback, id: Option<&str>) -> Result<(), Error> {
-    annotate(ctx, obj, json!({ CALLBACK_ID: id, CREATE_PENDING: null }), None).await
+    annotate(
+        ctx,
+        obj,
+        json!({ CALLBACK_ID: id, CREATE_PENDING: null }),
+        None,
+    )
+    .await
 }
 
 async fn clear_record(ctx: &Context, obj: &EnsCallback) -> Result<(), Error> {
     record(ctx, obj, None).await
 }
 
-async fn annotate(ctx: &Context, obj: &EnsCallback, annotations: serde_json::Value, resource_version: Option<String>) -> Result<(), Error> {
+async fn annotate(
+    ctx: &Context,
+    obj: &EnsCallback,
+    annotations: serde_json::Value,
+    resource_version: Option<String>,
+) -> Result<(), Error> {
     let mut meta = json!({ "annotations": annotations });
     if let Some(rv) = resource_version {
         meta["resourceVersion"] = rv.into();
     }
     Api::<EnsCallback>::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default())
-        .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "metadata": meta })))
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": meta })),
+        )
         .await
         .map_err(Error::kube("annotating the EnsCallback"))?;
     Ok(())
 }
-

@@ -130,10 +130,9 @@ const STALLED_RECHECK: Duration = Duration::from_secs(300);
 
 /// The deterministic ENS name of the callback.
 pub fn callback_name(seen: &Observed, s: &Settings) -> String {
-    seen.spec
-        .callback_name
-        .clone()
-        .unwrap_or_else(|| crate::controller::names::callback_name(&s.cluster_name, &seen.namespace, &seen.name))
+    seen.spec.callback_name.clone().unwrap_or_else(|| {
+        crate::controller::names::callback_name(&s.cluster_name, &seen.namespace, &seen.name)
+    })
 }
 
 /// The URL path the receiver must serve (`/` when the URL has none).
@@ -158,53 +157,116 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
     let managed = seen.spec.receiver == ReceiverMode::Managed;
 
     if let Some(err) = &seen.credentials_error {
-        return b.stalled(Reason::CredentialsNotFound, err).plan(None, STALLED_RECHECK);
+        return b
+            .stalled(Reason::CredentialsNotFound, err)
+            .plan(None, STALLED_RECHECK);
     }
     let verified = matches!(&seen.remote, Remote::Found(cb) if cb.is_verified() && seen.recorded_id.as_deref() == Some(cb.callback_id.as_str()));
 
     // Keys and, for managed callbacks, the receiver's route: written before any ENS mutation.
     let desired = desired_keys(seen, verified, now);
     if seen.keys.as_ref() != Some(&desired) {
-        let b = if managed { b.receiver(false, Reason::ReceiverNotReady, "writing the receiver route") } else { b };
-        return b.progressing(Reason::Progressing, "writing the signature key Secret").plan(Some(Step::WriteKeySecret(desired)), AFTER_STEP);
+        let b = if managed {
+            b.receiver(
+                false,
+                Reason::ReceiverNotReady,
+                "writing the receiver route",
+            )
+        } else {
+            b
+        };
+        return b
+            .progressing(Reason::Progressing, "writing the signature key Secret")
+            .plan(Some(Step::WriteKeySecret(desired)), AFTER_STEP);
     }
     if managed {
         if seen.receiver_serving == Some(false) {
-            let msg = format!("the receiver does not serve {} yet; ENS probes the URL during create", url_path(&seen.spec.url));
-            return b.receiver(false, Reason::ReceiverNotReady, &msg).progressing(Reason::ReceiverNotReady, &msg).plan(None, RECEIVER_POLL);
+            let msg = format!(
+                "the receiver does not serve {} yet; ENS probes the URL during create",
+                url_path(&seen.spec.url)
+            );
+            return b
+                .receiver(false, Reason::ReceiverNotReady, &msg)
+                .progressing(Reason::ReceiverNotReady, &msg)
+                .plan(None, RECEIVER_POLL);
         }
-        b = b.receiver(true, Reason::RouteReady, &format!("the receiver serves {}", url_path(&seen.spec.url)));
+        b = b.receiver(
+            true,
+            Reason::RouteReady,
+            &format!("the receiver serves {}", url_path(&seen.spec.url)),
+        );
     } else {
-        b = b.receiver(true, Reason::ExternalReceiver, "the callback URL is served outside the operator");
+        b = b.receiver(
+            true,
+            Reason::ExternalReceiver,
+            "the callback URL is served outside the operator",
+        );
     }
 
     let cb = match (&seen.remote, &seen.recorded_id) {
-        (Remote::Unknown, _) => return b.progressing(Reason::Progressing, "looking up the callback in ENS").plan(None, AFTER_STEP),
+        (Remote::Unknown, _) => {
+            return b
+                .progressing(Reason::Progressing, "looking up the callback in ENS")
+                .plan(None, AFTER_STEP);
+        }
         (Remote::Gone, _) => {
             return b
-                .registered(false, Reason::RemoteDeleted, "the callback was deleted outside Kubernetes; creating it again")
-                .progressing(Reason::RemoteDeleted, "the callback was deleted outside Kubernetes; creating it again")
+                .registered(
+                    false,
+                    Reason::RemoteDeleted,
+                    "the callback was deleted outside Kubernetes; creating it again",
+                )
+                .progressing(
+                    Reason::RemoteDeleted,
+                    "the callback was deleted outside Kubernetes; creating it again",
+                )
                 .plan(Some(Step::ForgetRemote), AFTER_STEP);
         }
         (Remote::Absent, _) if seen.spec.adoption == AdoptionPolicy::AdoptOnly => {
-            let msg = format!("adoption is AdoptOnly and ENS has no callback for {}", seen.spec.url);
-            return b.registered(false, Reason::NotFoundForAdoption, &msg).stalled(Reason::NotFoundForAdoption, &msg).plan(None, STALLED_RECHECK);
+            let msg = format!(
+                "adoption is AdoptOnly and ENS has no callback for {}",
+                seen.spec.url
+            );
+            return b
+                .registered(false, Reason::NotFoundForAdoption, &msg)
+                .stalled(Reason::NotFoundForAdoption, &msg)
+                .plan(None, STALLED_RECHECK);
         }
         (Remote::Absent, _) => {
             let step = if seen.create_pending {
-                Step::Create(NewCallback { callback_name: callback_name(seen, s), url: seen.spec.url.clone(), max_batch_size: Some(seen.spec.max_batch_size) })
+                Step::Create(NewCallback {
+                    callback_name: callback_name(seen, s),
+                    url: seen.spec.url.clone(),
+                    max_batch_size: Some(seen.spec.max_batch_size),
+                })
             } else {
                 Step::MarkCreatePending
             };
-            return b.registered(false, Reason::CreatePending, "creating the callback in ENS").progressing(Reason::CreatePending, "creating the callback in ENS").plan(Some(step), AFTER_STEP);
+            return b
+                .registered(false, Reason::CreatePending, "creating the callback in ENS")
+                .progressing(Reason::CreatePending, "creating the callback in ENS")
+                .plan(Some(step), AFTER_STEP);
         }
         (Remote::Found(cb), None) => {
             if seen.create_pending || seen.spec.adoption != AdoptionPolicy::Create {
-                let why = if seen.create_pending { "confirming the callback created" } else { "adopting the existing callback with this URL" };
-                return b.registered(false, Reason::CreatePending, why).progressing(Reason::CreatePending, why).plan(Some(Step::Record(cb.clone())), AFTER_STEP);
+                let why = if seen.create_pending {
+                    "confirming the callback created"
+                } else {
+                    "adopting the existing callback with this URL"
+                };
+                return b
+                    .registered(false, Reason::CreatePending, why)
+                    .progressing(Reason::CreatePending, why)
+                    .plan(Some(Step::Record(cb.clone())), AFTER_STEP);
             }
-            let msg = format!("adoption is Create but ENS already has callback {} for this URL; set adoption: AdoptOrCreate to take it over", cb.callback_id);
-            return b.registered(false, Reason::AlreadyExists, &msg).stalled(Reason::AlreadyExists, &msg).plan(None, STALLED_RECHECK);
+            let msg = format!(
+                "adoption is Create but ENS already has callback {} for this URL; set adoption: AdoptOrCreate to take it over",
+                cb.callback_id
+            );
+            return b
+                .registered(false, Reason::AlreadyExists, &msg)
+                .stalled(Reason::AlreadyExists, &msg)
+                .plan(None, STALLED_RECHECK);
         }
         (Remote::Found(cb), Some(_)) => cb,
     };
@@ -218,7 +280,11 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
             let msg = format!("not verified before the deadline {deadline}");
             if managed {
                 return b
-                    .verified(false, Reason::VerificationExpired, &format!("{msg}; deleting the callback to create a fresh one"))
+                    .verified(
+                        false,
+                        Reason::VerificationExpired,
+                        &format!("{msg}; deleting the callback to create a fresh one"),
+                    )
                     .progressing(Reason::VerificationExpired, &msg)
                     .plan(Some(Step::DeleteRemote { callback_id: id }), AFTER_STEP);
             }
@@ -226,42 +292,119 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
                 "{msg}. ENS sends a new verification key only to a new callback: delete this EnsCallback and apply it again, then annotate it with {} within the window",
                 crate::api::annotations::VERIFICATION_KEY
             );
-            return b.verified(false, Reason::VerificationExpired, &msg).stalled(Reason::VerificationExpired, &msg).plan(None, STALLED_RECHECK);
+            return b
+                .verified(false, Reason::VerificationExpired, &msg)
+                .stalled(Reason::VerificationExpired, &msg)
+                .plan(None, STALLED_RECHECK);
         }
         if seen.keys.as_ref().and_then(|k| k.key_of(&id)).is_none() {
-            return b.progressing(Reason::KeyRegenerating, "the signature key was lost; regenerating it").plan(Some(Step::RegenerateKey { callback_id: id, rotation: false }), AFTER_STEP);
+            return b
+                .progressing(
+                    Reason::KeyRegenerating,
+                    "the signature key was lost; regenerating it",
+                )
+                .plan(
+                    Some(Step::RegenerateKey {
+                        callback_id: id,
+                        rotation: false,
+                    }),
+                    AFTER_STEP,
+                );
         }
         match &seen.probe {
             Some(p) if p.callback_id.as_deref().is_none_or(|c| c == id) => {
                 return b
-                    .verified(false, Reason::AwaitingVerification, "verifying with the key ENS sent to the receiver")
+                    .verified(
+                        false,
+                        Reason::AwaitingVerification,
+                        "verifying with the key ENS sent to the receiver",
+                    )
                     .progressing(Reason::AwaitingVerification, "verifying")
-                    .plan(Some(Step::Verify { callback_id: id, probe: p.clone() }), AFTER_STEP);
+                    .plan(
+                        Some(Step::Verify {
+                            callback_id: id,
+                            probe: p.clone(),
+                        }),
+                        AFTER_STEP,
+                    );
             }
-            Some(_) => return b.progressing(Reason::Progressing, "discarding a verification key of another callback").plan(Some(Step::DiscardProbe), AFTER_STEP),
+            Some(_) => {
+                return b
+                    .progressing(
+                        Reason::Progressing,
+                        "discarding a verification key of another callback",
+                    )
+                    .plan(Some(Step::DiscardProbe), AFTER_STEP);
+            }
             None => {
-                let how = if managed { "waiting for the receiver to hand over the key ENS sent to the URL".to_owned() } else { format!("annotate the EnsCallback with {} = the key ENS sent to your endpoint", crate::api::annotations::VERIFICATION_KEY) };
+                let how = if managed {
+                    "waiting for the receiver to hand over the key ENS sent to the URL".to_owned()
+                } else {
+                    format!(
+                        "annotate the EnsCallback with {} = the key ENS sent to your endpoint",
+                        crate::api::annotations::VERIFICATION_KEY
+                    )
+                };
                 let msg = format!("verify before {deadline}: {how}");
-                let left = Duration::from_secs(deadline.as_second().saturating_sub(now.as_second()).max(1) as u64);
-                return b.verified(false, Reason::AwaitingVerification, &msg).progressing(Reason::AwaitingVerification, &msg).plan(None, left.min(drift_interval(seen, s)));
+                let left = Duration::from_secs(
+                    deadline.as_second().saturating_sub(now.as_second()).max(1) as u64,
+                );
+                return b
+                    .verified(false, Reason::AwaitingVerification, &msg)
+                    .progressing(Reason::AwaitingVerification, &msg)
+                    .plan(None, left.min(drift_interval(seen, s)));
             }
         }
     }
 
-    b = b.verified(true, Reason::Verified, &format!("ENS reports callback {id} verified"));
+    b = b.verified(
+        true,
+        Reason::Verified,
+        &format!("ENS reports callback {id} verified"),
+    );
     if seen.keys.as_ref().and_then(|k| k.key_of(&id)).is_none() {
-        return b.progressing(Reason::KeyRegenerating, "the signature key was lost; regenerating it").plan(Some(Step::RegenerateKey { callback_id: id, rotation: false }), AFTER_STEP);
+        return b
+            .progressing(
+                Reason::KeyRegenerating,
+                "the signature key was lost; regenerating it",
+            )
+            .plan(
+                Some(Step::RegenerateKey {
+                    callback_id: id,
+                    rotation: false,
+                }),
+                AFTER_STEP,
+            );
     }
     if seen.probe.is_some() {
-        return b.progressing(Reason::Progressing, "clearing the used verification key").plan(Some(Step::DiscardProbe), AFTER_STEP);
+        return b
+            .progressing(Reason::Progressing, "clearing the used verification key")
+            .plan(Some(Step::DiscardProbe), AFTER_STEP);
     }
     if seen.regenerate_request.is_some() && seen.regenerate_request != seen.status.key_rotation {
-        return b.progressing(Reason::KeyRegenerating, "rotating the signature key").plan(Some(Step::RegenerateKey { callback_id: id, rotation: true }), AFTER_STEP);
+        return b
+            .progressing(Reason::KeyRegenerating, "rotating the signature key")
+            .plan(
+                Some(Step::RegenerateKey {
+                    callback_id: id,
+                    rotation: true,
+                }),
+                AFTER_STEP,
+            );
     }
     let name = callback_name(seen, s);
     if cb.callback_name != name || cb.max_batch_size.unwrap_or(1000) != seen.spec.max_batch_size {
-        let update = CallbackUpdate { callback_id: id, callback_name: name, max_batch_size: Some(seen.spec.max_batch_size) };
-        return b.progressing(Reason::ChangePending, "updating name and batch size in ENS (applies within 2 minutes)").plan(Some(Step::Update(update)), AFTER_STEP);
+        let update = CallbackUpdate {
+            callback_id: id,
+            callback_name: name,
+            max_batch_size: Some(seen.spec.max_batch_size),
+        };
+        return b
+            .progressing(
+                Reason::ChangePending,
+                "updating name and batch size in ENS (applies within 2 minutes)",
+            )
+            .plan(Some(Step::Update(update)), AFTER_STEP);
     }
     b.synced().ready().plan(None, drift_interval(seen, s))
 }
@@ -308,11 +451,18 @@ impl<'a> StatusBuilder<'a> {
         status.observed_generation = seen.generation;
         status.callback_id = seen.recorded_id.clone();
         status.signature_key_secret_ref = Some(seen.key_secret.display());
-        Self { seen, now: Time(now), status }
+        Self {
+            seen,
+            now: Time(now),
+            status,
+        }
     }
 
     fn set(mut self, t: C, ok: bool, reason: Reason, msg: &str) -> Self {
-        set(&mut self.status.conditions, condition(t, ok, reason, msg, self.seen.generation, &self.now));
+        set(
+            &mut self.status.conditions,
+            condition(t, ok, reason, msg, self.seen.generation, &self.now),
+        );
         self
     }
 
@@ -322,7 +472,11 @@ impl<'a> StatusBuilder<'a> {
 
     fn registered(self, ok: bool, reason: Reason, msg: &str) -> Self {
         let s = self.set(C::Registered, ok, reason, msg);
-        if ok { s } else { s.verified(false, reason, "the callback is not registered yet") }
+        if ok {
+            s
+        } else {
+            s.verified(false, reason, "the callback is not registered yet")
+        }
     }
 
     fn verified(mut self, ok: bool, reason: Reason, msg: &str) -> Self {
@@ -334,18 +488,28 @@ impl<'a> StatusBuilder<'a> {
 
     /// The verification deadline: kept once set for this callback, else now + window.
     fn deadline(&mut self, s: &Settings) -> Timestamp {
-        let window = k8s_openapi::jiff::SignedDuration::try_from(s.verification_window).unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
-        let d = self.status.verification_deadline.clone().map(|t| t.0).unwrap_or_else(|| self.now.0.saturating_add(window).unwrap_or(self.now.0));
+        let window = k8s_openapi::jiff::SignedDuration::try_from(s.verification_window)
+            .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
+        let d = self
+            .status
+            .verification_deadline
+            .clone()
+            .map(|t| t.0)
+            .unwrap_or_else(|| self.now.0.saturating_add(window).unwrap_or(self.now.0));
         self.status.verification_deadline = Some(Time(d));
         d
     }
 
     fn progressing(self, reason: Reason, msg: &str) -> Self {
-        self.set(C::Ready, false, reason, msg).set(C::Reconciling, true, reason, msg).set(C::Stalled, false, reason, msg)
+        self.set(C::Ready, false, reason, msg)
+            .set(C::Reconciling, true, reason, msg)
+            .set(C::Stalled, false, reason, msg)
     }
 
     fn stalled(self, reason: Reason, msg: &str) -> Self {
-        self.set(C::Ready, false, reason, msg).set(C::Reconciling, false, reason, msg).set(C::Stalled, true, reason, msg)
+        self.set(C::Ready, false, reason, msg)
+            .set(C::Reconciling, false, reason, msg)
+            .set(C::Stalled, true, reason, msg)
     }
 
     fn synced(mut self) -> Self {
@@ -356,11 +520,17 @@ impl<'a> StatusBuilder<'a> {
     fn ready(self) -> Self {
         let id = self.status.callback_id.clone().unwrap_or_default();
         let msg = format!("callback {id} is verified and matches the spec");
-        self.set(C::Ready, true, Reason::Reconciled, &msg).set(C::Reconciling, false, Reason::Reconciled, "").set(C::Stalled, false, Reason::Reconciled, "")
+        self.set(C::Ready, true, Reason::Reconciled, &msg)
+            .set(C::Reconciling, false, Reason::Reconciled, "")
+            .set(C::Stalled, false, Reason::Reconciled, "")
     }
 
     fn plan(self, step: Option<Step>, requeue: Duration) -> Plan {
-        Plan { step, status: self.status, requeue }
+        Plan {
+            step,
+            status: self.status,
+            requeue,
+        }
     }
 }
 
@@ -395,7 +565,10 @@ mod tests {
 
     /// A managed callback whose route is written and served, nothing in ENS yet.
     fn fresh() -> Observed {
-        let spec: EnsCallbackSpec = serde_json::from_value(serde_json::json!({"url": "https://events.example.com/ens/orders"})).unwrap();
+        let spec: EnsCallbackSpec = serde_json::from_value(
+            serde_json::json!({"url": "https://events.example.com/ens/orders"}),
+        )
+        .unwrap();
         let mut seen = Observed {
             generation: Some(1),
             namespace: "team".into(),
@@ -406,7 +579,12 @@ mod tests {
             create_pending: false,
             regenerate_request: None,
             credentials_error: None,
-            key_secret: KeySecretRef { namespace: "rx".into(), name: "ens-route-team-orders".into(), managed: true, owner: None },
+            key_secret: KeySecretRef {
+                namespace: "rx".into(),
+                name: "ens-route-team-orders".into(),
+                managed: true,
+                owner: None,
+            },
             keys: None,
             receiver_serving: Some(true),
             probe: None,
@@ -429,7 +607,9 @@ mod tests {
     }
 
     fn reason(plan: &Plan, t: C) -> String {
-        find(&plan.status.conditions, t).map(|c| c.reason.clone()).unwrap_or_default()
+        find(&plan.status.conditions, t)
+            .map(|c| c.reason.clone())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -437,7 +617,7 @@ mod tests {
         let mut seen = fresh();
         seen.keys = None;
         let plan = decide(&seen, &settings(), now());
-        match plan.step {
+        match &plan.step {
             Some(Step::WriteKeySecret(d)) => {
                 assert_eq!(d.path.as_deref(), Some("/ens/orders"));
                 assert!(d.expect_probe);
@@ -459,7 +639,10 @@ mod tests {
     #[test]
     fn marks_pending_then_creates() {
         let seen = fresh();
-        assert_eq!(decide(&seen, &settings(), now()).step, Some(Step::MarkCreatePending));
+        assert_eq!(
+            decide(&seen, &settings(), now()).step,
+            Some(Step::MarkCreatePending)
+        );
         let mut seen = fresh();
         seen.create_pending = true;
         match decide(&seen, &settings(), now()).step {
@@ -492,7 +675,10 @@ mod tests {
         seen.keys.as_mut().unwrap().signature_key = Some(SignatureKey::new("k1"));
         let d = desired_keys(&seen, false, now());
         assert_eq!(d.key_of("cb-1"), Some(&SignatureKey::new("k1")));
-        assert_eq!(d.callback_id, None, "any probe is accepted while the id is unknown");
+        assert_eq!(
+            d.callback_id, None,
+            "any probe is accepted while the id is unknown"
+        );
     }
 
     #[test]
@@ -500,14 +686,23 @@ mod tests {
         let mut seen = registered("unverified");
         seen.keys.as_mut().unwrap().signature_key = None;
         seen.keys = Some(desired_keys(&seen, false, now()));
-        assert_eq!(decide(&seen, &settings(), now()).step, Some(Step::RegenerateKey { callback_id: "cb-1".into(), rotation: false }));
+        assert_eq!(
+            decide(&seen, &settings(), now()).step,
+            Some(Step::RegenerateKey {
+                callback_id: "cb-1".into(),
+                rotation: false
+            })
+        );
     }
 
     #[test]
     fn adoption_policies() {
         let mut seen = fresh();
         seen.remote = Remote::Found(remote("cb-9", "verified"));
-        assert!(matches!(decide(&seen, &settings(), now()).step, Some(Step::Record(_))));
+        assert!(matches!(
+            decide(&seen, &settings(), now()).step,
+            Some(Step::Record(_))
+        ));
         seen.spec.adoption = AdoptionPolicy::Create;
         let plan = decide(&seen, &settings(), now());
         assert_eq!(plan.step, None);
@@ -525,9 +720,15 @@ mod tests {
         let plan = decide(&seen, &settings(), now());
         assert_eq!(plan.step, None);
         let deadline = plan.status.verification_deadline.clone().unwrap().0;
-        assert_eq!(deadline, "2026-11-24T14:00:00Z".parse::<Timestamp>().unwrap());
+        assert_eq!(
+            deadline,
+            "2026-11-24T14:00:00Z".parse::<Timestamp>().unwrap()
+        );
         let v = find(&plan.status.conditions, C::Verified).unwrap();
-        assert_eq!((v.status.as_str(), v.reason.as_str()), ("False", "AwaitingVerification"));
+        assert_eq!(
+            (v.status.as_str(), v.reason.as_str()),
+            ("False", "AwaitingVerification")
+        );
         assert!(v.message.contains("2026-11-24T14:00:00Z"), "{}", v.message);
         assert!(plan.requeue <= Duration::from_secs(600));
     }
@@ -535,10 +736,22 @@ mod tests {
     #[test]
     fn verifies_with_the_handed_over_key() {
         let mut seen = registered("unverified");
-        seen.probe = Some(Probe { callback_id: Some("cb-1".into()), verification_key: "vk".into() });
-        assert!(matches!(decide(&seen, &settings(), now()).step, Some(Step::Verify { .. })));
-        seen.probe = Some(Probe { callback_id: Some("other".into()), verification_key: "vk".into() });
-        assert_eq!(decide(&seen, &settings(), now()).step, Some(Step::DiscardProbe));
+        seen.probe = Some(Probe {
+            callback_id: Some("cb-1".into()),
+            verification_key: "vk".into(),
+        });
+        assert!(matches!(
+            decide(&seen, &settings(), now()).step,
+            Some(Step::Verify { .. })
+        ));
+        seen.probe = Some(Probe {
+            callback_id: Some("other".into()),
+            verification_key: "vk".into(),
+        });
+        assert_eq!(
+            decide(&seen, &settings(), now()).step,
+            Some(Step::DiscardProbe)
+        );
     }
 
     #[test]
@@ -546,12 +759,21 @@ mod tests {
         let mut seen = registered("unverified");
         seen.status.verification_deadline = Some(Time("2026-11-24T09:00:00Z".parse().unwrap()));
         let plan = decide(&seen, &settings(), now());
-        assert_eq!(plan.step, Some(Step::DeleteRemote { callback_id: "cb-1".into() }));
+        assert_eq!(
+            plan.step,
+            Some(Step::DeleteRemote {
+                callback_id: "cb-1".into()
+            })
+        );
         assert_eq!(reason(&plan, C::Verified), "VerificationExpired");
 
         seen.spec.receiver = ReceiverMode::External;
         seen.key_secret.managed = false;
-        seen.keys = Some(KeyData { path: None, expect_probe: false, ..seen.keys.clone().unwrap() });
+        seen.keys = Some(KeyData {
+            path: None,
+            expect_probe: false,
+            ..seen.keys.clone().unwrap()
+        });
         let plan = decide(&seen, &settings(), now());
         assert_eq!(plan.step, None);
         assert_eq!(reason(&plan, C::Stalled), "VerificationExpired");
@@ -564,34 +786,56 @@ mod tests {
         assert_eq!(plan.step, None, "{:?}", plan.status.conditions);
         assert_eq!(reason(&plan, C::Ready), "Reconciled");
         assert!(plan.status.verification_deadline.is_none());
-        assert!(plan.requeue >= Duration::from_secs(540) && plan.requeue <= Duration::from_secs(660));
+        assert!(
+            plan.requeue >= Duration::from_secs(540) && plan.requeue <= Duration::from_secs(660)
+        );
         // Deciding again from the written status changes nothing but the sync time.
         let mut again = seen.clone();
         again.status = plan.status.clone();
         let plan2 = decide(&again, &settings(), now());
-        assert!(!crate::controller::status::differs(Some(&plan.status), &plan2.status));
+        assert!(!crate::controller::status::differs(
+            Some(&plan.status),
+            &plan2.status
+        ));
     }
 
     #[test]
     fn drift_is_corrected() {
         let mut seen = registered("verified");
-        seen.remote = Remote::Found(Callback { max_batch_size: Some(100), ..remote("cb-1", "verified") });
-        assert!(matches!(decide(&seen, &settings(), now()).step, Some(Step::Update(_))));
+        seen.remote = Remote::Found(Callback {
+            max_batch_size: Some(100),
+            ..remote("cb-1", "verified")
+        });
+        assert!(matches!(
+            decide(&seen, &settings(), now()).step,
+            Some(Step::Update(_))
+        ));
         seen.remote = Remote::Gone;
-        assert_eq!(decide(&seen, &settings(), now()).step, Some(Step::ForgetRemote));
+        assert_eq!(
+            decide(&seen, &settings(), now()).step,
+            Some(Step::ForgetRemote)
+        );
     }
 
     #[test]
     fn rotation_is_done_once_per_request_and_the_old_key_expires() {
         let mut seen = registered("verified");
         seen.regenerate_request = Some("2026-11-24".into());
-        assert_eq!(decide(&seen, &settings(), now()).step, Some(Step::RegenerateKey { callback_id: "cb-1".into(), rotation: true }));
+        assert_eq!(
+            decide(&seen, &settings(), now()).step,
+            Some(Step::RegenerateKey {
+                callback_id: "cb-1".into(),
+                rotation: true
+            })
+        );
         seen.status.key_rotation = Some("2026-11-24".into());
         let keys = seen.keys.as_mut().unwrap();
         keys.previous_key = Some(SignatureKey::new("k0"));
         keys.previous_expires = Some("2026-11-24T09:59:00Z".parse().unwrap());
         match decide(&seen, &settings(), now()).step {
-            Some(Step::WriteKeySecret(d)) => assert!(d.previous_key.is_none() && d.signature_key.is_some()),
+            Some(Step::WriteKeySecret(d)) => {
+                assert!(d.previous_key.is_none() && d.signature_key.is_some())
+            }
             other => panic!("{other:?}"),
         }
     }

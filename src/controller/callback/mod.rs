@@ -7,9 +7,11 @@ pub mod observe;
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::{
+    api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
+};
 use kube::{
-    Api, ResourceExt,
+    Api, Resource, ResourceExt,
     api::DeleteParams,
     runtime::{
         controller::Action,
@@ -53,10 +55,19 @@ pub async fn reconcile(obj: Arc<EnsCallback>, ctx: Arc<Context>) -> Result<Actio
     .await;
     let result = match &res {
         Ok(_) => "ok",
-        Err(kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e)) => e.reason().as_str(),
+        Err(
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e),
+        ) => e.reason().as_str(),
         Err(_) => Reason::KubernetesError.as_str(),
     };
-    ctx.metrics.reconciles.get_or_create(&ReconcileLabels { kind: "EnsCallback", result }).inc();
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ReconcileLabels {
+            kind: "EnsCallback",
+            result,
+        })
+        .inc();
     if res.is_ok() {
         ctx.reset_backoff(&key);
     }
@@ -82,7 +93,14 @@ async fn apply(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
     if let Err(e) = &outcome {
         // The status tells the truth about the failure too.
         let current = obj.status.clone().unwrap_or_default();
-        let s = status::after_error(current, e.reason(), &e.to_string(), e.is_terminal(), obj.meta().generation, &Time(now));
+        let s = status::after_error(
+            current,
+            e.reason(),
+            &e.to_string(),
+            e.is_terminal(),
+            obj.meta().generation,
+            &Time(now),
+        );
         if let Err(w) = status::apply(obj, obj.status.as_ref(), &s, &ctx.client).await {
             tracing::warn!(error = %w, "writing the error status failed");
         }
@@ -113,29 +131,60 @@ async fn cleanup(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
     let mut id = observe::recorded_id(obj);
     if obj.spec.deletion_policy == DeletionPolicy::Retain {
         if let Some(id) = &id {
-            ctx.event(obj, false, Reason::Deleting, "RetainCallback", format!("deletionPolicy Retain: left ENS callback {id} in place")).await;
+            ctx.event(
+                obj,
+                false,
+                Reason::Deleting,
+                "RetainCallback",
+                format!("deletionPolicy Retain: left ENS callback {id} in place"),
+            )
+            .await;
         }
     } else {
         match observe::load_credentials(ctx, obj).await? {
             Err(why) => {
                 if let Some(id) = &id {
-                    ctx.event(obj, true, Reason::CredentialsNotFound, "DeleteCallback", format!("{why}; ENS callback {id} was NOT deleted: delete it by hand")).await;
+                    ctx.event(
+                        obj,
+                        true,
+                        Reason::CredentialsNotFound,
+                        "DeleteCallback",
+                        format!("{why}; ENS callback {id} was NOT deleted: delete it by hand"),
+                    )
+                    .await;
                 }
             }
             Ok(creds) => {
                 if id.is_none() && obj.annotations().contains_key(CREATE_PENDING) {
                     // A create may have happened without being recorded: find it by URL.
                     ctx.ens_permit(&creds).await;
-                    let all = ctx.ens.list_callbacks(&creds).await.map_err(Error::ens("listing callbacks"))?;
-                    id = all.into_iter().find(|c| c.url == obj.spec.url).map(|c| c.callback_id);
+                    let all = ctx
+                        .ens
+                        .list_callbacks(&creds)
+                        .await
+                        .map_err(Error::ens("listing callbacks"))?;
+                    id = all
+                        .into_iter()
+                        .find(|c| c.url == obj.spec.url)
+                        .map(|c| c.callback_id);
                 }
                 if let Some(id) = &id {
                     match delete_remote(ctx, obj, &creds, id).await {
                         Ok(()) => {}
                         // Refused credentials must not block deletion forever (anchors §4.5).
-                        Err(Error::Ens { source, op }) if matches!(source, EnsError::TokenRefused { .. } | EnsError::Unauthorized { .. } | EnsError::Forbidden { .. }) => {
-                            let note = format!("{op}: {source}; ENS callback {id} was NOT deleted: delete it by hand");
-                            ctx.event(obj, true, ens_reason(&source), "DeleteCallback", note).await;
+                        Err(Error::Ens { source, op })
+                            if matches!(
+                                source,
+                                EnsError::TokenRefused { .. }
+                                    | EnsError::Unauthorized { .. }
+                                    | EnsError::Forbidden { .. }
+                            ) =>
+                        {
+                            let note = format!(
+                                "{op}: {source}; ENS callback {id} was NOT deleted: delete it by hand"
+                            );
+                            ctx.event(obj, true, ens_reason(&source), "DeleteCallback", note)
+                                .await;
                         }
                         Err(e) => return Err(e),
                     }
@@ -156,7 +205,12 @@ async fn cleanup(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-async fn delete_remote(ctx: &Context, obj: &EnsCallback, creds: &crate::ens::Credentials, id: &str) -> Result<(), Error> {
+async fn delete_remote(
+    ctx: &Context,
+    obj: &EnsCallback,
+    creds: &crate::ens::Credentials,
+    id: &str,
+) -> Result<(), Error> {
     ctx.ens_permit(creds).await;
     let subs = match ctx.ens.list_subscriptions(creds, id).await {
         Ok(s) => s,
@@ -165,13 +219,42 @@ async fn delete_remote(ctx: &Context, obj: &EnsCallback, creds: &crate::ens::Cre
     };
     for sub in subs {
         ctx.ens_permit(creds).await;
-        if ctx.ens.delete_subscription(creds, &sub.subscription_id).await.map_err(Error::ens("deleting a subscription"))? == Deleted::Deleted {
-            ctx.event(obj, false, Reason::Deleting, "DeleteSubscription", format!("deleted ENS subscription {} of callback {id}", sub.subscription_id)).await;
+        if ctx
+            .ens
+            .delete_subscription(creds, &sub.subscription_id)
+            .await
+            .map_err(Error::ens("deleting a subscription"))?
+            == Deleted::Deleted
+        {
+            ctx.event(
+                obj,
+                false,
+                Reason::Deleting,
+                "DeleteSubscription",
+                format!(
+                    "deleted ENS subscription {} of callback {id}",
+                    sub.subscription_id
+                ),
+            )
+            .await;
         }
     }
     ctx.ens_permit(creds).await;
-    if ctx.ens.delete_callback(creds, id).await.map_err(Error::ens("deleting the callback"))? == Deleted::Deleted {
-        ctx.event(obj, false, Reason::Deleting, "DeleteCallback", format!("deleted ENS callback {id}")).await;
+    if ctx
+        .ens
+        .delete_callback(creds, id)
+        .await
+        .map_err(Error::ens("deleting the callback"))?
+        == Deleted::Deleted
+    {
+        ctx.event(
+            obj,
+            false,
+            Reason::Deleting,
+            "DeleteCallback",
+            format!("deleted ENS callback {id}"),
+        )
+        .await;
     }
     Ok(())
 }
@@ -179,10 +262,15 @@ async fn delete_remote(ctx: &Context, obj: &EnsCallback, creds: &crate::ens::Cre
 /// Requeue policy after an error: per-object exponential backoff, ENS's Retry-After, or a slow
 /// recheck when a person must act.
 pub fn error_policy(obj: Arc<EnsCallback>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
-    let key = format!("EnsCallback/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    let key = format!(
+        "EnsCallback/{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    );
     tracing::warn!(callback = %obj.name_any(), error = %err, "reconcile failed");
     let retry = match err {
-        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e.retry(),
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e.retry(),
         _ => Retry::Backoff,
     };
     match retry {

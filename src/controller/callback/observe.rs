@@ -34,7 +34,11 @@ pub fn key_secret_ref(ctx: &Context, obj: &EnsCallback) -> KeySecretRef {
         },
         ReceiverMode::External => KeySecretRef {
             namespace: ns,
-            name: obj.spec.signature_key_secret_name.clone().unwrap_or_else(|| names::key_secret(&obj.name_any())),
+            name: obj
+                .spec
+                .signature_key_secret_name
+                .clone()
+                .unwrap_or_else(|| names::key_secret(&obj.name_any())),
             managed: false,
             owner: obj.controller_owner_ref(&()),
         },
@@ -51,7 +55,10 @@ pub fn credentials_ref(ctx: &Context, obj: &EnsCallback) -> Option<CredentialsRe
 }
 
 /// Loads the credentials; a missing Secret or key is an observation, a failed read an error.
-pub async fn load_credentials(ctx: &Context, obj: &EnsCallback) -> Result<Result<Credentials, String>, Error> {
+pub async fn load_credentials(
+    ctx: &Context,
+    obj: &EnsCallback,
+) -> Result<Result<Credentials, String>, Error> {
     match credentials::load(&ctx.client, credentials_ref(ctx, obj).as_ref()).await {
         Ok(c) => Ok(Ok(c)),
         Err(CredentialsError::Read(_, e)) => Err(Error::kube("reading the credentials Secret")(e)),
@@ -69,10 +76,17 @@ pub fn recorded_id(obj: &EnsCallback) -> Option<String> {
 }
 
 /// Reads everything once.
-pub async fn observe(ctx: &Context, obj: &EnsCallback) -> Result<(Observed, Option<Credentials>), Error> {
+pub async fn observe(
+    ctx: &Context,
+    obj: &EnsCallback,
+) -> Result<(Observed, Option<Credentials>), Error> {
     let key_secret = key_secret_ref(ctx, obj);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &key_secret.namespace);
-    let keys = secrets.get_opt(&key_secret.name).await.map_err(Error::kube("reading the key Secret"))?.map(|s| KeyData::from_secret(&s));
+    let keys = secrets
+        .get_opt(&key_secret.name)
+        .await
+        .map_err(Error::kube("reading the key Secret"))?
+        .map(|s| KeyData::from_secret(&s));
     let probe = match obj.spec.receiver {
         ReceiverMode::Managed => secrets
             .get_opt(&key_secret.probe_secret())
@@ -83,7 +97,10 @@ pub async fn observe(ctx: &Context, obj: &EnsCallback) -> Result<(Observed, Opti
             .annotations()
             .get(VERIFICATION_KEY)
             .filter(|k| !k.trim().is_empty())
-            .map(|k| Probe { callback_id: None, verification_key: k.trim().to_owned() }),
+            .map(|k| Probe {
+                callback_id: None,
+                verification_key: k.trim().to_owned(),
+            }),
     };
     let creds = load_credentials(ctx, obj).await?;
     let recorded = recorded_id(obj);
@@ -92,19 +109,32 @@ pub async fn observe(ctx: &Context, obj: &EnsCallback) -> Result<(Observed, Opti
         Ok(c) => {
             ctx.ens_permit(c).await;
             match &recorded {
-                Some(id) => match ctx.ens.get_callback(c, id).await.map_err(Error::ens("reading the callback"))? {
+                Some(id) => match ctx
+                    .ens
+                    .get_callback(c, id)
+                    .await
+                    .map_err(Error::ens("reading the callback"))?
+                {
                     Some(cb) => Remote::Found(cb),
                     None => Remote::Gone,
                 },
                 None => {
-                    let all = ctx.ens.list_callbacks(c).await.map_err(Error::ens("listing callbacks"))?;
-                    all.into_iter().find(|cb| cb.url == obj.spec.url).map_or(Remote::Absent, Remote::Found)
+                    let all = ctx
+                        .ens
+                        .list_callbacks(c)
+                        .await
+                        .map_err(Error::ens("listing callbacks"))?;
+                    all.into_iter()
+                        .find(|cb| cb.url == obj.spec.url)
+                        .map_or(Remote::Absent, Remote::Found)
                 }
             }
         }
     };
     let receiver_serving = match (&obj.spec.receiver, &ctx.args.receiver_url, &keys) {
-        (ReceiverMode::Managed, Some(base), Some(k)) if k.path.as_deref() == Some(url_path(&obj.spec.url).as_str()) => {
+        (ReceiverMode::Managed, Some(base), Some(k))
+            if k.path.as_deref() == Some(url_path(&obj.spec.url).as_str()) =>
+        {
             Some(receiver_serves(ctx, base, &url_path(&obj.spec.url)).await)
         }
         _ => None,
@@ -132,7 +162,10 @@ pub async fn observe(ctx: &Context, obj: &EnsCallback) -> Result<(Observed, Opti
 async fn receiver_serves(ctx: &Context, base: &str, path: &str) -> bool {
     let url = format!("{}/routes", base.trim_end_matches('/'));
     match ctx.http.get(&url).send().await {
-        Ok(r) if r.status().is_success() => r.json::<Vec<String>>().await.is_ok_and(|paths| paths.iter().any(|p| p == path)),
+        Ok(r) if r.status().is_success() => r
+            .json::<Vec<String>>()
+            .await
+            .is_ok_and(|paths| paths.iter().any(|p| p == path)),
         _ => false,
     }
 }

@@ -9,18 +9,21 @@ use serde_json::json;
 use super::decide::{Observed, Step};
 use crate::{
     api::{EnsSubscription, annotations::SUBSCRIPTION_ID, conditions::Reason},
-    controller::{
-        callback::act::count,
-        context::Context,
-        error::Error,
-        metrics::DriftLabels,
-    },
+    controller::{callback::act::count, context::Context, error::Error, metrics::DriftLabels},
     ens::{Created, Credentials, EnsError},
 };
 
 /// Runs one step.
-pub async fn act(ctx: &Context, obj: &EnsSubscription, seen: &Observed, creds: Option<&Credentials>, step: Step) -> Result<(), Error> {
-    let c = creds.ok_or_else(|| Error::ens("using the credentials")(EnsError::Setup("no credentials".into())));
+pub async fn act(
+    ctx: &Context,
+    obj: &EnsSubscription,
+    seen: &Observed,
+    creds: Option<&Credentials>,
+    step: Step,
+) -> Result<(), Error> {
+    let c = creds.ok_or_else(|| {
+        Error::ens("using the credentials")(EnsError::Setup("no credentials".into()))
+    });
     match step {
         Step::Create(new) => {
             let c = c?;
@@ -30,8 +33,12 @@ pub async fn act(ctx: &Context, obj: &EnsSubscription, seen: &Observed, creds: O
             match res.map_err(Error::ens("creating the subscription"))? {
                 Created::New(sub) => {
                     record(ctx, obj, Some(&sub.subscription_id)).await?;
-                    let note = format!("created ENS subscription {} ({}) on callback {}", sub.subscription_id, new.subscription_name, new.callback_id);
-                    ctx.event(obj, false, Reason::Active, "CreateSubscription", note).await;
+                    let note = format!(
+                        "created ENS subscription {} ({}) on callback {}",
+                        sub.subscription_id, new.subscription_name, new.callback_id
+                    );
+                    ctx.event(obj, false, Reason::Active, "CreateSubscription", note)
+                        .await;
                 }
                 // 304: the name exists already; the next reconcile finds it by name and records it.
                 Created::AlreadyExists => {}
@@ -39,13 +46,33 @@ pub async fn act(ctx: &Context, obj: &EnsSubscription, seen: &Observed, creds: O
         }
         Step::Record(id) => {
             record(ctx, obj, Some(&id)).await?;
-            ctx.event(obj, false, Reason::Progressing, "RecordSubscription", format!("recorded the existing ENS subscription {id}")).await;
+            ctx.event(
+                obj,
+                false,
+                Reason::Progressing,
+                "RecordSubscription",
+                format!("recorded the existing ENS subscription {id}"),
+            )
+            .await;
         }
         Step::ForgetRemote => {
-            ctx.metrics.drift.get_or_create(&DriftLabels { kind: "EnsSubscription", what: "deleted" }).inc();
+            ctx.metrics
+                .drift
+                .get_or_create(&DriftLabels {
+                    kind: "EnsSubscription",
+                    what: "deleted",
+                })
+                .inc();
             record(ctx, obj, None).await?;
             let id = seen.recorded_id.clone().unwrap_or_default();
-            ctx.event(obj, true, Reason::RemoteDeleted, "RecreateSubscription", format!("ENS subscription {id} was deleted outside Kubernetes; creating it again")).await;
+            ctx.event(
+                obj,
+                true,
+                Reason::RemoteDeleted,
+                "RecreateSubscription",
+                format!("ENS subscription {id} was deleted outside Kubernetes; creating it again"),
+            )
+            .await;
         }
         Step::Update(update) => {
             let c = c?;
@@ -53,9 +80,26 @@ pub async fn act(ctx: &Context, obj: &EnsSubscription, seen: &Observed, creds: O
             let res = ctx.ens.update_subscription(c, &update).await;
             count(ctx, "update_subscription", &res);
             res.map_err(Error::ens("updating the subscription"))?;
-            ctx.metrics.drift.get_or_create(&DriftLabels { kind: "EnsSubscription", what: "settings" }).inc();
-            let note = format!("sent the desired state of ENS subscription {} (status {})", update.subscription_id, update.status.as_str());
-            ctx.event(obj, false, Reason::ChangePending, "UpdateSubscription", note).await;
+            ctx.metrics
+                .drift
+                .get_or_create(&DriftLabels {
+                    kind: "EnsSubscription",
+                    what: "settings",
+                })
+                .inc();
+            let note = format!(
+                "sent the desired state of ENS subscription {} (status {})",
+                update.subscription_id,
+                update.status.as_str()
+            );
+            ctx.event(
+                obj,
+                false,
+                Reason::ChangePending,
+                "UpdateSubscription",
+                note,
+            )
+            .await;
         }
     }
     Ok(())
@@ -63,7 +107,11 @@ pub async fn act(ctx: &Context, obj: &EnsSubscription, seen: &Observed, creds: O
 
 async fn record(ctx: &Context, obj: &EnsSubscription, id: Option<&str>) -> Result<(), Error> {
     Api::<EnsSubscription>::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default())
-        .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "metadata": { "annotations": { SUBSCRIPTION_ID: id } } })))
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": { SUBSCRIPTION_ID: id } } })),
+        )
         .await
         .map_err(Error::kube("annotating the EnsSubscription"))?;
     Ok(())

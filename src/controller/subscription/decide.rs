@@ -87,17 +87,41 @@ pub struct Plan {
 
 /// Event types of the documented catalogue (`ens-api.md` §5.4); others warn, not fail.
 pub const KNOWN_EVENT_TYPES: &[&str] = &[
-    "TransactionalSendEvents.EmailSent", "TransactionalSendEvents.EmailNotSent", "TransactionalSendEvents.EmailBounced",
-    "EngagementEvents.EmailOpen", "EngagementEvents.EmailClick", "EngagementEvents.EmailUnsubscribe",
-    "TransactionalSendEvents.SmsSent", "TransactionalSendEvents.SmsNotSent", "TransactionalSendEvents.SmsTransient",
-    "TransactionalSendEvents.SmsDelivered", "TransactionalSendEvents.SmsBounced", "TransactionalSendEvents.OttNotSent",
-    "EngagementEvents.OttMobileOriginated", "EngagementEvents.OttSent", "EngagementEvents.OttDelivered",
-    "EngagementEvents.OttRead", "EngagementEvents.OttFailed", "SendEvents.AutomationInstanceStarted",
-    "SendEvents.AutomationInstanceCompleted", "SendEvents.AutomationInstanceStopped", "SendEvents.AutomationInstanceErrored",
-    "SendEvents.AutomationInstanceSkipped", "SendEvents.PushSent", "SendEvents.PushNotSent", "SendEvents.PushBounced",
-    "EngagementEvents.PushOpen", "EngagementEvents.InAppDisplay", "EngagementEvents.InAppDismiss", "EngagementEvents.InAppClick",
-    "EngagementEvents.InboxOpen", "EngagementEvents.PushDeliveryReceipt", "EngagementEvents.PushInstall",
-    "EngagementEvents.PushInactive", "EngagementEvents.PushImageClick", "EngagementEvents.PushButtonClick",
+    "TransactionalSendEvents.EmailSent",
+    "TransactionalSendEvents.EmailNotSent",
+    "TransactionalSendEvents.EmailBounced",
+    "EngagementEvents.EmailOpen",
+    "EngagementEvents.EmailClick",
+    "EngagementEvents.EmailUnsubscribe",
+    "TransactionalSendEvents.SmsSent",
+    "TransactionalSendEvents.SmsNotSent",
+    "TransactionalSendEvents.SmsTransient",
+    "TransactionalSendEvents.SmsDelivered",
+    "TransactionalSendEvents.SmsBounced",
+    "TransactionalSendEvents.OttNotSent",
+    "EngagementEvents.OttMobileOriginated",
+    "EngagementEvents.OttSent",
+    "EngagementEvents.OttDelivered",
+    "EngagementEvents.OttRead",
+    "EngagementEvents.OttFailed",
+    "SendEvents.AutomationInstanceStarted",
+    "SendEvents.AutomationInstanceCompleted",
+    "SendEvents.AutomationInstanceStopped",
+    "SendEvents.AutomationInstanceErrored",
+    "SendEvents.AutomationInstanceSkipped",
+    "SendEvents.PushSent",
+    "SendEvents.PushNotSent",
+    "SendEvents.PushBounced",
+    "EngagementEvents.PushOpen",
+    "EngagementEvents.InAppDisplay",
+    "EngagementEvents.InAppDismiss",
+    "EngagementEvents.InAppClick",
+    "EngagementEvents.InboxOpen",
+    "EngagementEvents.PushDeliveryReceipt",
+    "EngagementEvents.PushInstall",
+    "EngagementEvents.PushInactive",
+    "EngagementEvents.PushImageClick",
+    "EngagementEvents.PushButtonClick",
 ];
 
 const AFTER_STEP: Duration = Duration::from_millis(200);
@@ -106,11 +130,17 @@ const STALLED_RECHECK: Duration = Duration::from_secs(300);
 
 /// The deterministic ENS name.
 pub fn subscription_name(seen: &Observed, cluster: &str) -> String {
-    seen.spec.subscription_name.clone().unwrap_or_else(|| crate::controller::names::subscription_name(cluster, &seen.namespace, &seen.name))
+    seen.spec.subscription_name.clone().unwrap_or_else(|| {
+        crate::controller::names::subscription_name(cluster, &seen.namespace, &seen.name)
+    })
 }
 
 fn desired_state(spec: &EnsSubscriptionSpec) -> SubscriptionState {
-    if spec.paused { SubscriptionState::Paused } else { SubscriptionState::Active }
+    if spec.paused {
+        SubscriptionState::Paused
+    } else {
+        SubscriptionState::Active
+    }
 }
 
 fn as_set(v: &[String]) -> BTreeSet<&str> {
@@ -124,34 +154,112 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
     status.observed_generation = seen.generation;
     status.subscription_id = seen.recorded_id.clone();
     let g = seen.generation;
-    let plan = |mut status: EnsSubscriptionStatus, step: Option<Step>, ready: bool, stalled: bool, reason: Reason, msg: String, requeue: Duration| {
+    let plan = |mut status: EnsSubscriptionStatus,
+                step: Option<Step>,
+                ready: bool,
+                stalled: bool,
+                reason: Reason,
+                msg: String,
+                requeue: Duration| {
         let c = &mut status.conditions;
         set(c, condition(C::Ready, ready, reason, &msg, g, &now));
-        set(c, condition(C::Reconciling, !ready && !stalled, reason, if ready { "" } else { &msg }, g, &now));
-        set(c, condition(C::Stalled, stalled, reason, if stalled { &msg } else { "" }, g, &now));
-        Plan { step, status, requeue }
+        set(
+            c,
+            condition(
+                C::Reconciling,
+                !ready && !stalled,
+                reason,
+                if ready { "" } else { &msg },
+                g,
+                &now,
+            ),
+        );
+        set(
+            c,
+            condition(
+                C::Stalled,
+                stalled,
+                reason,
+                if stalled { &msg } else { "" },
+                g,
+                &now,
+            ),
+        );
+        Plan {
+            step,
+            status,
+            requeue,
+        }
     };
 
     let callback_id = match &seen.callback {
         CallbackView::Missing => {
-            let msg = format!("EnsCallback {} does not exist in this namespace", seen.spec.callback_ref.name);
-            return plan(status, None, false, false, Reason::CallbackNotFound, msg, WAIT_CALLBACK);
+            let msg = format!(
+                "EnsCallback {} does not exist in this namespace",
+                seen.spec.callback_ref.name
+            );
+            return plan(
+                status,
+                None,
+                false,
+                false,
+                Reason::CallbackNotFound,
+                msg,
+                WAIT_CALLBACK,
+            );
         }
         CallbackView::NotVerified => {
-            let msg = format!("waiting for EnsCallback {} to be verified; ENS only subscribes verified callbacks", seen.spec.callback_ref.name);
-            return plan(status, None, false, false, Reason::CallbackNotVerified, msg, WAIT_CALLBACK);
+            let msg = format!(
+                "waiting for EnsCallback {} to be verified; ENS only subscribes verified callbacks",
+                seen.spec.callback_ref.name
+            );
+            return plan(
+                status,
+                None,
+                false,
+                false,
+                Reason::CallbackNotVerified,
+                msg,
+                WAIT_CALLBACK,
+            );
         }
         CallbackView::Verified(id) => id.clone(),
     };
     status.callback_id = Some(callback_id.clone());
     if let Some(err) = &seen.credentials_error {
-        return plan(status, None, false, true, Reason::CredentialsNotFound, err.clone(), STALLED_RECHECK);
+        return plan(
+            status,
+            None,
+            false,
+            true,
+            Reason::CredentialsNotFound,
+            err.clone(),
+            STALLED_RECHECK,
+        );
     }
     let name = subscription_name(seen, cluster);
     let sub = match (&seen.remote, &seen.recorded_id) {
-        (Remote::Unknown, _) => return plan(status, None, false, false, Reason::Progressing, "looking up the subscription in ENS".into(), AFTER_STEP),
+        (Remote::Unknown, _) => {
+            return plan(
+                status,
+                None,
+                false,
+                false,
+                Reason::Progressing,
+                "looking up the subscription in ENS".into(),
+                AFTER_STEP,
+            );
+        }
         (Remote::Gone, _) => {
-            return plan(status, Some(Step::ForgetRemote), false, false, Reason::RemoteDeleted, "the subscription was deleted outside Kubernetes; creating it again".into(), AFTER_STEP);
+            return plan(
+                status,
+                Some(Step::ForgetRemote),
+                false,
+                false,
+                Reason::RemoteDeleted,
+                "the subscription was deleted outside Kubernetes; creating it again".into(),
+                AFTER_STEP,
+            );
         }
         (Remote::Absent, _) => {
             let new = NewSubscription {
@@ -160,10 +268,26 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
                 event_category_types: seen.spec.event_category_types.clone(),
                 filters: seen.spec.filters.clone(),
             };
-            return plan(status, Some(Step::Create(new)), false, false, Reason::Progressing, "creating the subscription in ENS".into(), AFTER_STEP);
+            return plan(
+                status,
+                Some(Step::Create(new)),
+                false,
+                false,
+                Reason::Progressing,
+                "creating the subscription in ENS".into(),
+                AFTER_STEP,
+            );
         }
         (Remote::Found(sub), None) => {
-            return plan(status, Some(Step::Record(sub.subscription_id.clone())), false, false, Reason::Progressing, format!("recording subscription {}", sub.subscription_id), AFTER_STEP);
+            return plan(
+                status,
+                Some(Step::Record(sub.subscription_id.clone())),
+                false,
+                false,
+                Reason::Progressing,
+                format!("recording subscription {}", sub.subscription_id),
+                AFTER_STEP,
+            );
         }
         (Remote::Found(sub), Some(_)) => sub,
     };
@@ -179,24 +303,61 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
             event_category_types: seen.spec.event_category_types.clone(),
             filters: seen.spec.filters.clone(),
             status: want,
-            status_reason: if seen.spec.paused { "paused by EnsSubscription spec.paused".into() } else { "active per EnsSubscription spec".into() },
+            status_reason: if seen.spec.paused {
+                "paused by EnsSubscription spec.paused".into()
+            } else {
+                "active per EnsSubscription spec".into()
+            },
         };
         status.last_sent_time = Some(now.clone());
-        return plan(status, Some(Step::Update(update)), false, false, Reason::ChangePending, "sending the desired state to ENS (applies within 2 minutes)".into(), AFTER_STEP);
+        return plan(
+            status,
+            Some(Step::Update(update)),
+            false,
+            false,
+            Reason::ChangePending,
+            "sending the desired state to ENS (applies within 2 minutes)".into(),
+            AFTER_STEP,
+        );
     }
     let (active, reason, msg) = if seen.spec.paused {
-        (false, Reason::Paused, "paused: ENS drops (does not queue) events that happen while paused".to_owned())
+        (
+            false,
+            Reason::Paused,
+            "paused: ENS drops (does not queue) events that happen while paused".to_owned(),
+        )
     } else {
-        (true, Reason::Active, format!("ENS subscription {} is active", sub.subscription_id))
+        (
+            true,
+            Reason::Active,
+            format!("ENS subscription {} is active", sub.subscription_id),
+        )
     };
-    set(&mut status.conditions, condition(C::Active, active, reason, &msg, g, &now));
+    set(
+        &mut status.conditions,
+        condition(C::Active, active, reason, &msg, g, &now),
+    );
     status.last_sync_time = Some(now.clone());
-    let unknown: Vec<&str> = seen.spec.event_category_types.iter().map(String::as_str).filter(|t| !KNOWN_EVENT_TYPES.contains(t)).collect();
+    let unknown: Vec<&str> = seen
+        .spec
+        .event_category_types
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !KNOWN_EVENT_TYPES.contains(t))
+        .collect();
     let ready_msg = if unknown.is_empty() {
         format!("subscription {} matches the spec", sub.subscription_id)
     } else {
-        format!("subscription {} matches the spec; not in the documented catalogue: {}", sub.subscription_id, unknown.join(", "))
+        format!(
+            "subscription {} matches the spec; not in the documented catalogue: {}",
+            sub.subscription_id,
+            unknown.join(", ")
+        )
     };
-    let reason = if unknown.is_empty() { Reason::Reconciled } else { Reason::UnknownEventType };
+    let reason = if unknown.is_empty() {
+        Reason::Reconciled
+    } else {
+        Reason::UnknownEventType
+    };
     plan(status, None, true, false, reason, ready_msg, drift)
 }

@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
-    Api, ResourceExt,
+    Api, Resource, ResourceExt,
     runtime::{
         controller::Action,
         finalizer::{Error as FinalizerError, Event as Finalizer, finalizer},
@@ -36,7 +36,10 @@ use crate::{
 pub type ReconcileError = FinalizerError<Error>;
 
 /// Reconciles one `EnsSubscription`.
-pub async fn reconcile(obj: Arc<EnsSubscription>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+pub async fn reconcile(
+    obj: Arc<EnsSubscription>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<EnsSubscription> = Api::namespaced(ctx.client.clone(), &ns);
     let key = format!("EnsSubscription/{ns}/{}", obj.name_any());
@@ -52,10 +55,18 @@ pub async fn reconcile(obj: Arc<EnsSubscription>, ctx: Arc<Context>) -> Result<A
     .await;
     let result = match &res {
         Ok(_) => "ok",
-        Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => e.reason().as_str(),
+        Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => {
+            e.reason().as_str()
+        }
         Err(_) => Reason::KubernetesError.as_str(),
     };
-    ctx.metrics.reconciles.get_or_create(&ReconcileLabels { kind: "EnsSubscription", result }).inc();
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ReconcileLabels {
+            kind: "EnsSubscription",
+            result,
+        })
+        .inc();
     if res.is_ok() {
         ctx.reset_backoff(&key);
     }
@@ -71,12 +82,21 @@ async fn apply(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
         if let Some(step) = plan.step.take() {
             act::act(ctx, obj, &seen, creds.as_ref(), step).await?;
         }
-        status::apply(obj, obj.status.as_ref(), &plan.status, &ctx.client).await.map_err(Error::kube("writing status"))?;
+        status::apply(obj, obj.status.as_ref(), &plan.status, &ctx.client)
+            .await
+            .map_err(Error::kube("writing status"))?;
         Ok::<_, Error>(Action::requeue(plan.requeue))
     }
     .await;
     if let Err(e) = &outcome {
-        let s = status::after_error(obj.status.clone().unwrap_or_default(), e.reason(), &e.to_string(), e.is_terminal(), obj.meta().generation, &Time(now));
+        let s = status::after_error(
+            obj.status.clone().unwrap_or_default(),
+            e.reason(),
+            &e.to_string(),
+            e.is_terminal(),
+            obj.meta().generation,
+            &Time(now),
+        );
         if let Err(w) = status::apply(obj, obj.status.as_ref(), &s, &ctx.client).await {
             tracing::warn!(error = %w, "writing the error status failed");
         }
@@ -87,25 +107,61 @@ async fn apply(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
 /// Deletes the remote subscription (404 = gone); without usable credentials releases with a
 /// Warning naming the id.
 async fn cleanup(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
-    let Some(id) = observe::recorded_id(obj) else { return Ok(Action::await_change()) };
+    let Some(id) = observe::recorded_id(obj) else {
+        return Ok(Action::await_change());
+    };
     if obj.spec.deletion_policy == DeletionPolicy::Retain {
-        ctx.event(obj, false, Reason::Deleting, "RetainSubscription", format!("deletionPolicy Retain: left ENS subscription {id} in place")).await;
+        ctx.event(
+            obj,
+            false,
+            Reason::Deleting,
+            "RetainSubscription",
+            format!("deletionPolicy Retain: left ENS subscription {id} in place"),
+        )
+        .await;
         return Ok(Action::await_change());
     }
     let cb = observe::callback(ctx, obj).await?;
     let creds = match observe::load_credentials(ctx, obj, cb.as_ref()).await? {
         Ok(c) => c,
         Err(why) => {
-            ctx.event(obj, true, Reason::CredentialsNotFound, "DeleteSubscription", format!("{why}; ENS subscription {id} was NOT deleted: delete it by hand")).await;
+            ctx.event(
+                obj,
+                true,
+                Reason::CredentialsNotFound,
+                "DeleteSubscription",
+                format!("{why}; ENS subscription {id} was NOT deleted: delete it by hand"),
+            )
+            .await;
             return Ok(Action::await_change());
         }
     };
     ctx.ens_permit(&creds).await;
     match ctx.ens.delete_subscription(&creds, &id).await {
-        Ok(Deleted::Deleted) => ctx.event(obj, false, Reason::Deleting, "DeleteSubscription", format!("deleted ENS subscription {id}")).await,
+        Ok(Deleted::Deleted) => {
+            ctx.event(
+                obj,
+                false,
+                Reason::Deleting,
+                "DeleteSubscription",
+                format!("deleted ENS subscription {id}"),
+            )
+            .await
+        }
         Ok(Deleted::NotFound) => {}
-        Err(e @ (EnsError::TokenRefused { .. } | EnsError::Unauthorized { .. } | EnsError::Forbidden { .. })) => {
-            ctx.event(obj, true, ens_reason(&e), "DeleteSubscription", format!("{e}; ENS subscription {id} was NOT deleted: delete it by hand")).await;
+        Err(
+            e @ (EnsError::TokenRefused { .. }
+            | EnsError::Unauthorized { .. }
+            | EnsError::Forbidden { .. }),
+        ) => {
+            ctx.event(
+                obj,
+                true,
+                ens_reason(&e),
+                "DeleteSubscription",
+                format!("{e}; ENS subscription {id} was NOT deleted: delete it by hand"),
+            )
+            .await;
         }
         Err(e) => return Err(Error::ens("deleting the subscription")(e)),
     }
@@ -114,7 +170,11 @@ async fn cleanup(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> 
 
 /// Requeue policy after an error.
 pub fn error_policy(obj: Arc<EnsSubscription>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
-    let key = format!("EnsSubscription/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    let key = format!(
+        "EnsSubscription/{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    );
     tracing::warn!(subscription = %obj.name_any(), error = %err, "reconcile failed");
     let retry = match err {
         FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e.retry(),

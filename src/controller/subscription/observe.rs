@@ -37,11 +37,19 @@ pub async fn callback(ctx: &Context, obj: &EnsSubscription) -> Result<Option<Ens
 }
 
 /// Credentials: the callback's, or the operator's default when the callback is gone.
-pub async fn load_credentials(ctx: &Context, obj: &EnsSubscription, cb: Option<&EnsCallback>) -> Result<Result<Credentials, String>, Error> {
+pub async fn load_credentials(
+    ctx: &Context,
+    obj: &EnsSubscription,
+    cb: Option<&EnsCallback>,
+) -> Result<Result<Credentials, String>, Error> {
     if let Some(cb) = cb {
         return callback_observe::load_credentials(ctx, cb).await;
     }
-    let r = CredentialsRef::resolve(&obj.namespace().unwrap_or_default(), None, ctx.args.default_credentials.as_deref());
+    let r = CredentialsRef::resolve(
+        &obj.namespace().unwrap_or_default(),
+        None,
+        ctx.args.default_credentials.as_deref(),
+    );
     match credentials::load(&ctx.client, r.as_ref()).await {
         Ok(c) => Ok(Ok(c)),
         Err(CredentialsError::Read(_, e)) => Err(Error::kube("reading the credentials Secret")(e)),
@@ -50,14 +58,22 @@ pub async fn load_credentials(ctx: &Context, obj: &EnsSubscription, cb: Option<&
 }
 
 /// Reads everything once.
-pub async fn observe(ctx: &Context, obj: &EnsSubscription) -> Result<(Observed, Option<Credentials>), Error> {
+pub async fn observe(
+    ctx: &Context,
+    obj: &EnsSubscription,
+) -> Result<(Observed, Option<Credentials>), Error> {
     let cb = callback(ctx, obj).await?;
     let callback = match &cb {
         None => CallbackView::Missing,
         Some(cb) => {
             let status = cb.status.clone().unwrap_or_default();
             match status.callback_id {
-                Some(id) if is_true(&status.conditions, ConditionType::Verified) && cb.meta().deletion_timestamp.is_none() => CallbackView::Verified(id),
+                Some(id)
+                    if is_true(&status.conditions, ConditionType::Verified)
+                        && cb.meta().deletion_timestamp.is_none() =>
+                {
+                    CallbackView::Verified(id)
+                }
                 _ => CallbackView::NotVerified,
             }
         }
@@ -78,14 +94,25 @@ pub async fn observe(ctx: &Context, obj: &EnsSubscription) -> Result<(Observed, 
     if let (CallbackView::Verified(cb_id), Ok(c)) = (&seen.callback, &creds) {
         ctx.ens_permit(c).await;
         seen.remote = match &recorded {
-            Some(id) => match ctx.ens.get_subscription(c, id).await.map_err(Error::ens("reading the subscription"))? {
+            Some(id) => match ctx
+                .ens
+                .get_subscription(c, id)
+                .await
+                .map_err(Error::ens("reading the subscription"))?
+            {
                 Some(s) if &s.callback_id == cb_id => Remote::Found(s),
                 _ => Remote::Gone,
             },
             None => {
                 let name = subscription_name(&seen, &ctx.settings.cluster_name);
-                let all = ctx.ens.list_subscriptions(c, cb_id).await.map_err(Error::ens("listing the callback's subscriptions"))?;
-                all.into_iter().find(|s| s.subscription_name == name).map_or(Remote::Absent, Remote::Found)
+                let all = ctx
+                    .ens
+                    .list_subscriptions(c, cb_id)
+                    .await
+                    .map_err(Error::ens("listing the callback's subscriptions"))?;
+                all.into_iter()
+                    .find(|s| s.subscription_name == name)
+                    .map_or(Remote::Absent, Remote::Found)
             }
         };
     }
