@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     telemetry::init(cli.log_format);
     let result = match cli.command {
         Command::Crd { out_dir } => print_crds(out_dir),
+        Command::Emulator(config) => run_emulator(*config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -19,6 +20,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_emulator(config: ens_operator::emulator::Config) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(ens_operator::emulator::run(config))?;
+    Ok(())
 }
 
 fn print_crds(out_dir: Option<std::path::PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
