@@ -27,4 +27,6 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Run a local ENS emulator (token endpoint, management API, probe, delivery).
+    Emulator(Box<crate::emulator::Config>),
 }

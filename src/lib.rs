@@ -2,11 +2,12 @@
 //! and subscriptions from Kubernetes, and ships the receiver that serves the callback URL.
 //!
 //! Modules follow the architecture (`shared/design.md` §1): `api` (resource types), `crd`
-//! (generated manifests), `ens` (ENS protocol), and one module per binary role.
+//! (generated manifests), `ens` (ENS protocol), and one module per binary role (`emulator`: a local ENS).
 
 pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod emulator;
 pub mod ens;
 pub mod telemetry;

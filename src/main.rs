@@ -11,9 +11,8 @@ fn main() -> ExitCode {
     telemetry::init(cli.log_format);
     let result = match cli.command {
         Command::Crd { out_dir } => print_crds(out_dir),
-        Command::Controller(args) => {
-            runtime().and_then(|rt| rt.block_on(ens_operator::controller::run(*args)))
-        }
+        Command::Controller(args) => run(ens_operator::controller::run(*args)),
+        Command::Emulator(config) => run(async { Ok(ens_operator::emulator::run(*config).await?) }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -24,10 +23,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+/// Runs an async role on a multi-threaded runtime.
+fn run(
+    role: impl Future<Output = Result<(), Box<dyn std::error::Error>>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(role)
 }
 
 fn print_crds(out_dir: Option<std::path::PathBuf>) -> Result<(), Box<dyn std::error::Error>> {

@@ -116,8 +116,7 @@ impl Reply {
 impl EnsClient {
     /// Builds the client (rustls with the `ring` provider; system proxy settings apply).
     pub fn new(config: ClientConfig) -> Result<Self, EnsError> {
-        // Another part of the process may have installed a provider already; either is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.connect_timeout)
@@ -379,6 +378,13 @@ impl EnsClient {
             .await
             .map_err(|e| EnsError::transport(route.label, &e))
     }
+}
+
+/// Installs rustls's `ring` provider as the process default (reqwest is built without one);
+/// needed before building any `reqwest::Client`. Idempotent.
+pub fn install_crypto_provider() {
+    // Another part of the process may have installed a provider already; either is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn deleted(result: Result<Reply, EnsError>) -> Result<Deleted, EnsError> {
