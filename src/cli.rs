@@ -25,4 +25,6 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Serve ENS callback URLs: verify, hand off, acknowledge (design §4).
+    Receiver(Box<crate::receiver::Args>),
 }

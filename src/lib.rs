@@ -8,4 +8,5 @@ pub mod api;
 pub mod cli;
 pub mod crd;
 pub mod ens;
+pub mod receiver;
 pub mod telemetry;

@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     telemetry::init(cli.log_format);
     let result = match cli.command {
         Command::Crd { out_dir } => print_crds(out_dir),
+        Command::Receiver(args) => run_receiver(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -19,6 +20,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_receiver(args: ens_operator::receiver::Args) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    Ok(runtime.block_on(ens_operator::receiver::run(args))?)
 }
 
 fn print_crds(out_dir: Option<std::path::PathBuf>) -> Result<(), Box<dyn std::error::Error>> {

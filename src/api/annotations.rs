@@ -29,3 +29,23 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "ens-operator";
 /// Label on receiver route Secrets, so the receiver watches only those.
 pub const ROUTE_LABEL: &str = "ens-operator.io/route";
+
+/// Route Secret data key: the URL path the receiver serves (e.g. `/ens/team-a/orders`).
+pub const ROUTE_PATH_KEY: &str = "path";
+/// Route Secret data key: the ENS `callbackId` (absent until the callback exists).
+pub const ROUTE_CALLBACK_ID_KEY: &str = "callbackId";
+/// Route Secret data key: the current `signatureKey` (absent until the callback exists).
+pub const ROUTE_SIGNATURE_KEY: &str = "signatureKey";
+/// Route Secret data key: the previous `signatureKey`, still accepted during a rotation.
+pub const ROUTE_PREVIOUS_SIGNATURE_KEY: &str = "previousSignatureKey";
+/// Route Secret data key: `"true"` while the route must accept a verification probe.
+pub const ROUTE_EXPECT_PROBE_KEY: &str = "expectProbe";
+
+/// Suffix of the Secret the receiver writes a captured probe into: `<route secret>-probe`.
+pub const PROBE_SECRET_SUFFIX: &str = "-probe";
+/// Label on a probe Secret naming the route Secret it belongs to.
+pub const PROBE_FOR_LABEL: &str = "ens-operator.io/probe-for";
+/// Probe Secret data key: the `callbackId` from the probe.
+pub const PROBE_CALLBACK_ID_KEY: &str = "callbackId";
+/// Probe Secret data key: the single-use `verificationKey` from the probe.
+pub const PROBE_VERIFICATION_KEY: &str = "verificationKey";
