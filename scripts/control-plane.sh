@@ -118,6 +118,7 @@ export KUBECONFIG=$run/admin.kubeconfig
 export ENS_TEST_KUBECONFIG=$run/admin.kubeconfig
 export ENS_TEST_CONTROL_PLANE=$run
 export ENS_TEST_API_URL=https://127.0.0.1:$api_port
+export ENS_TEST_KUBECTL=$K8S_BIN/kubectl
 export PATH=$K8S_BIN:$ETCD_BIN:$HELM_BIN:$KUBECONFORM_BIN:\$PATH
 ENV
   log "control plane up in $run: apiserver https://127.0.0.1:$api_port ready after ${ready_ms} ms;" \

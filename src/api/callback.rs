@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::common::{DeletionPolicy, SecretRef};
 
 /// Desired state of an ENS callback.
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn repeats `type_`; the lint mistakes them for duplicates"
+)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "ens-operator.io",

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this). On a fresh machine it installs
+# what is missing (Rust components, the Go-built control plane and tools, all cached outside the
+# clone under ~/.cache/ens-operator), then: fmt, clippy, build, one control plane for the whole
+# run, every test, and the control plane stopped again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+t0=$(date +%s)
+phase() { log "$* (+$(( $(date +%s) - t0 )) s)"; }
+
+phase "prerequisites"
+for tool in cargo go openssl curl python3; do
+  command -v "$tool" >/dev/null || die "$tool is missing: install it (Rust via rustup, Go >= 1.26, openssl, curl, python3)"
+done
+if command -v rustup >/dev/null; then
+  for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+  done
+fi
+
+phase "cargo fmt --check"
+cargo fmt --all -- --check || die "formatting differs: run cargo fmt"
+
+phase "cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+
+phase "building test binaries"
+cargo test --locked --no-run
+
+phase "control-plane tools (cached after the first run)"
+scripts/build-tools.sh
+
+phase "starting the control plane"
+run=$(scripts/control-plane.sh start)
+trap 'scripts/control-plane.sh stop "$run"' EXIT
+. "$run/env"
+
+phase "cargo test"
+cargo test --locked -- "$@"
+
+phase "all tests passed"
