@@ -42,8 +42,7 @@ impl Probe {
     /// The probe in `body`, if the body is a JSON object with string `callbackId` and
     /// `verificationKey` (extra fields allowed). Arrays and anything else are not probes.
     pub fn parse(body: &[u8]) -> Option<Self> {
-        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
-        {
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return None;
         }
         serde_json::from_slice(body).ok()
