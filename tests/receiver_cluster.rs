@@ -24,7 +24,10 @@ const WAIT: Duration = Duration::from_secs(30);
 async fn apply_route(api: &Api<Secret>, name: &str, data: &[(&str, &str)]) {
     let mut s = Secret::default();
     s.metadata.name = Some(name.to_owned());
-    s.metadata.labels = Some(BTreeMap::from([(ROUTE_LABEL.to_owned(), "true".to_owned())]));
+    s.metadata.labels = Some(BTreeMap::from([(
+        ROUTE_LABEL.to_owned(),
+        "true".to_owned(),
+    )]));
     s.data = Some(
         data.iter()
             .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
@@ -111,7 +114,11 @@ async fn routes_keys_and_probes_come_from_secrets() {
     )
     .await;
     until_status(&rx, BODY1, Some(V1_A), 200).await;
-    assert_eq!(rx.post(PATH, probe, None).await.0, 401, "no probe expected now");
+    assert_eq!(
+        rx.post(PATH, probe, None).await.0,
+        401,
+        "no probe expected now"
+    );
     assert_eq!(sink.accepted().len(), 1);
 
     // Rotation: new key current, old key previous; both verify, without a restart.
@@ -196,7 +203,10 @@ async fn probe_answers_503_when_the_api_server_refuses() {
     assert_eq!(rx.post(PATH, probe, None).await.0, 503);
     let (_, metrics) = rx.get("/metrics").await;
     assert_eq!(
-        metric(&metrics, "ens_receiver_probes_total{outcome=\"handoff_failed\"}"),
+        metric(
+            &metrics,
+            "ens_receiver_probes_total{outcome=\"handoff_failed\"}"
+        ),
         1.0
     );
     assert!(!metrics.contains("vk-9"));

@@ -306,11 +306,11 @@ impl Inner {
                         },
                     )));
                 }
-                Read::End if self.is_writer(pos.seq) => {
-                    self.finish_segment(pos.seq, true)?;
-                    return Ok(None);
+                Read::End => {
+                    if !self.finish_segment(pos.seq, true)? {
+                        return Ok(None);
+                    }
                 }
-                Read::End => self.finish_segment(pos.seq, false)?,
                 Read::Corrupt => {
                     tracing::warn!(
                         segment = pos.seq,
@@ -324,22 +324,15 @@ impl Inner {
         }
     }
 
-    fn is_writer(&self, seq: u64) -> bool {
-        self.lock().writer.as_ref().is_some_and(|(s, _)| *s == seq)
-    }
-
-    /// Moves past segment `seq` and deletes it. For the open segment only when it is non-empty
-    /// and fully delivered (then the next append opens a new one).
-    fn finish_segment(&self, seq: u64, writer: bool) -> Result<(), SpoolError> {
+    /// Moves past segment `seq` and deletes it; `true` if it did. With `at_end`, the segment
+    /// being appended to is finished only when it is non-empty and fully delivered (the next
+    /// append then opens a new one); without, it is closed regardless (damaged).
+    fn finish_segment(&self, seq: u64, at_end: bool) -> Result<bool, SpoolError> {
         let mut st = self.lock();
-        if writer {
-            let drained = st.read
-                == Pos {
-                    seq,
-                    at: st.segments.get(&seq).copied().unwrap_or(0),
-                };
-            if !drained || st.read.at == 0 {
-                return Ok(());
+        if st.writer.as_ref().is_some_and(|(s, _)| *s == seq) {
+            let len = st.segments.get(&seq).copied().unwrap_or(0);
+            if at_end && (len == 0 || st.read != (Pos { seq, at: len })) {
+                return Ok(false);
             }
             st.writer = None;
         }
@@ -352,8 +345,8 @@ impl Inner {
         st.segments.remove(&seq);
         let p = segment::path(&self.dir, seq);
         match fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
             Err(e) => Err(io_err(&p)(e)),
         }
     }
@@ -429,4 +422,74 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("ens-spool-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        p
+    }
+
+    fn segments(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                segment::parse_name(name.to_str().unwrap()).is_some()
+            })
+            .count()
+    }
+
+    /// Delivers (reads and commits) one record, returning its payload.
+    fn drain_one(spool: &Spool) -> Option<Vec<u8>> {
+        let (payload, end) = spool.0.next_record().unwrap()?;
+        let len = payload.len() as u64 + segment::HEADER_LEN;
+        spool.0.commit(end, len).unwrap();
+        Some(payload)
+    }
+
+    #[test]
+    fn resumes_after_reopen_and_deletes_drained_segments() {
+        let dir = temp("resume");
+        let metrics = Arc::new(Metrics::new());
+        let spool = Spool::open(&dir, 1 << 20, metrics.clone()).unwrap();
+        for p in [&b"one"[..], b"two", b"three"] {
+            spool.0.append(p).unwrap();
+        }
+        assert_eq!(drain_one(&spool).as_deref(), Some(&b"one"[..]));
+        drop(spool);
+
+        let spool = Spool::open(&dir, 1 << 20, metrics.clone()).unwrap();
+        assert_eq!(metrics.spool_depth_records.get(), 2);
+        spool.0.append(b"four").unwrap();
+        assert_eq!(
+            segments(&dir),
+            2,
+            "a reopened spool appends to a new segment"
+        );
+        let mut rest = Vec::new();
+        while let Some(p) = drain_one(&spool) {
+            rest.push(p);
+        }
+        assert_eq!(rest, [&b"two"[..], b"three", b"four"]);
+        assert_eq!(metrics.spool_depth_records.get(), 0);
+        assert_eq!(segments(&dir), 0, "drained segments are deleted");
+        spool.0.append(b"five").unwrap();
+        assert_eq!(drain_one(&spool).as_deref(), Some(&b"five"[..]));
+    }
+
+    #[test]
+    fn refuses_beyond_the_bound() {
+        let dir = temp("bound");
+        let spool = Spool::open(&dir, 100, Arc::new(Metrics::new())).unwrap();
+        spool.0.append(&[b'x'; 60]).unwrap();
+        assert!(matches!(spool.0.append(&[b'y'; 60]), Err(SpoolError::Full)));
+        assert!(drain_one(&spool).is_some());
+        assert!(drain_one(&spool).is_none());
+        spool.0.append(&[b'y'; 60]).unwrap();
+    }
 }
