@@ -277,3 +277,56 @@ async fn sigterm_drains_and_exits_cleanly() {
     let status = rx.terminate();
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test]
+async fn tls_is_served_with_the_given_certificate() {
+    let sink = TestSink::start(true).await;
+    let dir = temp_dir("tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (scripts/test.sh requires it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let keys = key_file(&dir, "key", &[KEY]);
+    let route = format!("{ROUTE}={keys}");
+    let rx = Receiver::spawn(
+        &[
+            "--route",
+            &route,
+            "--sink",
+            &sink.url,
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(rx.url.starts_with("https://127.0.0.1:"), "{}", rx.url);
+    let client = {
+        let _ = http();
+        let pem = std::fs::read(&cert).unwrap();
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+            .build()
+            .unwrap()
+    };
+    let resp = client
+        .post(format!("{}{ROUTE}", rx.url))
+        .header("content-type", "application/json")
+        .header("x-sfmc-ens-signature", V1_A)
+        .body(BODY1)
+        .send()
+        .await
+        .expect("HTTPS request");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(sink.accepted().len(), 1);
+}
