@@ -270,12 +270,40 @@ async fn batched_mode_rotation_and_k_sink() {
 }
 
 #[tokio::test]
-async fn sigterm_drains_and_exits_cleanly() {
+async fn sigterm_finishes_the_in_flight_batch_then_exits() {
     let sink = TestSink::start(true).await;
     let (rx, _) = standalone(&sink, &[]).await;
-    assert_eq!(rx.post(ROUTE, "[]", Some(V2_A)).await.0, 200);
-    let status = rx.terminate();
+    sink.set_delay(Duration::from_millis(800));
+    let body = batch("in-flight", 1);
+    let url = format!("{}{ROUTE}", rx.url);
+    let signature = sig(KEY, &body);
+    let in_flight = tokio::spawn(async move {
+        http()
+            .post(url)
+            .header("content-type", "application/json")
+            .header("x-sfmc-ens-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    wait_until(
+        "the batch reached the sink",
+        Duration::from_secs(10),
+        || sink.started() == 1,
+    )
+    .await;
+    let url = rx.url.clone();
+    let status = tokio::task::spawn_blocking(move || rx.terminate())
+        .await
+        .unwrap();
     assert!(status.success(), "exit status {status:?}");
+    assert_eq!(in_flight.await.unwrap().expect("answered"), 200);
+    assert_eq!(sink.accepted().len(), 1);
+    assert!(
+        http().get(format!("{url}/healthz")).send().await.is_err(),
+        "no longer listening"
+    );
 }
 
 #[tokio::test]
@@ -284,7 +312,9 @@ async fn tls_is_served_with_the_given_certificate() {
     let dir = temp_dir("tls");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
         .args(["-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=IP:127.0.0.1"])
         .args(["-addext", "basicConstraints=critical,CA:FALSE"])
@@ -294,7 +324,11 @@ async fn tls_is_served_with_the_given_certificate() {
         .arg(&cert)
         .output()
         .expect("openssl (scripts/test.sh requires it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let keys = key_file(&dir, "key", &[KEY]);
     let route = format!("{ROUTE}={keys}");
     let rx = Receiver::spawn(

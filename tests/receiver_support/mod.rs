@@ -187,6 +187,8 @@ impl Delivery {
 #[derive(Default)]
 struct SinkState {
     up: AtomicBool,
+    started: std::sync::atomic::AtomicUsize,
+    delay: Mutex<Duration>,
     accepted: Mutex<Vec<Delivery>>,
     refused: Mutex<usize>,
 }
@@ -205,6 +207,9 @@ impl TestSink {
         let app = Router::new()
             .fallback(
                 |State(s): State<Arc<SinkState>>, headers: HeaderMap, body: Bytes| async move {
+                    s.started.fetch_add(1, Ordering::SeqCst);
+                    let delay = *s.delay.lock().unwrap();
+                    tokio::time::sleep(delay).await;
                     if s.up.load(Ordering::SeqCst) {
                         s.accepted.lock().unwrap().push(Delivery { headers, body });
                         StatusCode::OK
@@ -224,6 +229,16 @@ impl TestSink {
     /// Switches the sink up or down.
     pub fn set_up(&self, up: bool) {
         self.state.up.store(up, Ordering::SeqCst);
+    }
+
+    /// Makes the sink hold each request this long before answering.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.state.delay.lock().unwrap() = delay;
+    }
+
+    /// How many requests reached the sink (answered or not yet).
+    pub fn started(&self) -> usize {
+        self.state.started.load(Ordering::SeqCst)
     }
 
     /// What the sink accepted so far.
