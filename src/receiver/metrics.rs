@@ -63,8 +63,7 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let metrics = Self {
+        let mut m = Self {
             batches: Family::default(),
             events: Family::default(),
             signature_failures: Family::default(),
@@ -78,65 +77,59 @@ impl Metrics {
             routes: Gauge::default(),
             registry: Registry::default(),
         };
+        let registry = &mut m.registry;
         registry.register(
             "ens_receiver_batches",
             "Notification requests by outcome",
-            metrics.batches.clone(),
+            m.batches.clone(),
         );
-        registry.register(
-            "ens_receiver_events",
-            "Events by outcome",
-            metrics.events.clone(),
-        );
+        registry.register("ens_receiver_events", "Events by outcome", m.events.clone());
         registry.register(
             "ens_receiver_signature_failures",
             "Refused signatures by reason",
-            metrics.signature_failures.clone(),
+            m.signature_failures.clone(),
         );
         registry.register(
             "ens_receiver_signature_key_matches",
             "Accepted signatures by key mode (ens-api.md 6.2) and key slot",
-            metrics.key_matches.clone(),
+            m.key_matches.clone(),
         );
         registry.register(
             "ens_receiver_ack_latency_seconds",
             "Time from request start to acknowledgement of an accepted batch",
-            metrics.ack_latency.clone(),
+            m.ack_latency.clone(),
         );
         registry.register(
             "ens_receiver_sink_errors",
             "Failed sink deliveries by kind",
-            metrics.sink_errors.clone(),
+            m.sink_errors.clone(),
         );
         registry.register(
             "ens_receiver_spool_depth_bytes",
             "Spooled bytes not yet delivered",
-            metrics.spool_depth_bytes.clone(),
+            m.spool_depth_bytes.clone(),
         );
         registry.register(
             "ens_receiver_spool_depth_records",
             "Spooled records not yet delivered",
-            metrics.spool_depth_records.clone(),
+            m.spool_depth_records.clone(),
         );
         registry.register(
             "ens_receiver_spool_corrupt_records",
             "Spool records skipped for a bad frame or checksum",
-            metrics.spool_corrupt_records.clone(),
+            m.spool_corrupt_records.clone(),
         );
         registry.register(
             "ens_receiver_probes",
             "Verification probes by outcome",
-            metrics.probes.clone(),
+            m.probes.clone(),
         );
         registry.register(
             "ens_receiver_routes",
             "Routes currently served",
-            metrics.routes.clone(),
+            m.routes.clone(),
         );
-        Self {
-            registry,
-            ..metrics
-        }
+        m
     }
 
     /// Counts a request outcome.
