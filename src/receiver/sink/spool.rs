@@ -27,6 +27,7 @@ use crate::receiver::metrics::Metrics;
 
 const OFFSET_FILE: &str = "offset";
 const OFFSET_TMP: &str = "offset.tmp";
+const LOCK_FILE: &str = "lock";
 /// First and largest pause between delivery attempts of one record.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
@@ -36,6 +37,9 @@ pub enum SpoolError {
     /// Accepting the batch would pass `--spool-max-bytes`.
     #[error("spool is full")]
     Full,
+    /// Another process holds the spool directory.
+    #[error("spool directory {0} is in use by another receiver")]
+    Locked(PathBuf),
     /// Disk I/O failed.
     #[error("spool I/O on {path}: {source}")]
     Io {
@@ -87,6 +91,8 @@ impl State {
 
 struct Inner {
     dir: PathBuf,
+    /// Held for the life of the spool: the exclusive lock on `<dir>/lock`.
+    _lock: File,
     max_bytes: u64,
     segment_bytes: u64,
     state: Mutex<State>,
@@ -102,6 +108,18 @@ impl Spool {
     /// Opens (or creates) the spool in `dir` and recovers its position and depth.
     pub fn open(dir: &Path, max_bytes: u64, metrics: Arc<Metrics>) -> Result<Self, SpoolError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked(dir.to_owned())),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
         let mut segments = BTreeMap::new();
         for entry in fs::read_dir(dir).map_err(io_err(dir))? {
             let entry = entry.map_err(io_err(dir))?;
@@ -136,6 +154,7 @@ impl Spool {
         };
         let spool = Self(Arc::new(Inner {
             dir: dir.to_owned(),
+            _lock: lock,
             max_bytes,
             segment_bytes: (max_bytes / 4).clamp(64 * 1024, 64 * 1024 * 1024),
             state: Mutex::new(state),
@@ -480,6 +499,18 @@ mod tests {
         assert_eq!(segments(&dir), 0, "drained segments are deleted");
         spool.0.append(b"five").unwrap();
         assert_eq!(drain_one(&spool).as_deref(), Some(&b"five"[..]));
+    }
+
+    #[test]
+    fn one_spool_per_directory() {
+        let dir = temp("lock");
+        let first = Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())).unwrap();
+        assert!(matches!(
+            Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())),
+            Err(SpoolError::Locked(_))
+        ));
+        drop(first);
+        assert!(Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())).is_ok());
     }
 
     #[test]
