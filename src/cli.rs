@@ -29,4 +29,6 @@ pub enum Command {
     },
     /// Run a local ENS emulator (token endpoint, management API, probe, delivery).
     Emulator(Box<crate::emulator::Config>),
+    /// Serve ENS callback URLs: verify, hand off, acknowledge (design §4).
+    Receiver(Box<crate::receiver::Args>),
 }

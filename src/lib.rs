@@ -10,4 +10,5 @@ pub mod controller;
 pub mod crd;
 pub mod emulator;
 pub mod ens;
+pub mod receiver;
 pub mod telemetry;

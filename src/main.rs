@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         Command::Crd { out_dir } => print_crds(out_dir),
         Command::Controller(args) => run(ens_operator::controller::run(*args)),
         Command::Emulator(config) => run(async { Ok(ens_operator::emulator::run(*config).await?) }),
+        Command::Receiver(args) => run(async { Ok(ens_operator::receiver::run(*args).await?) }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,206 @@
+//! ENS events as CloudEvents: parsing a notification batch tolerantly (`ens-api.md` §5.3, §9.2)
+//! and giving each event a deterministic id, type, source and time.
+//!
+//! Pure: no I/O.
+//!
+//! The id is the hex SHA-256 of the event's *canonical* JSON (object keys sorted, no whitespace,
+//! strings and numbers as serde_json writes them), not of its raw bytes: ENS may re-send an event
+//! in another batch or with different formatting, and the canonical form makes those copies share
+//! one id, so the receiver and anyone downstream can drop them. The event itself is forwarded
+//! byte for byte as received.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+/// Prefix of every CloudEvent `type`: `<prefix>.<eventCategoryType>`.
+pub const TYPE_PREFIX: &str = "com.salesforce.marketingcloud.ens";
+/// The `type` suffix for events that carry neither `eventCategoryType` nor `EventType`.
+pub const UNKNOWN_TYPE: &str = "Unknown";
+
+/// One ENS event as a CloudEvent (structured JSON form, spec 1.0). `data` is the event's raw JSON.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CloudEvent {
+    /// Always `"1.0"`.
+    pub specversion: String,
+    /// Hex SHA-256 of the event's canonical JSON.
+    pub id: String,
+    /// `com.salesforce.marketingcloud.ens.<eventCategoryType>`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// The callback route (URL path) the event arrived on.
+    pub source: String,
+    /// RFC 3339 time from `timestampUTC` (epoch milliseconds), when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Always `application/json`.
+    pub datacontenttype: String,
+    /// The event exactly as ENS sent it.
+    pub data: Box<RawValue>,
+}
+
+/// Why a body is not a notification batch.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON at all.
+    #[error("body is not JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    /// JSON, but not an array.
+    #[error("a notification batch must be a JSON array")]
+    NotArray,
+    /// An element of the array is not an object.
+    #[error("event {0} is not a JSON object")]
+    NotObject(usize),
+}
+
+/// Parses a notification batch into CloudEvents for `source`. Unknown fields and event types pass.
+pub fn parse_batch(body: &[u8], source: &str) -> Result<Vec<CloudEvent>, ParseError> {
+    let value: Value = serde_json::from_slice(body).map_err(ParseError::Json)?;
+    if !value.is_array() {
+        return Err(ParseError::NotArray);
+    }
+    let raws: Vec<Box<RawValue>> = serde_json::from_slice(body).map_err(ParseError::Json)?;
+    let Value::Array(items) = value else {
+        return Err(ParseError::NotArray);
+    };
+    items
+        .into_iter()
+        .zip(raws)
+        .enumerate()
+        .map(|(i, (item, raw))| {
+            let Value::Object(_) = &item else {
+                return Err(ParseError::NotObject(i));
+            };
+            Ok(to_cloud_event(&item, raw, source))
+        })
+        .collect()
+}
+
+fn to_cloud_event(event: &Value, raw: Box<RawValue>, source: &str) -> CloudEvent {
+    let category = ["eventCategoryType", "EventType"]
+        .iter()
+        .find_map(|k| event.get(*k).and_then(Value::as_str))
+        .unwrap_or(UNKNOWN_TYPE);
+    let time = ["timestampUTC", "TimeStamp"]
+        .iter()
+        .find_map(|k| event.get(*k).and_then(epoch_millis))
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map(|t| t.to_string());
+    CloudEvent {
+        specversion: "1.0".to_owned(),
+        id: event_id(event),
+        ty: format!("{TYPE_PREFIX}.{category}"),
+        source: source.to_owned(),
+        time,
+        datacontenttype: "application/json".to_owned(),
+        data: raw,
+    }
+}
+
+/// Epoch milliseconds from a number or a numeric string (families differ, §5.5.4).
+fn epoch_millis(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Hex SHA-256 of the canonical form of `event`.
+pub fn event_id(event: &Value) -> String {
+    let mut canonical = String::new();
+    write_canonical(event, &mut canonical);
+    Sha256::digest(canonical.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Keys sorted bytewise, no whitespace; independent of serde_json's map ordering features.
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &str = r#"[{"eventCategoryType":"TransactionalSendEvents.EmailSent","timestampUTC":1600698608530,"mid":1447640,"eid":1447640,"info":{"status":"Sent"}},
+      { "EventType": "EngagementEvents.OttDelivered", "MID": "1476456", "EID": "1476266", "TimeStamp": 1712000000000 },
+      {"surprise":true}]"#;
+
+    #[test]
+    fn maps_types_times_and_keeps_raw_data() {
+        let events = parse_batch(BODY.as_bytes(), "/ens/a").unwrap();
+        assert_eq!(events.len(), 3);
+        assert_eq!(
+            events[0].ty,
+            "com.salesforce.marketingcloud.ens.TransactionalSendEvents.EmailSent"
+        );
+        assert_eq!(events[0].time.as_deref(), Some("2020-09-21T14:30:08.53Z"));
+        assert_eq!(events[0].source, "/ens/a");
+        assert_eq!(
+            events[1].ty,
+            "com.salesforce.marketingcloud.ens.EngagementEvents.OttDelivered"
+        );
+        assert!(events[1].time.is_some());
+        assert_eq!(events[2].ty, "com.salesforce.marketingcloud.ens.Unknown");
+        assert_eq!(events[2].time, None);
+        assert!(events[1].data.get().starts_with("{ \"EventType\""));
+    }
+
+    #[test]
+    fn ids_survive_reformatting_but_not_changes() {
+        let a = parse_batch(br#"[{"b":1,"a":{"y":"\u0041","x":[1,2]}}]"#, "/r").unwrap();
+        let b = parse_batch(
+            b"[ {\"a\": {\"x\": [1, 2], \"y\": \"A\"}, \"b\": 1} ]",
+            "/r",
+        )
+        .unwrap();
+        let c = parse_batch(br#"[{"b":2,"a":{"y":"A","x":[1,2]}}]"#, "/r").unwrap();
+        assert_eq!(a[0].id, b[0].id);
+        assert_ne!(a[0].id, c[0].id);
+        assert_eq!(a[0].id.len(), 64);
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_batch() {
+        assert!(matches!(parse_batch(b"{", "/r"), Err(ParseError::Json(_))));
+        assert!(matches!(
+            parse_batch(b"{\"a\":1}", "/r"),
+            Err(ParseError::NotArray)
+        ));
+        assert!(matches!(
+            parse_batch(b"[{},1]", "/r"),
+            Err(ParseError::NotObject(1))
+        ));
+        assert!(parse_batch(b"[]", "/r").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,222 @@
+//! The companion receiver (design §4): serves callback URLs, captures verification probes,
+//! verifies notification signatures and hands events off durably before acknowledging them.
+//!
+//! Standalone, routes come from `--route`/`--expect-probe`; in a cluster, from route Secrets
+//! (`cluster`). Events go to a CloudEvents sink directly or through the spool (`sink`).
+
+pub mod cluster;
+pub mod dedupe;
+pub mod event;
+pub mod metrics;
+pub mod probe;
+pub mod router;
+pub mod routes;
+pub mod server;
+pub mod sink;
+pub mod verify;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use self::metrics::Metrics;
+use self::probe::ProbeSink;
+use self::router::App;
+use self::routes::{RouteTable, Routes};
+use self::sink::Handoff;
+use self::sink::cloudevents::{HttpSink, SinkMode};
+use self::sink::spool::Spool;
+
+/// `ens-operator receiver` flags.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Address to listen on (`127.0.0.1:0` picks a free port; the address is printed).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with --tls-key, serve HTTPS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Standalone route `/path=KEYFILE` (repeatable). KEYFILE: the signature key text, and
+    /// optionally the previous key on a second line (rotation).
+    #[arg(long = "route", value_name = "/PATH=KEYFILE")]
+    pub routes: Vec<String>,
+    /// Standalone: accept a verification probe on this path (repeatable).
+    #[arg(long = "expect-probe", value_name = "/PATH")]
+    pub expect_probe: Vec<String>,
+    /// Standalone: also write each probe to `<dir>/<callbackId>.json`.
+    #[arg(long)]
+    pub probe_dir: Option<PathBuf>,
+    /// Cluster mode (no --route): watch route Secrets in this namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// CloudEvents sink URL (Knative `K_SINK`).
+    #[arg(long, env = "K_SINK")]
+    pub sink: Option<String>,
+    /// How events are sent to the sink.
+    #[arg(long, value_enum, default_value = "binary")]
+    pub sink_mode: SinkMode,
+    /// Per-request sink timeout, milliseconds (ENS waits 3 s for the acknowledgement).
+    #[arg(long, default_value_t = 2000)]
+    pub sink_timeout_ms: u64,
+    /// Durable spool directory: acknowledge after fsync, forward asynchronously.
+    #[arg(long)]
+    pub spool_dir: Option<PathBuf>,
+    /// Spool bound in bytes on disk; beyond it requests get 503.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub spool_max_bytes: u64,
+    /// Largest request body accepted (413 beyond).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_body_bytes: usize,
+    /// How many recent event ids to remember for dropping duplicates (0 disables).
+    #[arg(long, default_value_t = 100_000)]
+    pub dedupe_ids: usize,
+    /// Longest the SIGTERM drain waits for in-flight requests, seconds.
+    #[arg(long, default_value_t = 25)]
+    pub drain_timeout_secs: u64,
+}
+
+/// Why the receiver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No sink configured.
+    #[error("no sink: pass --sink URL or set K_SINK")]
+    NoSink,
+    /// Neither standalone routes nor a namespace.
+    #[error("no routes: pass --route/--expect-probe (standalone) or --namespace/POD_NAMESPACE")]
+    NoRoutes,
+    /// A standalone route is unusable.
+    #[error(transparent)]
+    Route(#[from] routes::RouteError),
+    /// TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] server::TlsError),
+    /// The sink client could not be built.
+    #[error(transparent)]
+    Sink(#[from] sink::cloudevents::SinkError),
+    /// The spool could not be opened.
+    #[error(transparent)]
+    Spool(#[from] sink::spool::SpoolError),
+    /// No Kubernetes client.
+    #[error("cannot create a Kubernetes client: {0}")]
+    Kube(#[source] kube::Error),
+    /// Binding, printing the address or waiting for signals failed.
+    #[error("{0}: {1}")]
+    Io(&'static str, #[source] std::io::Error),
+}
+
+/// Runs the receiver until SIGTERM or SIGINT.
+pub async fn run(args: Args) -> Result<(), Error> {
+    // Both the sink client and kube use rustls; pick the ring provider for the process. An
+    // already installed provider is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = Arc::new(Metrics::new());
+    let sink_url = args.sink.clone().ok_or(Error::NoSink)?;
+    let sink = HttpSink::new(
+        sink_url,
+        args.sink_mode,
+        Duration::from_millis(args.sink_timeout_ms),
+    )?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let handoff = match &args.spool_dir {
+        Some(dir) => {
+            let spool = Spool::open(dir, args.spool_max_bytes, metrics.clone())?;
+            tasks.push(tokio::spawn(spool.clone().forward(sink, stop_rx.clone())));
+            Handoff::Spool(spool)
+        }
+        None => Handoff::Direct(sink),
+    };
+
+    let routes = Arc::new(Routes::default());
+    let standalone = !args.routes.is_empty() || !args.expect_probe.is_empty();
+    let probes = if standalone {
+        let (table, dropped) =
+            RouteTable::new(routes::standalone(&args.routes, &args.expect_probe)?);
+        for r in dropped {
+            tracing::warn!(path = %r.path, "duplicate --route ignored");
+        }
+        metrics.routes.set(table.len() as i64);
+        routes.replace(table);
+        ProbeSink::Standalone {
+            dir: args.probe_dir.clone(),
+        }
+    } else {
+        let namespace = args.namespace.clone().ok_or(Error::NoRoutes)?;
+        let client = kube::Client::try_default().await.map_err(Error::Kube)?;
+        tasks.push(tokio::spawn(cluster::watch_routes(
+            client.clone(),
+            namespace.clone(),
+            routes.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        )));
+        ProbeSink::Cluster(Box::new(cluster::ProbeWriter::new(client, &namespace)))
+    };
+
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let app = Arc::new(App {
+        routes,
+        handoff,
+        probes,
+        recent: dedupe::RecentIds::new(args.dedupe_ids),
+        metrics,
+        max_body: args.max_body_bytes,
+        draining: AtomicBool::new(false),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Error::Io("cannot bind --listen", e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Io("cannot read the bound address", e))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {scheme}://{addr}")
+            .and_then(|()| out.flush())
+            .map_err(|e| Error::Io("cannot print the address", e))?;
+    }
+    tracing::info!(%addr, scheme, "receiver listening");
+
+    let server = tokio::spawn(server::serve(
+        listener,
+        tls,
+        router::router(app.clone()),
+        stop_rx.clone(),
+        Duration::from_secs(args.drain_timeout_secs),
+    ));
+    shutdown_signal().await?;
+    tracing::info!("shutting down: refusing new connections, finishing in-flight requests");
+    app.draining.store(true, Ordering::Release);
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() -> Result<(), Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| Error::Io("cannot watch SIGTERM", e))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| Error::Io("cannot watch SIGINT", e))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

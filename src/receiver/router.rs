@@ -1,0 +1,232 @@
+//! HTTP surface: `/healthz`, `/readyz`, `/metrics`, and every other path as a callback route.
+//!
+//! A notification is acknowledged (200) only after its events were handed off (sink 2xx or
+//! spool fsync); every failure to do so is a 503 so ENS retries (anchors §4: never 200 for
+//! something dropped). Duplicates of recently acknowledged events are dropped but acknowledged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::ens::signing::SIGNATURE_HEADER;
+use crate::receiver::dedupe::RecentIds;
+use crate::receiver::event::CloudEvent;
+use crate::receiver::metrics::{KeyMatchLabel, Metrics, OutcomeLabel};
+use crate::receiver::probe::{Probe, ProbeSink};
+use crate::receiver::routes::{Route, Routes};
+use crate::receiver::sink::Handoff;
+use crate::receiver::verify::{self, Incoming, Rejection};
+
+/// Everything a request handler needs.
+pub struct App {
+    /// The live routing table.
+    pub routes: Arc<Routes>,
+    /// Where verified events go before the 200.
+    pub handoff: Handoff,
+    /// Where probes go before the 200.
+    pub probes: ProbeSink,
+    /// Recently acknowledged event ids.
+    pub recent: RecentIds,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// `--max-body-bytes`.
+    pub max_body: usize,
+    /// Set on SIGTERM: readiness turns false while in-flight requests finish.
+    pub draining: AtomicBool,
+}
+
+/// The HTTP router.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(callback)
+        .with_state(app)
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.draining.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if app.routes.loaded() {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "routes not loaded").into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    match app.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn refuse(app: &App, status: StatusCode, outcome: &'static str, why: &str) -> Response {
+    app.metrics.batch(outcome);
+    (status, format!("{why}\n")).into_response()
+}
+
+async fn callback(State(app): State<Arc<App>>, req: Request) -> Response {
+    let started = Instant::now();
+    let path = req.uri().path().to_owned();
+    let Some(route) = app.routes.current().get(&path) else {
+        return refuse(
+            &app,
+            StatusCode::NOT_FOUND,
+            "unknown_route",
+            "no such route",
+        );
+    };
+    if req.method() != Method::POST {
+        return refuse(
+            &app,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "POST only",
+        );
+    }
+    let headers = req.headers().clone();
+    let content_type = header_str(&headers, header::CONTENT_TYPE.as_str());
+    if !verify::is_json(content_type) {
+        let r = Rejection::MediaType;
+        return refuse(&app, r.status(), r.outcome(), &r.to_string());
+    }
+    let body = match read_body(req.into_body(), app.max_body).await {
+        Ok(b) => b,
+        Err(status) => {
+            let outcome = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "body_error"
+            };
+            return refuse(&app, status, outcome, "cannot read body");
+        }
+    };
+    let signature = header_str(&headers, SIGNATURE_HEADER);
+    let refused_probe = || app.metrics.probe("unexpected");
+    match verify::classify(&route, content_type, signature, &body, refused_probe) {
+        Err(r) => {
+            if let Rejection::Signature(e) = &r {
+                app.metrics
+                    .signature_failures
+                    .get_or_create(&crate::receiver::metrics::ReasonLabel { reason: e.as_str() })
+                    .inc();
+            }
+            tracing::warn!(route = %path, status = r.status().as_u16(), reason = %r, "notification refused");
+            refuse(&app, r.status(), r.outcome(), &r.to_string())
+        }
+        Ok(Incoming::Probe(probe)) => answer_probe(&app, &route, &probe).await,
+        Ok(Incoming::Batch { events, matched }) => {
+            app.metrics
+                .key_matches
+                .get_or_create(&KeyMatchLabel {
+                    mode: matched.mode.as_str(),
+                    key: if matched.key_index == 0 {
+                        "current"
+                    } else {
+                        "previous"
+                    },
+                })
+                .inc();
+            accept_batch(&app, &path, events, started).await
+        }
+    }
+}
+
+async fn answer_probe(app: &App, route: &Route, probe: &Probe) -> Response {
+    match app
+        .probes
+        .hand_off(&route.path, route.secret.as_ref(), probe)
+        .await
+    {
+        Ok(()) => {
+            app.metrics.probe("captured");
+            app.metrics.batch("probe");
+            tracing::info!(route = %route.path, callback_id = %probe.callback_id, "verification probe captured");
+            StatusCode::OK.into_response()
+        }
+        Err(e) => {
+            app.metrics.probe("handoff_failed");
+            tracing::error!(route = %route.path, callback_id = %probe.callback_id, error = %e, "verification probe not recorded");
+            refuse(
+                app,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "probe_failed",
+                "probe not recorded",
+            )
+        }
+    }
+}
+
+async fn accept_batch(
+    app: &App,
+    path: &str,
+    events: Vec<CloudEvent>,
+    started: Instant,
+) -> Response {
+    let total = events.len();
+    let mut seen = std::collections::HashSet::new();
+    let fresh: Vec<CloudEvent> = events
+        .into_iter()
+        .filter(|e| !app.recent.contains(&e.id) && seen.insert(e.id.clone()))
+        .collect();
+    let duplicates = total - fresh.len();
+    if !fresh.is_empty()
+        && let Err(e) = app.handoff.hand_off(&fresh).await
+    {
+        tracing::warn!(route = %path, events = total, error = %e, "batch not handed off; answering 503");
+        return refuse(
+            app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.outcome(),
+            "events not accepted, retry",
+        );
+    }
+    app.recent.insert_all(fresh.iter().map(|e| e.id.as_str()));
+    count_events(&app.metrics, "accepted", fresh.len());
+    count_events(&app.metrics, "duplicate", duplicates);
+    app.metrics.batch("accepted");
+    app.metrics
+        .ack_latency
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(route = %path, events = fresh.len(), duplicates, "batch accepted");
+    StatusCode::OK.into_response()
+}
+
+fn count_events(metrics: &Metrics, outcome: &'static str, n: usize) {
+    if n > 0 {
+        metrics
+            .events
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc_by(n as u64);
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Reads the whole body, refusing more than `max` bytes with 413.
+async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, StatusCode> {
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(StatusCode::PAYLOAD_TOO_LARGE),
+        Err(_) => Err(StatusCode::BAD_REQUEST),
+    }
+}

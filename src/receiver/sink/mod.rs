@@ -1,0 +1,53 @@
+//! Hand-off of verified events before the acknowledgement (design §4, anchors §4: never 200 for
+//! something dropped): straight to an HTTP CloudEvents sink, or into the durable spool that a
+//! forwarder drains to that sink.
+
+pub mod cloudevents;
+pub mod segment;
+pub mod spool;
+
+use cloudevents::{HttpSink, SinkError};
+use spool::{Spool, SpoolError};
+
+use crate::receiver::event::CloudEvent;
+
+/// Where accepted events go before ENS gets its 200.
+#[derive(Clone)]
+pub enum Handoff {
+    /// Acknowledge after the sink answered 2xx for every event.
+    Direct(HttpSink),
+    /// Acknowledge after the batch is fsync'd in the spool.
+    Spool(Spool),
+}
+
+/// Why a hand-off failed (the request gets 503 and ENS retries).
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    /// The sink refused or was unreachable.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The spool refused or failed.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+impl HandoffError {
+    /// Label for the batch outcome metric.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Sink(_) => "sink_failed",
+            Self::Spool(SpoolError::Full) => "spool_full",
+            Self::Spool(_) => "spool_failed",
+        }
+    }
+}
+
+impl Handoff {
+    /// Hands `events` off durably; `Ok` means they may be acknowledged.
+    pub async fn hand_off(&self, events: &[CloudEvent]) -> Result<(), HandoffError> {
+        match self {
+            Self::Direct(sink) => Ok(sink.deliver(events).await?),
+            Self::Spool(spool) => Ok(spool.append(events).await?),
+        }
+    }
+}

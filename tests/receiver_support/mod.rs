@@ -1,0 +1,293 @@
+//! Helpers for the receiver tests: spawn the real binary on 127.0.0.1:0, an in-test CloudEvents
+//! sink that can be switched down, request signing, and condition polling with a deadline.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use ens_operator::ens::signing::{KeyMode, SIGNATURE_HEADER, SignatureKey, sign};
+
+/// `ens-api.md` §6.4.
+pub const KEY: &str = "V27FXfqI3DnhfQW1bhFDeJixpt8eDAY5R24UJI3cK6M=";
+pub const BODY1: &str = r#"[{"eventCategoryType":"TransactionalSendEvents.EmailSent","timestampUTC":1600698608530,"definitionKey":"makana-appt","mid":1447640,"eid":1447640,"info":{"to":"user@example.com","subscriberKey":"sk-1","messageKey":"f2b21aa0-fc16-11ea-9bc1-fbf804a5a66e","status":"Sent"}}]"#;
+pub const V1_A: &str = "ngOcFiUkdp0NBnJRb8hFH2Al99ovJrayTbVFNu7BrLo=";
+pub const V1_B: &str = "GtpO9OXuiF+RAeDvwzM1pBs+safsyYFZUJeiyDP2z9k=";
+pub const V2_A: &str = "sOqbEkslNSgNZ+Nh9Wu+zHLN5kl14yGKoJsVMNyJ01I=";
+pub const V2_B: &str = "B/lBJiq6Iw70+f5b59p7beyy+Xa5hQkKsxO61+0FJnc=";
+
+/// Signs `body` with `key` in mode A.
+pub fn sig(key: &str, body: &str) -> String {
+    sign(&SignatureKey::new(key), KeyMode::Decoded, body.as_bytes()).unwrap()
+}
+
+/// A batch of `n` distinct events, tagged so batches differ.
+pub fn batch(tag: &str, n: usize) -> String {
+    let events: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"eventCategoryType":"EngagementEvents.EmailOpen","timestampUTC":1712000000000,"mid":"1","eid":2,"info":{{"tag":"{tag}","i":{i}}}}}"#
+            )
+        })
+        .collect();
+    format!("[{}]", events.join(","))
+}
+
+/// An HTTP client (reqwest is built without a default TLS provider; install ring's).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// The running receiver binary.
+pub struct Receiver {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Stdout lines after the `listening on` line (probes).
+    pub stdout: mpsc::Receiver<String>,
+}
+
+impl Receiver {
+    /// Starts `ens-operator receiver --listen 127.0.0.1:0 ARGS` and waits for its address.
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ens-operator"));
+        cmd.arg("receiver")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("K_SINK")
+            .env_remove("POD_NAMESPACE")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn the receiver");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let first = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the receiver prints `listening on ...` first");
+        let url = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_owned();
+        Self {
+            child,
+            url,
+            stdout: rx,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, and the exit status once it is gone (bounded).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(ok.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "receiver did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// POSTs `body` to `path` with content type JSON and an optional signature header.
+    pub async fn post(&self, path: &str, body: &str, signature: Option<&str>) -> (u16, String) {
+        self.post_with(path, body, "application/json", signature)
+            .await
+    }
+
+    /// POSTs with an explicit content type.
+    pub async fn post_with(
+        &self,
+        path: &str,
+        body: &str,
+        content_type: &str,
+        signature: Option<&str>,
+    ) -> (u16, String) {
+        let mut req = http()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body.to_owned());
+        if let Some(s) = signature {
+            req = req.header(SIGNATURE_HEADER, s);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
+    /// GETs a path (health, metrics).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = http()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request the sink accepted.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Delivery {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Default)]
+struct SinkState {
+    up: AtomicBool,
+    started: std::sync::atomic::AtomicUsize,
+    delay: Mutex<Duration>,
+    accepted: Mutex<Vec<Delivery>>,
+    refused: Mutex<usize>,
+}
+
+/// An in-test CloudEvents sink: answers 200 and records while up, 503 while down.
+pub struct TestSink {
+    pub url: String,
+    state: Arc<SinkState>,
+}
+
+impl TestSink {
+    /// Starts a sink on 127.0.0.1:0, up or down.
+    pub async fn start(up: bool) -> Self {
+        let state = Arc::new(SinkState::default());
+        state.up.store(up, Ordering::SeqCst);
+        let app = Router::new()
+            .fallback(
+                |State(s): State<Arc<SinkState>>, headers: HeaderMap, body: Bytes| async move {
+                    s.started.fetch_add(1, Ordering::SeqCst);
+                    let delay = *s.delay.lock().unwrap();
+                    tokio::time::sleep(delay).await;
+                    if s.up.load(Ordering::SeqCst) {
+                        s.accepted.lock().unwrap().push(Delivery { headers, body });
+                        StatusCode::OK
+                    } else {
+                        *s.refused.lock().unwrap() += 1;
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                },
+            )
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, state }
+    }
+
+    /// Switches the sink up or down.
+    pub fn set_up(&self, up: bool) {
+        self.state.up.store(up, Ordering::SeqCst);
+    }
+
+    /// Makes the sink hold each request this long before answering.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.state.delay.lock().unwrap() = delay;
+    }
+
+    /// How many requests reached the sink (answered or not yet).
+    pub fn started(&self) -> usize {
+        self.state.started.load(Ordering::SeqCst)
+    }
+
+    /// What the sink accepted so far.
+    pub fn accepted(&self) -> Vec<Delivery> {
+        self.state.accepted.lock().unwrap().clone()
+    }
+
+    /// How many requests it refused while down.
+    pub fn refused(&self) -> usize {
+        *self.state.refused.lock().unwrap()
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes (then panics with `what`).
+pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes a key file (current key, optional previous key) and returns its path.
+pub fn key_file(dir: &Path, name: &str, keys: &[&str]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, keys.join("\n")).unwrap();
+    p.display().to_string()
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let p = std::env::temp_dir().join(format!("ens-recv-{name}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// The value of a metric sample line (`name{labels} value`) in `/metrics` text, 0 if absent.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
