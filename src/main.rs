@@ -28,7 +28,10 @@ fn main() -> ExitCode {
 fn run(
     role: impl Future<Output = Result<(), Box<dyn std::error::Error>>>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(role)
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(role)
 }
 
 fn print_crds(out_dir: Option<std::path::PathBuf>) -> Result<(), Box<dyn std::error::Error>> {

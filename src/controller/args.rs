@@ -7,6 +7,10 @@ use clap::Args;
 /// Settings of the controller role.
 #[derive(Args, Debug, Clone)]
 pub struct ControllerArgs {
+    /// Only reconcile objects in this namespace (default: all). Run one controller per shard of
+    /// namespaces for very large fleets, each with its own Lease name.
+    #[arg(long, env = "ENS_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
     /// Namespace of the companion receiver: route Secrets for `Managed` callbacks go there.
     #[arg(long, env = "ENS_RECEIVER_NAMESPACE", default_value = "ens-system")]
     pub receiver_namespace: String,

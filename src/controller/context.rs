@@ -55,6 +55,7 @@ impl Context {
             key_overlap: args.key_overlap,
         };
         let rate = NonZeroU32::new(args.ens_rate).unwrap_or(NonZeroU32::MIN);
+        crate::ens::client::install_crypto_provider();
         let reporter = Reporter {
             controller: "ens-operator".into(),
             instance: Some(identity),

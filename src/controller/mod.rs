@@ -109,6 +109,17 @@ pub async fn run(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>>
     Ok(())
 }
 
+/// An Api over the watched namespace, or all of them.
+fn scoped<K>(client: &Client, ctx: &Context) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match &ctx.args.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// What makes a reconcile necessary: spec, annotations, deletion and finalizers — not status,
 /// so the controller's own status writes never trigger another round (no steady-state churn).
 fn meaningful<K: Resource>(obj: &K) -> Option<u64> {
@@ -218,7 +229,7 @@ async fn run_subscriptions(
     let ctrl = Controller::for_stream(stream, reader);
     let subs = ctrl.store();
     // A callback becoming verified (or re-created with a new id, or deleted) moves its subscriptions.
-    let callbacks = watcher(Api::<EnsCallback>::all(client), watcher::Config::default())
+    let callbacks = watcher(scoped::<EnsCallback>(&client, &ctx), watcher::Config::default())
         .default_backoff()
         .touched_objects()
         .predicate_filter(

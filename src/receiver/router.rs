@@ -1,4 +1,5 @@
-//! HTTP surface: `/healthz`, `/readyz`, `/metrics`, and every other path as a callback route.
+//! HTTP surface: `/healthz`, `/readyz`, `/metrics`, [`ROUTES_PATH`] (the served paths, which the
+//! controller checks before asking ENS to probe one), and every other path as a callback route.
 //!
 //! A notification is acknowledged (200) only after its events were handed off (sink 2xx or
 //! spool fsync); every failure to do so is a 503 so ENS retries (anchors §4: never 200 for
@@ -43,10 +44,15 @@ pub struct App {
     pub draining: AtomicBool,
 }
 
+/// Lists the paths this receiver serves (JSON array). Under `.well-known` so no callback path
+/// collides with it in practice.
+pub const ROUTES_PATH: &str = "/.well-known/ens-operator/routes";
+
 /// The HTTP router.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(ROUTES_PATH, get(served_paths))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(callback)
@@ -61,6 +67,10 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "routes not loaded").into_response()
     }
+}
+
+async fn served_paths(State(app): State<Arc<App>>) -> Response {
+    axum::Json(app.routes.current().paths()).into_response()
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {

@@ -67,6 +67,13 @@ impl RouteTable {
         self.0.get(path).cloned()
     }
 
+    /// The served paths, sorted (no keys: safe to publish).
+    pub fn paths(&self) -> Vec<String> {
+        let mut p: Vec<String> = self.0.keys().cloned().collect();
+        p.sort();
+        p
+    }
+
     /// Number of routes.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -158,9 +158,9 @@ pub async fn observe(
     Ok((seen, creds.ok()))
 }
 
-/// Asks the receiver whether it serves `path` (`GET {base}/routes`, a JSON list of paths).
+/// Asks the receiver whether it serves `path` (a JSON list of the paths it serves).
 async fn receiver_serves(ctx: &Context, base: &str, path: &str) -> bool {
-    let url = format!("{}/routes", base.trim_end_matches('/'));
+    let url = format!("{}{}", base.trim_end_matches('/'), crate::receiver::router::ROUTES_PATH);
     match ctx.http.get(&url).send().await {
         Ok(r) if r.status().is_success() => r
             .json::<Vec<String>>()
