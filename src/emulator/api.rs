@@ -178,6 +178,14 @@ async fn read_one<T: DeserializeOwned>(
     serde_json::from_value(item).map_err(|e| ApiError::bad_format(format!("Invalid request: {e}")))
 }
 
+/// A new signing key: `--signature-key` when given, else random.
+fn signature_key(shared: &Shared) -> Result<String, ApiError> {
+    match &shared.config.signature_key {
+        Some(fixed) => Ok(fixed.expose().to_owned()),
+        None => random_key(),
+    }
+}
+
 async fn create_callback(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -195,7 +203,7 @@ async fn create_callback(
         max_batch_size,
         status: shared.config.unverified_status.clone(),
         status_reason: "none".into(),
-        signature_key: random_key()?,
+        signature_key: signature_key(&shared)?,
         verification_key: Some(random_key()?),
         created_ms: now_ms(),
     };
@@ -310,7 +318,7 @@ async fn verify(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bod
 async fn regenerate(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Answer {
     authorize(&shared, &headers, CB_UPDATE)?;
     let req: CallbackRef = read_one(&shared, &headers, body).await?;
-    let key = random_key()?;
+    let key = signature_key(&shared)?;
     let view = shared.edit(|s| {
         let cb = s.callback_mut(&req.callback_id)?;
         cb.signature_key = key;

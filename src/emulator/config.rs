@@ -81,6 +81,10 @@ pub struct Config {
     /// Multiplies every retry/suspension interval, e.g. `0.001` turns 10 min into 0.6 s.
     #[arg(long, default_value_t = 1.0)]
     pub retry_scale: f64,
+    /// Use this `signatureKey` for every created or regenerated callback instead of a random
+    /// one (reproducible tests and demos only).
+    #[arg(long, env = "ENS_EMULATOR_SIGNATURE_KEY", hide_env_values = true)]
+    pub signature_key: Option<ClientSecret>,
     /// Largest accepted request body on the management and test APIs.
     #[arg(long, default_value_t = 5 * 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -3,7 +3,7 @@
 //! and POSTed; failures are retried (3 immediate attempts), then deferred on a compressible
 //! schedule (current model) or dropped with suspension (legacy model). Every attempt is logged.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use super::{Shared, lock, probe};
 use crate::ens::signing::{self, SIGNATURE_HEADER, SignatureKey};
 
 /// A callback's queue of pending events.
-pub(super) type Queue = mpsc::UnboundedSender<String>;
+pub(super) type Queue = mpsc::UnboundedSender<Vec<String>>;
 
 /// Most delivery records kept (oldest dropped first).
 const LOG_CAP: usize = 50_000;
@@ -85,6 +85,7 @@ pub(super) fn inject(shared: &Arc<Shared>, events: &[Box<RawValue>]) -> InjectRe
         ..InjectReport::default()
     };
     let now = now_ms();
+    let mut per_callback: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for raw in events {
         let Ok(event) = serde_json::from_str::<Value>(raw.get()) else {
             continue;
@@ -108,9 +109,12 @@ pub(super) fn inject(shared: &Arc<Shared>, events: &[Box<RawValue>]) -> InjectRe
         }
         let compact = compact(raw.get());
         for cb in targets {
-            enqueue(shared, &cb, compact.clone());
+            per_callback.entry(cb).or_default().push(compact.clone());
             report.queued += 1;
         }
+    }
+    for (cb, events) in per_callback {
+        enqueue(shared, &cb, events);
     }
     report
 }
@@ -172,16 +176,18 @@ fn ens_escape(json: &str) -> String {
     json.replace('=', "\\u003d").replace('&', "\\u0026")
 }
 
-fn enqueue(shared: &Arc<Shared>, callback_id: &str, event: String) {
+fn enqueue(shared: &Arc<Shared>, callback_id: &str, events: Vec<String>) {
     let mut queues = lock(&shared.queues);
-    if let Some(tx) = queues.get(callback_id)
-        && tx.send(event.clone()).is_ok()
-    {
-        return;
-    }
+    let events = match queues.get(callback_id) {
+        Some(tx) => match tx.send(events) {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(events)) => events,
+        },
+        None => events,
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     // A fresh channel's receiver is alive, so this send cannot fail.
-    let _ = tx.send(event);
+    let _ = tx.send(events);
     queues.insert(callback_id.to_owned(), tx);
     tokio::spawn(worker(shared.clone(), callback_id.to_owned(), rx));
 }
@@ -193,20 +199,29 @@ struct Batch {
     count: usize,
 }
 
-/// Drains a callback's queue into batches and delivers them one after another.
-async fn worker(shared: Arc<Shared>, callback_id: String, mut rx: mpsc::UnboundedReceiver<String>) {
+/// Drains a callback's queue into batches and delivers them one after another. One injection
+/// arrives as one chunk, so its events are batched together deterministically.
+async fn worker(
+    shared: Arc<Shared>,
+    callback_id: String,
+    mut rx: mpsc::UnboundedReceiver<Vec<String>>,
+) {
     let mut suspension = Suspension::default();
-    while let Some(first) = rx.recv().await {
+    let mut pending: VecDeque<String> = VecDeque::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(chunk) => pending.extend(chunk),
+                None => return,
+            }
+        }
+        while let Ok(chunk) = rx.try_recv() {
+            pending.extend(chunk);
+        }
         let max = shared
             .read(|s| s.callbacks.get(&callback_id).map(|c| c.max_batch_size))
             .map_or(1, |n| usize::try_from(n).unwrap_or(1).max(1));
-        let mut events = vec![first];
-        while events.len() < max {
-            match rx.try_recv() {
-                Ok(e) => events.push(e),
-                Err(_) => break,
-            }
-        }
+        let mut events: Vec<String> = pending.drain(..max.min(pending.len())).collect();
         if shared.faults().reorder {
             events.reverse();
         }
