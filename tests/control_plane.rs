@@ -78,14 +78,17 @@ async fn examples_apply_with_defaults() {
         cb.spec.max_batch_size, 1000,
         "the API server applies the schema default"
     );
-    // The category lists both kinds, as `kubectl get ens` does.
-    let out = common::kubectl(&["get", "ens", "-n", &ns.name, "-o", "name"]);
-    let names = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The category lists both kinds, as `kubectl get ens` does. kubectl's discovery cache may
+    // predate the CRDs for a moment; it refreshes on a miss, so allow a few attempts.
+    let mut names = String::new();
+    for _ in 0..20 {
+        let out = common::kubectl(&["get", "ens", "-n", &ns.name, "-o", "name"]);
+        names = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && names.contains("enssubscription") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     assert!(
         names.contains("enscallback.ens-operator.io/engagement"),
         "{names}"

@@ -142,7 +142,7 @@ async fn run_callbacks(
 ) {
     let (reader, writer) = reflector::store();
     let stream = watcher(
-        Api::<EnsCallback>::all(client.clone()),
+        scoped::<EnsCallback>(&client, &ctx),
         watcher::Config::default(),
     )
     .default_backoff()
@@ -219,7 +219,7 @@ async fn run_subscriptions(
 ) {
     let (reader, writer) = reflector::store();
     let stream = watcher(
-        Api::<EnsSubscription>::all(client.clone()),
+        scoped::<EnsSubscription>(&client, &ctx),
         watcher::Config::default(),
     )
     .default_backoff()
@@ -229,23 +229,26 @@ async fn run_subscriptions(
     let ctrl = Controller::for_stream(stream, reader);
     let subs = ctrl.store();
     // A callback becoming verified (or re-created with a new id, or deleted) moves its subscriptions.
-    let callbacks = watcher(scoped::<EnsCallback>(&client, &ctx), watcher::Config::default())
-        .default_backoff()
-        .touched_objects()
-        .predicate_filter(
-            |cb: &EnsCallback| {
-                let s = cb.status.clone().unwrap_or_default();
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                (
-                    s.callback_id,
-                    is_true(&s.conditions, ConditionType::Verified),
-                    cb.meta().deletion_timestamp.is_some(),
-                )
-                    .hash(&mut h);
-                Some(h.finish())
-            },
-            Default::default(),
-        );
+    let callbacks = watcher(
+        scoped::<EnsCallback>(&client, &ctx),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(
+        |cb: &EnsCallback| {
+            let s = cb.status.clone().unwrap_or_default();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (
+                s.callback_id,
+                is_true(&s.conditions, ConditionType::Verified),
+                cb.meta().deletion_timestamp.is_some(),
+            )
+                .hash(&mut h);
+            Some(h.finish())
+        },
+        Default::default(),
+    );
     ctrl.watches_stream(callbacks, move |cb| {
         let ns = cb.namespace();
         subs.state()

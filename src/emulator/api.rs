@@ -215,8 +215,17 @@ async fn create_callback(
         Ok(())
     })?;
     // The record (and its key) exist before the probe, so the receiver may verify from inside
-    // the probe handler (§3.1); no lock is held while probing.
-    if let Err(failure) = probe::probe(&shared, &rec).await {
+    // the probe handler (§3.1); no lock is held while probing. Like a real server, ENS finishes
+    // the create even when the caller hangs up mid-request (a crashed controller), so the probe
+    // runs in its own task rather than being cancelled with this handler.
+    let probing = {
+        let (shared, rec) = (shared.clone(), rec.clone());
+        tokio::spawn(async move { probe::probe(&shared, &rec).await })
+    };
+    let probed = probing
+        .await
+        .map_err(|_| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "probe task failed"))?;
+    if let Err(failure) = probed {
         if shared.config.on_probe_failure == OnProbeFailure::Delete {
             shared.edit(|s| {
                 s.callbacks.remove(&rec.id);

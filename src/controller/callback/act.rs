@@ -323,12 +323,13 @@ async fn discard_probe(ctx: &Context, seen: &Observed) -> Result<(), Error> {
     }
 }
 
-/// Records `id` (or clears it) and ends the create-pending state, in one metadata patch.
+/// Records `id` (or, with `None`, that there is none: an empty value, so a stale id in status
+/// is not read back) and ends the create-pending state, in one metadata patch.
 async fn record(ctx: &Context, obj: &EnsCallback, id: Option<&str>) -> Result<(), Error> {
     annotate(
         ctx,
         obj,
-        json!({ CALLBACK_ID: id, CREATE_PENDING: null }),
+        json!({ CALLBACK_ID: id.unwrap_or(""), CREATE_PENDING: null }),
         None,
     )
     .await

@@ -496,6 +496,8 @@ impl<'a> StatusBuilder<'a> {
             .clone()
             .map(|t| t.0)
             .unwrap_or_else(|| self.now.0.saturating_add(window).unwrap_or(self.now.0));
+        // Whole seconds: that is what a status Time keeps, and the message must match it.
+        let d = Timestamp::from_second(d.as_second()).unwrap_or(d);
         self.status.verification_deadline = Some(Time(d));
         d
     }

@@ -66,13 +66,14 @@ pub async fn load_credentials(
     }
 }
 
-/// The callback id recorded on the object.
+/// The callback id recorded on the object: the annotation when present (empty = explicitly
+/// none, after a remote deletion), else status (annotations survive backups; status may not).
 pub fn recorded_id(obj: &EnsCallback) -> Option<String> {
-    obj.annotations()
-        .get(CALLBACK_ID)
-        .cloned()
-        .or_else(|| obj.status.as_ref().and_then(|s| s.callback_id.clone()))
-        .filter(|s| !s.is_empty())
+    match obj.annotations().get(CALLBACK_ID) {
+        Some(id) => Some(id.clone()),
+        None => obj.status.as_ref().and_then(|s| s.callback_id.clone()),
+    }
+    .filter(|s| !s.is_empty())
 }
 
 /// Reads everything once.
@@ -160,7 +161,11 @@ pub async fn observe(
 
 /// Asks the receiver whether it serves `path` (a JSON list of the paths it serves).
 async fn receiver_serves(ctx: &Context, base: &str, path: &str) -> bool {
-    let url = format!("{}{}", base.trim_end_matches('/'), crate::receiver::router::ROUTES_PATH);
+    let url = format!(
+        "{}{}",
+        base.trim_end_matches('/'),
+        crate::receiver::router::ROUTES_PATH
+    );
     match ctx.http.get(&url).send().await {
         Ok(r) if r.status().is_success() => r
             .json::<Vec<String>>()

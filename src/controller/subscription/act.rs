@@ -110,7 +110,9 @@ async fn record(ctx: &Context, obj: &EnsSubscription, id: Option<&str>) -> Resul
         .patch(
             &obj.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "annotations": { SUBSCRIPTION_ID: id } } })),
+            &Patch::Merge(
+                json!({ "metadata": { "annotations": { SUBSCRIPTION_ID: id.unwrap_or("") } } }),
+            ),
         )
         .await
         .map_err(Error::kube("annotating the EnsSubscription"))?;

@@ -19,13 +19,14 @@ use crate::{
     ens::Credentials,
 };
 
-/// The subscription id recorded on the object.
+/// The subscription id recorded on the object: the annotation when present (empty = explicitly
+/// none), else status.
 pub fn recorded_id(obj: &EnsSubscription) -> Option<String> {
-    obj.annotations()
-        .get(SUBSCRIPTION_ID)
-        .cloned()
-        .or_else(|| obj.status.as_ref().and_then(|s| s.subscription_id.clone()))
-        .filter(|s| !s.is_empty())
+    match obj.annotations().get(SUBSCRIPTION_ID) {
+        Some(id) => Some(id.clone()),
+        None => obj.status.as_ref().and_then(|s| s.subscription_id.clone()),
+    }
+    .filter(|s| !s.is_empty())
 }
 
 /// The subscription's EnsCallback, if it exists.

@@ -1,0 +1,274 @@
+#![allow(dead_code)]
+//! A whole deployment for one test, all real processes: the ENS emulator, the receiver (cluster
+//! mode, watching its own namespace), the controller (scoped to the test's namespace), an
+//! in-test CloudEvents sink, and a credentials Secret — on the shared real API server.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+use serde_json::{Value, json};
+
+use crate::common::{TestNamespace, client, control_plane, install_crds};
+
+/// Host of every callback URL in these tests; the emulator resolves it to the receiver.
+pub const HOST: &str = "events.example.com";
+/// The credentials Secret in the team namespace.
+pub const CREDENTIALS: &str = "sfmc-ens-credentials";
+
+/// A child process killed (SIGKILL) and reaped on drop; only ever our own PID.
+pub struct Proc {
+    child: Child,
+    /// The `listening on` URL, for servers.
+    pub url: String,
+}
+
+impl Proc {
+    /// Spawns `ens-operator ARGS`; with `wait_listen`, waits for its `listening on URL` line.
+    pub fn spawn(args: &[String], wait_listen: bool) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ens-operator"));
+        cmd.args(args)
+            .env("KUBECONFIG", &control_plane().kubeconfig)
+            .env_remove("K_SINK")
+            .env_remove("POD_NAMESPACE")
+            .env(
+                "RUST_LOG",
+                std::env::var("ENS_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn ens-operator");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let url = if wait_listen {
+            let first = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("{args:?} printed no `listening on` line"));
+            first
+                .strip_prefix("listening on ")
+                .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+                .trim_end_matches('/')
+                .to_owned()
+        } else {
+            String::new()
+        };
+        Self { child, url }
+    }
+
+    /// SIGKILL now (a crash).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One deployment.
+pub struct Stack {
+    pub client: Client,
+    pub team: TestNamespace,
+    pub rx: TestNamespace,
+    pub sink: crate::receiver_support::TestSink,
+    pub emulator: Proc,
+    pub receiver: Proc,
+    pub controller: Option<Proc>,
+    pub controller_args: Vec<String>,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    /// Starts everything; `emulator_args` and `controller_args` are appended to the defaults.
+    pub async fn start(prefix: &str, emulator_args: &[&str], controller_args: &[&str]) -> Self {
+        let client = client().await;
+        install_crds(&client).await;
+        let team = TestNamespace::new(&client, prefix).await;
+        let rx = TestNamespace::new(&client, &format!("{prefix}-rx")).await;
+        let sink = crate::receiver_support::TestSink::start(true).await;
+        let receiver = Proc::spawn(
+            &strings(&[
+                "receiver",
+                "--listen",
+                "127.0.0.1:0",
+                "--namespace",
+                &rx.name,
+                "--sink",
+                &sink.url,
+            ]),
+            true,
+        );
+        let port = receiver.url.rsplit(':').next().unwrap().to_owned();
+        let mut eargs = strings(&[
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--client-id",
+            "test-client",
+            "--client-secret",
+            "test-secret",
+            "--resolve",
+            &format!("{HOST}=127.0.0.1:{port}"),
+        ]);
+        eargs.extend(strings(emulator_args));
+        let emulator = Proc::spawn(&eargs, true);
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": CREDENTIALS},
+            "stringData": {"clientId": "test-client", "clientSecret": "test-secret", "authBaseUrl": emulator.url},
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(client.clone(), &team.name)
+            .patch(
+                CREDENTIALS,
+                &PatchParams::apply("tests").force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .unwrap();
+        let mut cargs = strings(&[
+            "controller",
+            "--watch-namespace",
+            &team.name,
+            "--receiver-namespace",
+            &rx.name,
+            "--receiver-url",
+            &receiver.url,
+            "--no-leader-election",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--cluster-name",
+            "test",
+        ]);
+        if !controller_args.contains(&"--drift-interval") {
+            cargs.extend(strings(&["--drift-interval", "1h"]));
+        }
+        cargs.extend(strings(controller_args));
+        let http = crate::receiver_support::http();
+        let mut stack = Self {
+            client,
+            team,
+            rx,
+            sink,
+            emulator,
+            receiver,
+            controller: None,
+            controller_args: cargs,
+            http,
+        };
+        stack.start_controller();
+        stack
+    }
+
+    /// (Re)starts the controller process.
+    pub fn start_controller(&mut self) {
+        self.controller = Some(Proc::spawn(&self.controller_args, false));
+    }
+
+    /// Kills the controller with SIGKILL.
+    pub fn kill_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            c.kill9();
+        }
+    }
+
+    /// `GET` on the emulator's test API.
+    pub async fn emulator_get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}/emulator/v1/{path}", self.emulator.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A request with a JSON body on the emulator's test API.
+    pub async fn emulator_send(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .request(method, format!("{}/emulator/v1/{path}", self.emulator.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap_or(Value::Null)
+    }
+
+    /// Every callback the emulator holds.
+    pub async fn remote_callbacks(&self) -> Vec<Value> {
+        self.emulator_get("callbacks")
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Calls per route since the last reset.
+    pub async fn calls(&self) -> Value {
+        self.emulator_get("stats").await["calls"].clone()
+    }
+
+    /// The callback URL for `path`.
+    pub fn url(path: &str) -> String {
+        format!("https://{HOST}{path}")
+    }
+
+    /// Applies a manifest (JSON) into the team namespace with server-side apply.
+    pub async fn apply<K>(&self, name: &str, doc: Value) -> K
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.team.name);
+        api.patch(
+            name,
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&doc),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {name}: {e}"))
+    }
+}
+
+fn strings(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+impl Drop for Stack {
+    /// Deletes the test's custom resources while the controller still runs (so finalizers
+    /// complete and the namespace can go), then the processes are killed by their own drops.
+    fn drop(&mut self) {
+        if self.controller.is_some() {
+            let _ = crate::common::kubectl(&[
+                "delete",
+                "enssubscriptions,enscallbacks",
+                "--all",
+                "-n",
+                &self.team.name,
+                "--timeout=30s",
+            ]);
+        }
+    }
+}
