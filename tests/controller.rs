@@ -473,3 +473,70 @@ async fn no_finalizer_stays_stuck_when_credentials_are_gone() {
         "the Warning names the remote id: {messages}"
     );
 }
+
+#[tokio::test]
+async fn a_standby_takes_over_when_the_leader_dies_without_duplicates() {
+    let mut stack = Stack::start(
+        "leader",
+        &[],
+        &["--lease-duration", "3s", "--identity", "first"],
+    )
+    .await;
+    // Both controllers use the Lease in the team namespace.
+    let lease_ns = stack.team.name.clone();
+    stack
+        .controller_args
+        .extend(["--lease-namespace".to_owned(), lease_ns.clone()]);
+    stack.kill_controller();
+    stack.start_controller();
+    let mut second_args = stack.controller_args.clone();
+    let i = second_args.iter().position(|a| a == "first").unwrap();
+    second_args[i] = "second".into();
+    let mut second = stack::Proc::spawn(&second_args, false);
+
+    stack
+        .apply::<EnsCallback>("one", callback_doc("one", "/ens/one"))
+        .await;
+    let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    wait_for(&cbs, "one", T, cb_ready).await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(stack.client.clone(), &lease_ns);
+    let holder = leases
+        .get("ens-operator-controller")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+
+    // Kill the leader with SIGKILL: no release, so the standby must wait out the lease.
+    if holder == "first" {
+        stack.kill_controller();
+    } else {
+        second.kill9();
+    }
+    stack
+        .apply::<EnsCallback>("two", callback_doc("two", "/ens/two"))
+        .await;
+    wait_for(&cbs, "two", T, cb_ready).await;
+    let new_holder = leases
+        .get("ens-operator-controller")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    assert_ne!(new_holder, holder, "the standby holds the lease");
+    let remote = stack.remote_callbacks().await;
+    assert_eq!(
+        remote.len(),
+        2,
+        "one remote callback per object: {remote:#?}"
+    );
+    if holder == "first" {
+        // The survivor runs the finalizers when the stack is dropped.
+        stack.controller = Some(second);
+    }
+}

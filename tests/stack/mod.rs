@@ -150,12 +150,14 @@ impl Stack {
             &rx.name,
             "--receiver-url",
             &receiver.url,
-            "--no-leader-election",
             "--metrics-listen",
             "127.0.0.1:0",
             "--cluster-name",
             "test",
         ]);
+        if !controller_args.contains(&"--lease-duration") {
+            cargs.push("--no-leader-election".into());
+        }
         if !controller_args.contains(&"--drift-interval") {
             cargs.extend(strings(&["--drift-interval", "1h"]));
         }
