@@ -256,7 +256,10 @@ pub fn validate_types(types: &[String]) -> Result<(), ApiError> {
     if types.is_empty() {
         return Err(ApiError::bad_request("eventCategoryTypes is required"));
     }
-    match types.iter().find(|t| !EVENT_TYPES.contains(&t.as_str())) {
+    match types
+        .iter()
+        .find(|t| !crate::ens::EVENT_TYPES.contains(&t.as_str()))
+    {
         Some(t) => Err(ApiError::bad_request(format!(
             "Unsupported eventCategoryType: {t}"
         ))),
@@ -276,45 +279,6 @@ pub fn validate_filters(filters: &[String]) -> Result<(), ApiError> {
         None => Ok(()),
     }
 }
-
-/// Every documented `eventCategoryType` (`ens-api.md` §5.4).
-pub const EVENT_TYPES: &[&str] = &[
-    "TransactionalSendEvents.EmailSent",
-    "TransactionalSendEvents.EmailNotSent",
-    "TransactionalSendEvents.EmailBounced",
-    "EngagementEvents.EmailOpen",
-    "EngagementEvents.EmailClick",
-    "EngagementEvents.EmailUnsubscribe",
-    "TransactionalSendEvents.SmsSent",
-    "TransactionalSendEvents.SmsNotSent",
-    "TransactionalSendEvents.SmsTransient",
-    "TransactionalSendEvents.SmsDelivered",
-    "TransactionalSendEvents.SmsBounced",
-    "TransactionalSendEvents.OttNotSent",
-    "EngagementEvents.OttMobileOriginated",
-    "EngagementEvents.OttSent",
-    "EngagementEvents.OttDelivered",
-    "EngagementEvents.OttRead",
-    "EngagementEvents.OttFailed",
-    "SendEvents.AutomationInstanceStarted",
-    "SendEvents.AutomationInstanceCompleted",
-    "SendEvents.AutomationInstanceStopped",
-    "SendEvents.AutomationInstanceErrored",
-    "SendEvents.AutomationInstanceSkipped",
-    "SendEvents.PushSent",
-    "SendEvents.PushNotSent",
-    "SendEvents.PushBounced",
-    "EngagementEvents.PushOpen",
-    "EngagementEvents.InAppDisplay",
-    "EngagementEvents.InAppDismiss",
-    "EngagementEvents.InAppClick",
-    "EngagementEvents.InboxOpen",
-    "EngagementEvents.PushDeliveryReceipt",
-    "EngagementEvents.PushInstall",
-    "EngagementEvents.PushInactive",
-    "EngagementEvents.PushImageClick",
-    "EngagementEvents.PushButtonClick",
-];
 
 /// Now, Unix ms.
 pub fn now_ms() -> u64 {

@@ -85,45 +85,6 @@ pub struct Plan {
     pub requeue: Duration,
 }
 
-/// Event types of the documented catalogue (`ens-api.md` §5.4); others warn, not fail.
-pub const KNOWN_EVENT_TYPES: &[&str] = &[
-    "TransactionalSendEvents.EmailSent",
-    "TransactionalSendEvents.EmailNotSent",
-    "TransactionalSendEvents.EmailBounced",
-    "EngagementEvents.EmailOpen",
-    "EngagementEvents.EmailClick",
-    "EngagementEvents.EmailUnsubscribe",
-    "TransactionalSendEvents.SmsSent",
-    "TransactionalSendEvents.SmsNotSent",
-    "TransactionalSendEvents.SmsTransient",
-    "TransactionalSendEvents.SmsDelivered",
-    "TransactionalSendEvents.SmsBounced",
-    "TransactionalSendEvents.OttNotSent",
-    "EngagementEvents.OttMobileOriginated",
-    "EngagementEvents.OttSent",
-    "EngagementEvents.OttDelivered",
-    "EngagementEvents.OttRead",
-    "EngagementEvents.OttFailed",
-    "SendEvents.AutomationInstanceStarted",
-    "SendEvents.AutomationInstanceCompleted",
-    "SendEvents.AutomationInstanceStopped",
-    "SendEvents.AutomationInstanceErrored",
-    "SendEvents.AutomationInstanceSkipped",
-    "SendEvents.PushSent",
-    "SendEvents.PushNotSent",
-    "SendEvents.PushBounced",
-    "EngagementEvents.PushOpen",
-    "EngagementEvents.InAppDisplay",
-    "EngagementEvents.InAppDismiss",
-    "EngagementEvents.InAppClick",
-    "EngagementEvents.InboxOpen",
-    "EngagementEvents.PushDeliveryReceipt",
-    "EngagementEvents.PushInstall",
-    "EngagementEvents.PushInactive",
-    "EngagementEvents.PushImageClick",
-    "EngagementEvents.PushButtonClick",
-];
-
 const AFTER_STEP: Duration = Duration::from_millis(200);
 const WAIT_CALLBACK: Duration = Duration::from_secs(30);
 const STALLED_RECHECK: Duration = Duration::from_secs(300);
@@ -343,7 +304,7 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
         .event_category_types
         .iter()
         .map(String::as_str)
-        .filter(|t| !KNOWN_EVENT_TYPES.contains(t))
+        .filter(|t| !crate::ens::EVENT_TYPES.contains(t))
         .collect();
     let ready_msg = if unknown.is_empty() {
         format!("subscription {} matches the spec", sub.subscription_id)
