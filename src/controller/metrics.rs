@@ -11,7 +11,7 @@ use prometheus_client::{
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
     /// `EnsCallback` or `EnsSubscription`.
-    pub kind: &'static str,
+    pub kind: String,
     /// `ok` or the error's reason.
     pub result: &'static str,
 }

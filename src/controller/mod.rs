@@ -9,6 +9,7 @@ pub mod error;
 pub mod keys;
 pub mod metrics;
 pub mod names;
+pub mod reconciler;
 pub mod status;
 pub mod subscription;
 
@@ -181,7 +182,7 @@ async fn run_callbacks(
         )
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
         .graceful_shutdown_on(stop)
-        .run(callback::reconcile, callback::error_policy, ctx)
+        .run(callback::reconcile, reconciler::error_policy, ctx)
         .for_each(|_| future::ready(()))
         .await;
 }
@@ -259,7 +260,7 @@ async fn run_subscriptions(
     })
     .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
     .graceful_shutdown_on(stop)
-    .run(subscription::reconcile, subscription::error_policy, ctx)
+    .run(subscription::reconcile, reconciler::error_policy, ctx)
     .for_each(|_| future::ready(()))
     .await;
 }

@@ -5,73 +5,33 @@ pub mod act;
 pub mod decide;
 pub mod observe;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use k8s_openapi::{
     api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
 };
-use kube::{
-    Api, Resource, ResourceExt,
-    api::DeleteParams,
-    runtime::{
-        controller::Action,
-        finalizer::{Event as Finalizer, finalizer},
-    },
-};
+use kube::{Api, Resource, ResourceExt, api::DeleteParams, runtime::controller::Action};
 
 use crate::{
-    api::{
-        EnsCallback,
-        annotations::{CREATE_PENDING, FINALIZER, PAUSE},
-        common::DeletionPolicy,
-        conditions::Reason,
-    },
+    api::{EnsCallback, annotations::CREATE_PENDING, common::DeletionPolicy, conditions::Reason},
     controller::{
         context::Context,
-        error::{Error, Retry, ens_reason},
-        metrics::ReconcileLabels,
+        error::{Error, ens_reason},
+        reconciler::{self, ReconcileError},
         status,
     },
     ens::{Deleted, EnsError},
 };
 
-/// Errors surfaced to kube-runtime (the finalizer wraps ours).
-pub type ReconcileError = kube::runtime::finalizer::Error<Error>;
-
 /// Reconciles one `EnsCallback`.
 pub async fn reconcile(obj: Arc<EnsCallback>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let ns = obj.namespace().unwrap_or_default();
-    let api: Api<EnsCallback> = Api::namespaced(ctx.client.clone(), &ns);
-    let key = format!("EnsCallback/{ns}/{}", obj.name_any());
-    if obj.annotations().get(PAUSE).is_some_and(|v| v == "true") {
-        return Ok(Action::await_change());
-    }
-    let res = finalizer(&api, FINALIZER, obj, |event| async {
-        match event {
-            Finalizer::Apply(obj) => apply(&obj, &ctx).await,
-            Finalizer::Cleanup(obj) => cleanup(&obj, &ctx).await,
-        }
-    })
-    .await;
-    let result = match &res {
-        Ok(_) => "ok",
-        Err(
-            kube::runtime::finalizer::Error::ApplyFailed(e)
-            | kube::runtime::finalizer::Error::CleanupFailed(e),
-        ) => e.reason().as_str(),
-        Err(_) => Reason::KubernetesError.as_str(),
-    };
-    ctx.metrics
-        .reconciles
-        .get_or_create(&ReconcileLabels {
-            kind: "EnsCallback",
-            result,
-        })
-        .inc();
-    if res.is_ok() {
-        ctx.reset_backoff(&key);
-    }
-    res
+    reconciler::reconcile(
+        obj,
+        ctx,
+        |o, c| async move { apply(&o, &c).await },
+        |o, c| async move { cleanup(&o, &c).await },
+    )
+    .await
 }
 
 async fn apply(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
@@ -257,25 +217,4 @@ async fn delete_remote(
         .await;
     }
     Ok(())
-}
-
-/// Requeue policy after an error: per-object exponential backoff, ENS's Retry-After, or a slow
-/// recheck when a person must act.
-pub fn error_policy(obj: Arc<EnsCallback>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
-    let key = format!(
-        "EnsCallback/{}/{}",
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
-    );
-    tracing::warn!(callback = %obj.name_any(), error = %err, "reconcile failed");
-    let retry = match err {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e.retry(),
-        _ => Retry::Backoff,
-    };
-    match retry {
-        Retry::After(d) => Action::requeue(d.max(ctx.backoff(&key))),
-        Retry::OnChange => Action::requeue(Duration::from_secs(300)),
-        Retry::Backoff => Action::requeue(ctx.backoff(&key)),
-    }
 }

@@ -5,72 +5,34 @@ pub mod act;
 pub mod decide;
 pub mod observe;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{
-    Api, Resource, ResourceExt,
-    runtime::{
-        controller::Action,
-        finalizer::{Error as FinalizerError, Event as Finalizer, finalizer},
-    },
-};
+use kube::{Resource, runtime::controller::Action};
 
 use crate::{
-    api::{
-        EnsSubscription,
-        annotations::{FINALIZER, PAUSE},
-        common::DeletionPolicy,
-        conditions::Reason,
-    },
+    api::{EnsSubscription, common::DeletionPolicy, conditions::Reason},
     controller::{
         context::Context,
-        error::{Error, Retry, ens_reason},
-        metrics::ReconcileLabels,
+        error::{Error, ens_reason},
+        reconciler::{self, ReconcileError},
         status,
     },
     ens::{Deleted, EnsError},
 };
-
-/// Errors surfaced to kube-runtime.
-pub type ReconcileError = FinalizerError<Error>;
 
 /// Reconciles one `EnsSubscription`.
 pub async fn reconcile(
     obj: Arc<EnsSubscription>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    let ns = obj.namespace().unwrap_or_default();
-    let api: Api<EnsSubscription> = Api::namespaced(ctx.client.clone(), &ns);
-    let key = format!("EnsSubscription/{ns}/{}", obj.name_any());
-    if obj.annotations().get(PAUSE).is_some_and(|v| v == "true") {
-        return Ok(Action::await_change());
-    }
-    let res = finalizer(&api, FINALIZER, obj, |event| async {
-        match event {
-            Finalizer::Apply(obj) => apply(&obj, &ctx).await,
-            Finalizer::Cleanup(obj) => cleanup(&obj, &ctx).await,
-        }
-    })
-    .await;
-    let result = match &res {
-        Ok(_) => "ok",
-        Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => {
-            e.reason().as_str()
-        }
-        Err(_) => Reason::KubernetesError.as_str(),
-    };
-    ctx.metrics
-        .reconciles
-        .get_or_create(&ReconcileLabels {
-            kind: "EnsSubscription",
-            result,
-        })
-        .inc();
-    if res.is_ok() {
-        ctx.reset_backoff(&key);
-    }
-    res
+    reconciler::reconcile(
+        obj,
+        ctx,
+        |o, c| async move { apply(&o, &c).await },
+        |o, c| async move { cleanup(&o, &c).await },
+    )
+    .await
 }
 
 async fn apply(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
@@ -166,23 +128,4 @@ async fn cleanup(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> 
         Err(e) => return Err(Error::ens("deleting the subscription")(e)),
     }
     Ok(Action::await_change())
-}
-
-/// Requeue policy after an error.
-pub fn error_policy(obj: Arc<EnsSubscription>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
-    let key = format!(
-        "EnsSubscription/{}/{}",
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
-    );
-    tracing::warn!(subscription = %obj.name_any(), error = %err, "reconcile failed");
-    let retry = match err {
-        FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e.retry(),
-        _ => Retry::Backoff,
-    };
-    match retry {
-        Retry::After(d) => Action::requeue(d.max(ctx.backoff(&key))),
-        Retry::OnChange => Action::requeue(Duration::from_secs(300)),
-        Retry::Backoff => Action::requeue(ctx.backoff(&key)),
-    }
 }

@@ -1,0 +1,112 @@
+//! What both reconcilers share around their own apply/cleanup: the pause annotation, the
+//! finalizer, the reconcile metric, per-object backoff and the requeue policy after errors.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::{
+    Api, Resource, ResourceExt,
+    runtime::{
+        controller::Action,
+        finalizer::{Error as FinalizerError, Event, finalizer},
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    api::{
+        annotations::{FINALIZER, PAUSE},
+        conditions::Reason,
+    },
+    controller::{
+        context::Context,
+        error::{Error, Retry},
+        metrics::ReconcileLabels,
+    },
+};
+
+/// Errors surfaced to kube-runtime (the finalizer wraps ours).
+pub type ReconcileError = FinalizerError<Error>;
+
+fn backoff_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
+/// Runs `apply` or `cleanup` behind the finalizer, unless the object is paused; counts the
+/// result and resets the object's backoff on success.
+pub async fn reconcile<K, A, AF, C, CF>(
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+    apply: A,
+    cleanup: C,
+) -> Result<Action, ReconcileError>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    A: FnOnce(Arc<K>, Arc<Context>) -> AF,
+    AF: Future<Output = Result<Action, Error>>,
+    C: FnOnce(Arc<K>, Arc<Context>) -> CF,
+    CF: Future<Output = Result<Action, Error>>,
+{
+    if obj.annotations().get(PAUSE).is_some_and(|v| v == "true") {
+        return Ok(Action::await_change());
+    }
+    let key = backoff_key(obj.as_ref());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let res = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Event::Apply(obj) => apply(obj, ctx.clone()).await,
+            Event::Cleanup(obj) => cleanup(obj, ctx.clone()).await,
+        }
+    })
+    .await;
+    let result = match &res {
+        Ok(_) => "ok",
+        Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => {
+            e.reason().as_str()
+        }
+        Err(_) => Reason::KubernetesError.as_str(),
+    };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ReconcileLabels {
+            kind: K::kind(&()).into_owned(),
+            result,
+        })
+        .inc();
+    if res.is_ok() {
+        ctx.reset_backoff(&key);
+    }
+    res
+}
+
+/// Requeue policy after an error: per-object exponential backoff, ENS's Retry-After, or a slow
+/// recheck when a person must act.
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    err: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    let key = backoff_key(obj.as_ref());
+    tracing::warn!(object = %key, error = %err, "reconcile failed");
+    let retry = match err {
+        FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e.retry(),
+        _ => Retry::Backoff,
+    };
+    match retry {
+        Retry::After(d) => Action::requeue(d.max(ctx.backoff(&key))),
+        Retry::OnChange => Action::requeue(Duration::from_secs(300)),
+        Retry::Backoff => Action::requeue(ctx.backoff(&key)),
+    }
+}
