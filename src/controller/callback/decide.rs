@@ -273,8 +273,8 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
     let id = cb.callback_id.clone();
     b = b.registered(true, Reason::Created, &format!("ENS callback {id}"));
 
-    if !verified {
-        let deadline = b.deadline(s);
+    let deadline = (!verified).then(|| b.deadline(s));
+    if let Some(deadline) = deadline {
         let expired = cb.status.eq_ignore_ascii_case("expired") || now >= deadline;
         if expired {
             let msg = format!("not verified before the deadline {deadline}");
@@ -297,20 +297,30 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
                 .stalled(Reason::VerificationExpired, &msg)
                 .plan(None, STALLED_RECHECK);
         }
-        if seen.keys.as_ref().and_then(|k| k.key_of(&id)).is_none() {
-            return b
-                .progressing(
-                    Reason::KeyRegenerating,
-                    "the signature key was lost; regenerating it",
-                )
-                .plan(
-                    Some(Step::RegenerateKey {
-                        callback_id: id,
-                        rotation: false,
-                    }),
-                    AFTER_STEP,
-                );
-        }
+    }
+    if verified {
+        b = b.verified(
+            true,
+            Reason::Verified,
+            &format!("ENS reports callback {id} verified"),
+        );
+    }
+    // A callback is usable only with its key, verified or not: regenerate rather than recreate.
+    if seen.keys.as_ref().and_then(|k| k.key_of(&id)).is_none() {
+        return b
+            .progressing(
+                Reason::KeyRegenerating,
+                "the signature key was lost; regenerating it",
+            )
+            .plan(
+                Some(Step::RegenerateKey {
+                    callback_id: id,
+                    rotation: false,
+                }),
+                AFTER_STEP,
+            );
+    }
+    if let Some(deadline) = deadline {
         match &seen.probe {
             Some(p) if p.callback_id.as_deref().is_none_or(|c| c == id) => {
                 return b
@@ -357,25 +367,6 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
         }
     }
 
-    b = b.verified(
-        true,
-        Reason::Verified,
-        &format!("ENS reports callback {id} verified"),
-    );
-    if seen.keys.as_ref().and_then(|k| k.key_of(&id)).is_none() {
-        return b
-            .progressing(
-                Reason::KeyRegenerating,
-                "the signature key was lost; regenerating it",
-            )
-            .plan(
-                Some(Step::RegenerateKey {
-                    callback_id: id,
-                    rotation: false,
-                }),
-                AFTER_STEP,
-            );
-    }
     if seen.probe.is_some() {
         return b
             .progressing(Reason::Progressing, "clearing the used verification key")
