@@ -380,12 +380,19 @@ async fn drift_is_repaired_and_steady_state_is_quiet() {
         "a Warning Event names the out-of-band deletion"
     );
 
-    // With a 3 s drift interval, over 10 s only the drift checks' reads reach ENS.
+    // A quiet minute with a 3 s drift interval: only the drift checks' reads reach ENS, and
+    // nothing at all is written to the API server (no object, Secret or Event changes).
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack
         .emulator_send(reqwest::Method::POST, "reset-stats", json!({}))
         .await;
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    let before = written_state(&stack).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        written_state(&stack).await,
+        before,
+        "the controller wrote to the API server during a quiet minute"
+    );
     let calls = stack.calls().await;
     let writes: u64 = calls
         .as_object()
@@ -395,11 +402,83 @@ async fn drift_is_repaired_and_steady_state_is_quiet() {
         .map(|(_, n)| n.as_u64().unwrap())
         .sum();
     assert_eq!(writes, 0, "mutating ENS calls in steady state: {calls}");
-    let gets = count(&calls, "GET /platform/v1/ens-callbacks/{id}");
-    assert!(
-        (1..=12).contains(&gets),
-        "drift checks are bounded by the interval: {calls}"
+    // 60 s / (3 s ± 10%) ≈ 18–22 checks of each object; allow for scheduling slack.
+    for route in [
+        "GET /platform/v1/ens-callbacks/{id}",
+        "GET /platform/v1/ens-subscriptions/{id}",
+    ] {
+        let gets = count(&calls, route);
+        assert!(
+            (12..=26).contains(&gets),
+            "{route}: drift checks are bounded by the interval: {calls}"
+        );
+    }
+}
+
+/// Every object the controller could write in the stack's namespaces, with its resourceVersion.
+async fn written_state(stack: &Stack) -> Vec<(String, Option<String>)> {
+    use k8s_openapi::api::core::v1::Event;
+    use kube::api::ListParams;
+    let lp = ListParams::default();
+    let mut out = Vec::new();
+    let team = &stack.team.name;
+    let mut add = |kind: &str, items: Vec<kube::api::ObjectMeta>| {
+        out.extend(items.into_iter().map(|m| {
+            (
+                format!("{kind}/{}", m.name.unwrap_or_default()),
+                m.resource_version,
+            )
+        }));
+    };
+    let c = stack.client.clone();
+    add(
+        "cb",
+        Api::<EnsCallback>::namespaced(c.clone(), team)
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|o| o.metadata)
+            .collect(),
     );
+    add(
+        "sub",
+        Api::<EnsSubscription>::namespaced(c.clone(), team)
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|o| o.metadata)
+            .collect(),
+    );
+    for ns in [team, &stack.rx.name] {
+        add(
+            "secret",
+            Api::<Secret>::namespaced(c.clone(), ns)
+                .list(&lp)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|o| o.metadata)
+                .collect(),
+        );
+        add(
+            "event",
+            Api::<Event>::namespaced(c.clone(), ns)
+                .list(&lp)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|o| o.metadata)
+                .collect(),
+        );
+    }
+    out.sort();
+    out
 }
 
 #[tokio::test]
@@ -539,4 +618,213 @@ async fn a_standby_takes_over_when_the_leader_dies_without_duplicates() {
         // The survivor runs the finalizers when the stack is dropped.
         stack.controller = Some(second);
     }
+}
+
+/// The route Secret's `key` entry, as text.
+async fn route_key(stack: &Stack, cb: &str, key: &str) -> Option<String> {
+    let route = format!("ens-route-{}-{cb}", stack.team.name);
+    let secret = Api::<Secret>::namespaced(stack.client.clone(), &stack.rx.name)
+        .get(&route)
+        .await
+        .unwrap();
+    secret
+        .data
+        .unwrap_or_default()
+        .get(key)
+        .map(|v| String::from_utf8(v.0.clone()).unwrap())
+}
+
+/// Posts a one-event batch signed with `key` straight to the receiver; returns the status.
+async fn post_signed(stack: &Stack, path: &str, key: &str, tag: &str) -> u16 {
+    let body = receiver_support::batch(tag, 1);
+    stack
+        .http
+        .post(format!("{}{path}", stack.receiver.url))
+        .header("x-sfmc-ens-signature", receiver_support::sig(key, &body))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Waits until a batch signed with `key` gets `want` from the receiver (it follows Secrets).
+async fn wait_status(stack: &Stack, path: &str, key: &str, want: u16, what: &str) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let got = post_signed(stack, path, key, what).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: receiver answered {got}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn key_rotation_serves_both_keys_during_the_overlap_then_only_the_new_one() {
+    let stack = Stack::start("rotate", &[], &["--key-overlap", "8s"]).await;
+    stack
+        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
+        .await;
+    stack
+        .apply::<EnsSubscription>(
+            "sent",
+            subscription_doc("sent", "orders", &["TransactionalSendEvents.EmailSent"]),
+        )
+        .await;
+    let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    wait_for(&cbs, "orders", T, cb_ready).await;
+    let subs: Api<EnsSubscription> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    wait_for(&subs, "sent", T, sub_ready).await;
+    let old = route_key(&stack, "orders", "signatureKey").await.unwrap();
+    wait_status(&stack, "/ens/orders", &old, 200, "old key before rotation").await;
+
+    let annotate = |value: &'static str| {
+        let cbs = cbs.clone();
+        async move {
+            cbs.patch(
+                "orders",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {
+                    "ens-operator.io/regenerate-key": value}}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    stack
+        .emulator_send(reqwest::Method::POST, "reset-stats", json!({}))
+        .await;
+    annotate("r1").await;
+    wait_for(&cbs, "orders", T, |cb| {
+        cb_ready(cb) && cb.status.as_ref().and_then(|s| s.key_rotation.as_deref()) == Some("r1")
+    })
+    .await;
+    let new = route_key(&stack, "orders", "signatureKey").await.unwrap();
+    assert_ne!(new, old, "a new key is stored");
+    assert_eq!(
+        route_key(&stack, "orders", "previousSignatureKey")
+            .await
+            .as_deref(),
+        Some(old.as_str()),
+        "the old key is kept for the overlap"
+    );
+    // During the overlap both keys are accepted: batches ENS signed before the rotation still land.
+    wait_status(&stack, "/ens/orders", &new, 200, "new key during overlap").await;
+    assert_eq!(
+        post_signed(&stack, "/ens/orders", &old, "old key during overlap").await,
+        200
+    );
+    // ENS (the emulator) signs with the new key, and the event reaches the sink.
+    let event = json!([{"eventCategoryType": "TransactionalSendEvents.EmailSent", "timestampUTC": 1_700_000_000_000u64,
+        "definitionKey": "d", "mid": 1, "eid": 1, "info": {"messageKey": "after-rotation"}}]);
+    stack
+        .emulator_send(reqwest::Method::POST, "events", event)
+        .await;
+    receiver_support::wait_until("the event signed with the new key arrives", T, || {
+        stack
+            .sink
+            .accepted()
+            .iter()
+            .any(|d| String::from_utf8_lossy(&d.body).contains("after-rotation"))
+    })
+    .await;
+
+    // After the overlap the old key is dropped from the Secret and refused by the receiver.
+    wait_status(&stack, "/ens/orders", &old, 401, "old key after overlap").await;
+    assert_eq!(
+        route_key(&stack, "orders", "previousSignatureKey").await,
+        None
+    );
+    assert_eq!(
+        post_signed(&stack, "/ens/orders", &new, "new key after overlap").await,
+        200
+    );
+    // One regenerate call per request: the same annotation again does nothing.
+    annotate("r1").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = stack.calls().await;
+    assert_eq!(
+        count(&calls, "PUT /platform/v1/ens-regenerate"),
+        1,
+        "{calls}"
+    );
+}
+
+#[tokio::test]
+async fn fixed_credentials_are_picked_up_at_once_and_metrics_count_the_work() {
+    let stack = Stack::start("creds", &[], &[]).await;
+    let secrets = Api::<Secret>::namespaced(stack.client.clone(), &stack.team.name);
+    let set_secret = |value: &'static str| {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .patch(
+                    stack::CREDENTIALS,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"stringData": {"clientSecret": value}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    set_secret("rotated-away").await;
+    stack
+        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
+        .await;
+    let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    let cb = wait_for(&cbs, "orders", T, |cb| {
+        cb.status
+            .as_ref()
+            .and_then(|s| find(&s.conditions, ConditionType::Stalled))
+            .is_some_and(|c| c.status == "True" && c.reason == "CredentialsInvalid")
+    })
+    .await;
+    let text = serde_json::to_string(&cb.status).unwrap();
+    assert!(
+        !text.contains("rotated-away"),
+        "no secret in status: {text}"
+    );
+    // A stalled object is re-checked only every 5 minutes: Ready within a minute means the
+    // Secret's change itself triggered the reconcile.
+    set_secret("test-secret").await;
+    wait_for(&cbs, "orders", T, cb_ready).await;
+
+    let m = stack.controller_metrics().await;
+    let metric = |s: &str| receiver_support::metric(&m, s);
+    assert!(
+        metric(r#"ens_operator_reconciles_total{kind="EnsCallback",result="ok"}"#) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(r#"ens_operator_reconciles_total{kind="EnsCallback",result="CredentialsInvalid"}"#)
+            >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            r#"ens_operator_ens_requests_total{route="POST /platform/v1/ens-callbacks",status="201"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            r#"ens_operator_ens_requests_total{route="POST /platform/v1/ens-verify",status="200"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric("ens_operator_time_to_verified_seconds_count"),
+        1.0,
+        "{m}"
+    );
+    assert!(!m.contains("rotated-away") && !m.contains("test-secret"));
 }

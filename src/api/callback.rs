@@ -147,9 +147,6 @@ pub struct EnsCallbackStatus {
     /// Where the signature key is kept (`namespace/name` of a Secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_key_secret_ref: Option<String>,
-    /// When the remote state was last read and found in sync.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_sync_time: Option<Time>,
     /// The value of the `ens-operator.io/regenerate-key` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_rotation: Option<String>,

@@ -106,7 +106,4 @@ pub struct EnsSubscriptionStatus {
     /// When the desired state was last sent to ENS (ENS may take up to 2 minutes to apply it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sent_time: Option<Time>,
-    /// When the remote state was last read and found in sync.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_sync_time: Option<Time>,
 }

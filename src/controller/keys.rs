@@ -31,6 +31,10 @@ pub const KEY_CALLBACK_ID_KEY: &str = "keyCallbackId";
 /// Data key: when the previous key stops being accepted (RFC 3339).
 pub const PREVIOUS_KEY_EXPIRES_KEY: &str = "previousSignatureKeyExpires";
 
+/// Data key: the last `ens-operator.io/regenerate-key` value acted on, written with the key it
+/// produced so a request is carried out once even when the cached object lags.
+pub const ROTATION_KEY: &str = "rotationRequest";
+
 /// What a key Secret holds (observed or desired). `Debug` never shows keys.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct KeyData {
@@ -48,6 +52,8 @@ pub struct KeyData {
     pub path: Option<String>,
     /// Managed only: whether the receiver accepts a verification probe.
     pub expect_probe: bool,
+    /// The last rotation request carried out.
+    pub rotation: Option<String>,
 }
 
 impl KeyData {
@@ -69,6 +75,7 @@ impl KeyData {
             previous_expires: get(PREVIOUS_KEY_EXPIRES_KEY).and_then(|t| t.parse().ok()),
             path: get(ROUTE_PATH_KEY),
             expect_probe: get(ROUTE_EXPECT_PROBE_KEY).as_deref() == Some("true"),
+            rotation: get(ROTATION_KEY),
         }
     }
 
@@ -99,6 +106,9 @@ impl KeyData {
         }
         if let Some(k) = &self.signature_key {
             put(ROUTE_SIGNATURE_KEY, k.expose());
+        }
+        if let Some(r) = &self.rotation {
+            put(ROTATION_KEY, r);
         }
         if let Some(k) = &self.previous_key {
             put(ROUTE_PREVIOUS_SIGNATURE_KEY, k.expose());
@@ -210,6 +220,7 @@ mod tests {
             previous_expires: Some("2026-01-01T00:00:00Z".parse().unwrap()),
             path: Some("/ens/a".into()),
             expect_probe: true,
+            rotation: Some("r1".into()),
         };
         let secret = target.build(&data);
         assert_eq!(

@@ -3,7 +3,11 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
@@ -16,13 +20,20 @@ pub struct ReconcileLabels {
     pub result: &'static str,
 }
 
-/// Labels of ENS call counters.
+/// Labels of ENS request counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CallLabels {
-    /// The step that made the call, e.g. `create_callback`.
-    pub call: &'static str,
-    /// `ok` or the error's reason.
-    pub result: &'static str,
+pub struct RequestLabels {
+    /// The route template, e.g. `POST /platform/v1/ens-callbacks` (ids are never labels).
+    pub route: &'static str,
+    /// The HTTP status, or `none` when no response came back.
+    pub status: String,
+}
+
+/// Labels of ENS request durations.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route template.
+    pub route: &'static str,
 }
 
 /// Labels of drift counters.
@@ -38,8 +49,10 @@ pub struct DriftLabels {
 pub struct Metrics {
     /// Reconciles by kind and result.
     pub reconciles: Family<ReconcileLabels, Counter>,
-    /// Mutating ENS calls by step and result.
-    pub ens_calls: Family<CallLabels, Counter>,
+    /// ENS requests by route and HTTP status.
+    pub ens_requests: Family<RequestLabels, Counter>,
+    /// ENS request durations by route.
+    pub ens_request_seconds: Family<RouteLabels, Histogram>,
     /// Remote state found different from the spec.
     pub drift: Family<DriftLabels, Counter>,
     /// Seconds from an object's creation to its callback being verified.
@@ -51,7 +64,10 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self {
             reconciles: Family::default(),
-            ens_calls: Family::default(),
+            ens_requests: Family::default(),
+            ens_request_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 14))
+            }),
             drift: Family::default(),
             time_to_verified: Histogram::new([
                 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0,
@@ -64,9 +80,14 @@ impl Metrics {
             m.reconciles.clone(),
         );
         r.register(
-            "ens_calls",
-            "Mutating ENS calls by step and result",
-            m.ens_calls.clone(),
+            "ens_requests",
+            "ENS requests by route and HTTP status",
+            m.ens_requests.clone(),
+        );
+        r.register(
+            "ens_request_duration_seconds",
+            "ENS request durations by route",
+            m.ens_request_seconds.clone(),
         );
         r.register(
             "drift_found",
@@ -79,5 +100,34 @@ impl Metrics {
             m.time_to_verified.clone(),
         );
         m
+    }
+}
+
+/// Counts every ENS request of the client into the metrics.
+#[derive(Debug, Clone)]
+pub struct RequestMetrics {
+    requests: Family<RequestLabels, Counter>,
+    seconds: Family<RouteLabels, Histogram>,
+}
+
+impl RequestMetrics {
+    /// An observer feeding `m`'s request metrics.
+    pub fn new(m: &Metrics) -> Self {
+        Self {
+            requests: m.ens_requests.clone(),
+            seconds: m.ens_request_seconds.clone(),
+        }
+    }
+}
+
+impl crate::ens::CallObserver for RequestMetrics {
+    fn observe(&self, route: &'static str, status: Option<u16>, elapsed: std::time::Duration) {
+        let status = status.map_or_else(|| "none".to_owned(), |s| s.to_string());
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+        self.seconds
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
     }
 }

@@ -52,11 +52,22 @@ pub async fn run(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>>
     let metrics = metrics::Metrics::new(&mut registry);
     let ens = EnsClient::new(ClientConfig {
         timeout: args.ens_timeout,
+        observer: Some(Arc::new(metrics::RequestMetrics::new(&metrics))),
         ..ClientConfig::default()
     })?;
     let ctx = Context::new(client.clone(), ens, args.clone(), metrics, identity.clone());
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    tokio::spawn(serve_metrics(args.metrics_listen, registry, ready.clone()));
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot bind the metrics address {}: {e}",
+                args.metrics_listen
+            )
+        })?;
+    // Like the receiver and the emulator: the bound address on stdout, for scripts and tests.
+    println!("listening on http://{}", listener.local_addr()?);
+    tokio::spawn(serve_metrics(listener, registry, ready.clone()));
 
     let mut lost = if args.no_leader_election {
         None
@@ -266,7 +277,7 @@ async fn run_subscriptions(
 }
 
 async fn serve_metrics(
-    addr: std::net::SocketAddr,
+    listener: tokio::net::TcpListener,
     registry: Registry,
     ready: Arc<std::sync::atomic::AtomicBool>,
 ) {
@@ -312,12 +323,7 @@ async fn serve_metrics(
                 }
             }),
         );
-    match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => {
-            if let Err(e) = axum::serve(l, app).await {
-                tracing::error!(error = %e, "metrics server stopped");
-            }
-        }
-        Err(e) => tracing::error!(error = %e, %addr, "cannot bind the metrics address"),
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "metrics server stopped");
     }
 }

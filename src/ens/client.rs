@@ -28,6 +28,15 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// `User-Agent` header.
     pub user_agent: String,
+    /// Told of every request (route, status, duration), e.g. to count them in metrics.
+    pub observer: Option<Arc<dyn CallObserver>>,
+}
+
+/// Sees every request the client sends: its route label, its HTTP status (`None` when no
+/// response came back) and how long it took. Never sees bodies, tokens or ids.
+pub trait CallObserver: Send + Sync + std::fmt::Debug {
+    /// Called once per HTTP request, retries included.
+    fn observe(&self, route: &'static str, status: Option<u16>, elapsed: Duration);
 }
 
 impl Default for ClientConfig {
@@ -36,6 +45,7 @@ impl Default for ClientConfig {
             timeout: Duration::from_secs(45),
             connect_timeout: Duration::from_secs(10),
             user_agent: concat!("ens-operator/", env!("CARGO_PKG_VERSION")).to_owned(),
+            observer: None,
         }
     }
 }
@@ -49,6 +59,7 @@ pub struct EnsClient {
 struct Inner {
     http: reqwest::Client,
     tokens: TokenCache,
+    observer: Option<Arc<dyn CallObserver>>,
 }
 
 impl std::fmt::Debug for EnsClient {
@@ -127,6 +138,7 @@ impl EnsClient {
             inner: Arc::new(Inner {
                 http,
                 tokens: TokenCache::default(),
+                observer: config.observer,
             }),
         })
     }
@@ -374,9 +386,13 @@ impl EnsClient {
         if let Some(body) = body {
             req = req.json(body);
         }
-        req.send()
-            .await
-            .map_err(|e| EnsError::transport(route.label, &e))
+        let started = std::time::Instant::now();
+        let res = req.send().await;
+        if let Some(o) = &self.inner.observer {
+            let status = res.as_ref().ok().map(|r| r.status().as_u16());
+            o.observe(route.label, status, started.elapsed());
+        }
+        res.map_err(|e| EnsError::transport(route.label, &e))
     }
 }
 

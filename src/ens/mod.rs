@@ -8,7 +8,7 @@ pub mod signing;
 pub mod wire;
 
 pub use auth::{ClientSecret, Credentials};
-pub use client::{ClientConfig, EnsClient};
+pub use client::{CallObserver, ClientConfig, EnsClient};
 pub use error::EnsError;
 pub use wire::{
     Callback, CallbackUpdate, Created, CreatedCallback, Deleted, NewCallback, NewSubscription,

@@ -180,7 +180,20 @@ impl Stack {
 
     /// (Re)starts the controller process.
     pub fn start_controller(&mut self) {
-        self.controller = Some(Proc::spawn(&self.controller_args, false));
+        self.controller = Some(Proc::spawn(&self.controller_args, true));
+    }
+
+    /// The controller's `/metrics` text.
+    pub async fn controller_metrics(&self) -> String {
+        let url = &self.controller.as_ref().expect("controller running").url;
+        self.http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Kills the controller with SIGKILL.

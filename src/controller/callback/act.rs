@@ -16,21 +16,9 @@ use crate::{
         annotations::{CALLBACK_ID, CREATE_PENDING, FIELD_MANAGER},
         conditions::Reason,
     },
-    controller::{
-        context::Context,
-        error::{Error, ens_reason},
-        keys::KeyData,
-        metrics::{CallLabels, DriftLabels},
-    },
+    controller::{context::Context, error::Error, keys::KeyData, metrics::DriftLabels},
     ens::{Created, Credentials, EnsError},
 };
-
-/// What a step changed that the status written after it must show.
-#[derive(Default)]
-pub struct Outcome {
-    /// A requested key rotation was carried out (the annotation value handled).
-    pub rotated: bool,
-}
 
 /// Runs one step.
 pub async fn act(
@@ -39,7 +27,7 @@ pub async fn act(
     seen: &Observed,
     creds: Option<&Credentials>,
     step: Step,
-) -> Result<Outcome, Error> {
+) -> Result<(), Error> {
     let creds = || {
         creds.ok_or_else(|| {
             Error::ens("using the credentials")(EnsError::Setup("no credentials".into()))
@@ -62,7 +50,6 @@ pub async fn act(
             let c = creds()?;
             ctx.ens_permit(c).await;
             let res = ctx.ens.create_callback(c, &new).await;
-            count(ctx, "create_callback", &res);
             match res {
                 Ok(Created::New(created)) => {
                     let id = created.callback_id.clone();
@@ -162,15 +149,15 @@ pub async fn act(
         }
         Step::RegenerateKey {
             callback_id,
-            rotation,
+            request,
         } => {
             let c = creds()?;
             ctx.ens_permit(c).await;
             let res = ctx.ens.regenerate_key(c, &callback_id).await;
-            count(ctx, "regenerate_key", &res);
             let created = res.map_err(Error::ens("regenerating the signature key"))?;
             let mut keys = seen.keys.clone().unwrap_or_default();
             let old = keys.key_of(&callback_id).cloned();
+            let rotation = request.is_some();
             keys.key_callback_id = Some(callback_id.clone());
             keys.signature_key = Some(created.signature_key);
             (keys.previous_key, keys.previous_expires) = match (rotation, old) {
@@ -185,6 +172,9 @@ pub async fn act(
                 ),
                 _ => (None, None),
             };
+            if rotation {
+                keys.rotation = request;
+            }
             write_keys(ctx, seen, &keys).await?;
             let note = if rotation {
                 format!(
@@ -204,7 +194,6 @@ pub async fn act(
                 note,
             )
             .await;
-            return Ok(Outcome { rotated: rotation });
         }
         Step::Verify { callback_id, probe } => {
             let c = creds()?;
@@ -213,7 +202,6 @@ pub async fn act(
                 .ens
                 .verify_callback(c, &callback_id, &probe.verification_key)
                 .await;
-            count(ctx, "verify_callback", &res);
             match res {
                 Ok(()) => {
                     if let Some(created) = obj.meta().creation_timestamp.as_ref() {
@@ -249,7 +237,6 @@ pub async fn act(
             let c = creds()?;
             ctx.ens_permit(c).await;
             let res = ctx.ens.delete_callback(c, &callback_id).await;
-            count(ctx, "delete_callback", &res);
             res.map_err(Error::ens("deleting the expired callback"))?;
             clear_record(ctx, obj).await?;
             discard_probe(ctx, seen).await?;
@@ -259,7 +246,6 @@ pub async fn act(
             let c = creds()?;
             ctx.ens_permit(c).await;
             let res = ctx.ens.update_callback(c, &update).await;
-            count(ctx, "update_callback", &res);
             res.map_err(Error::ens("updating the callback"))?;
             ctx.metrics
                 .drift
@@ -281,18 +267,7 @@ pub async fn act(
             .await;
         }
     }
-    Ok(Outcome::default())
-}
-
-/// Counts a mutating ENS call by step and result.
-pub fn count<T>(ctx: &Context, call: &'static str, res: &Result<T, EnsError>) {
-    let result = res
-        .as_ref()
-        .map_or_else(|e| ens_reason(e).as_str(), |_| "ok");
-    ctx.metrics
-        .ens_calls
-        .get_or_create(&CallLabels { call, result })
-        .inc();
+    Ok(())
 }
 
 /// Server-side applies the key Secret.

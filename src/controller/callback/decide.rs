@@ -91,8 +91,9 @@ pub enum Step {
     RegenerateKey {
         /// The callback.
         callback_id: String,
-        /// Keep the old key accepted during the overlap (a requested rotation).
-        rotation: bool,
+        /// The rotation request handled (the annotation's value), recorded with the new key;
+        /// `None` when the stored key was lost. A rotation keeps the old key for the overlap.
+        request: Option<String>,
     },
     /// Verify with the key the probe delivered.
     Verify {
@@ -315,7 +316,7 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
             .plan(
                 Some(Step::RegenerateKey {
                     callback_id: id,
-                    rotation: false,
+                    request: None,
                 }),
                 AFTER_STEP,
             );
@@ -372,13 +373,16 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
             .progressing(Reason::Progressing, "clearing the used verification key")
             .plan(Some(Step::DiscardProbe), AFTER_STEP);
     }
-    if seen.regenerate_request.is_some() && seen.regenerate_request != seen.status.key_rotation {
+    // The handled request is read from the key Secret (read fresh, written with the new key), not
+    // from the status in the cache, which may lag and would rotate twice.
+    let handled = seen.keys.as_ref().and_then(|k| k.rotation.as_ref());
+    if seen.regenerate_request.is_some() && seen.regenerate_request.as_ref() != handled {
         return b
             .progressing(Reason::KeyRegenerating, "rotating the signature key")
             .plan(
                 Some(Step::RegenerateKey {
                     callback_id: id,
-                    rotation: true,
+                    request: seen.regenerate_request.clone(),
                 }),
                 AFTER_STEP,
             );
@@ -397,7 +401,15 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
             )
             .plan(Some(Step::Update(update)), AFTER_STEP);
     }
-    b.synced().ready().plan(None, drift_interval(seen, s))
+    // The next look: the drift check, or the end of a key overlap if that comes first.
+    let requeue = match seen.keys.as_ref().and_then(|k| k.previous_expires) {
+        Some(t) if t > now => {
+            let left = Duration::from_secs((t.as_second() - now.as_second()).max(0) as u64 + 1);
+            left.min(drift_interval(seen, s))
+        }
+        _ => drift_interval(seen, s),
+    };
+    b.ready().plan(None, requeue)
 }
 
 /// The key Secret as it should be: the route (managed), the recorded callback, keys that belong to
@@ -409,6 +421,7 @@ fn desired_keys(seen: &Observed, verified: bool, now: Timestamp) -> KeyData {
         path: managed.then(|| url_path(&seen.spec.url)),
         expect_probe: managed && !verified,
         callback_id: seen.recorded_id.clone(),
+        rotation: current.rotation.clone(),
         ..Default::default()
     };
     // Keep keys while no id is recorded (they may be of a create whose id is about to be
@@ -442,6 +455,7 @@ impl<'a> StatusBuilder<'a> {
         status.observed_generation = seen.generation;
         status.callback_id = seen.recorded_id.clone();
         status.signature_key_secret_ref = Some(seen.key_secret.display());
+        status.key_rotation = seen.keys.as_ref().and_then(|k| k.rotation.clone());
         Self {
             seen,
             now: Time(now),
@@ -503,11 +517,6 @@ impl<'a> StatusBuilder<'a> {
         self.set(C::Ready, false, reason, msg)
             .set(C::Reconciling, false, reason, msg)
             .set(C::Stalled, true, reason, msg)
-    }
-
-    fn synced(mut self) -> Self {
-        self.status.last_sync_time = Some(self.now.clone());
-        self
     }
 
     fn ready(self) -> Self {
@@ -683,7 +692,7 @@ mod tests {
             decide(&seen, &settings(), now()).step,
             Some(Step::RegenerateKey {
                 callback_id: "cb-1".into(),
-                rotation: false
+                request: None
             })
         );
     }
@@ -782,7 +791,7 @@ mod tests {
         assert!(
             plan.requeue >= Duration::from_secs(540) && plan.requeue <= Duration::from_secs(660)
         );
-        // Deciding again from the written status changes nothing but the sync time.
+        // Deciding again from the written status changes nothing (no write in steady state).
         let mut again = seen.clone();
         again.status = plan.status.clone();
         let plan2 = decide(&again, &settings(), now());
@@ -824,11 +833,11 @@ mod tests {
             decide(&seen, &settings(), now()).step,
             Some(Step::RegenerateKey {
                 callback_id: "cb-1".into(),
-                rotation: true
+                request: Some("2026-11-24".into())
             })
         );
-        seen.status.key_rotation = Some("2026-11-24".into());
         let keys = seen.keys.as_mut().unwrap();
+        keys.rotation = Some("2026-11-24".into());
         keys.previous_key = Some(SignatureKey::new("k0"));
         keys.previous_expires = Some("2026-11-24T09:59:00Z".parse().unwrap());
         match decide(&seen, &settings(), now()).step {
@@ -837,6 +846,17 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_key_overlap_ending_before_the_drift_check_is_looked_at_when_it_ends() {
+        let mut seen = registered("verified");
+        let keys = seen.keys.as_mut().unwrap();
+        keys.previous_key = Some(SignatureKey::new("k0"));
+        keys.previous_expires = Some("2026-11-24T10:00:30Z".parse().unwrap());
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, None);
+        assert_eq!(plan.requeue, Duration::from_secs(31));
     }
 
     #[test]

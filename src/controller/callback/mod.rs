@@ -41,9 +41,13 @@ async fn apply(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
         let mut plan = decide::decide(&seen, &ctx.settings, now);
         if let Some(step) = plan.step.take() {
             tracing::info!(callback = %obj.name_any(), namespace = ?obj.namespace(), step = ?step_name(&step), "acting");
-            let done = act::act(ctx, obj, &seen, creds.as_ref(), step).await?;
-            if done.rotated {
-                plan.status.key_rotation = seen.regenerate_request.clone();
+            let rotated = match &step {
+                decide::Step::RegenerateKey { request, .. } => request.clone(),
+                _ => None,
+            };
+            act::act(ctx, obj, &seen, creds.as_ref(), step).await?;
+            if rotated.is_some() {
+                plan.status.key_rotation = rotated;
             }
         }
         status::apply(obj, obj.status.as_ref(), &plan.status, &ctx.client).await.map_err(Error::kube("writing status"))?;

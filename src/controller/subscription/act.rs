@@ -9,7 +9,7 @@ use serde_json::json;
 use super::decide::{Observed, Step};
 use crate::{
     api::{EnsSubscription, annotations::SUBSCRIPTION_ID, conditions::Reason},
-    controller::{callback::act::count, context::Context, error::Error, metrics::DriftLabels},
+    controller::{context::Context, error::Error, metrics::DriftLabels},
     ens::{Created, Credentials, EnsError},
 };
 
@@ -29,7 +29,6 @@ pub async fn act(
             let c = c?;
             ctx.ens_permit(c).await;
             let res = ctx.ens.create_subscription(c, &new).await;
-            count(ctx, "create_subscription", &res);
             match res.map_err(Error::ens("creating the subscription"))? {
                 Created::New(sub) => {
                     record(ctx, obj, Some(&sub.subscription_id)).await?;
@@ -78,7 +77,6 @@ pub async fn act(
             let c = c?;
             ctx.ens_permit(c).await;
             let res = ctx.ens.update_subscription(c, &update).await;
-            count(ctx, "update_subscription", &res);
             res.map_err(Error::ens("updating the subscription"))?;
             ctx.metrics
                 .drift

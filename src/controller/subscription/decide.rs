@@ -298,7 +298,6 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
         &mut status.conditions,
         condition(C::Active, active, reason, &msg, g, &now),
     );
-    status.last_sync_time = Some(now.clone());
     let unknown: Vec<&str> = seen
         .spec
         .event_category_types
