@@ -4,6 +4,7 @@
 #
 #   scripts/control-plane.sh start [RUN_DIR]   # prints RUN_DIR; $RUN_DIR/env has KUBECONFIG etc.
 #   scripts/control-plane.sh stop  RUN_DIR     # stops only the PIDs recorded in RUN_DIR
+#   scripts/control-plane.sh restart-apiserver RUN_DIR   # for the API-server restart test
 #
 # Binaries come from scripts/build-tools.sh. Recipe: shared/local-control-plane.md §3–§4.
 set -euo pipefail
@@ -67,6 +68,36 @@ wait_for() { # CMD SECONDS
   done
 }
 
+# Starts kube-apiserver for RUN (ports from RUN/ports) and waits for /readyz.
+start_apiserver() {
+  local run=$1 p=$1/pki etcd_port api_port
+  . "$run/ports"
+  "$K8S_BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+    --cert-dir="$run/apiserver" --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
+    --client-ca-file="$p/ca.crt" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 --authorization-mode=RBAC --allow-privileged=true \
+    --enable-priority-and-fairness=false --endpoint-reconciler-type=none --v=1 \
+    >>"$run/logs/kube-apiserver.log" 2>&1 &
+  echo $! >"$run/apiserver.pid"
+  wait_for "curl -fsS --cacert $p/ca.crt https://127.0.0.1:$api_port/readyz" 120 ||
+    { tail -30 "$run/logs/kube-apiserver.log" >&2; stop "$run"; die "kube-apiserver did not become ready"; }
+}
+
+# Stops one component (kcm, apiserver, etcd) of RUN: SIGTERM, then SIGKILL after 5 s.
+stop_one() {
+  local f=$1/$2.pid
+  [ -f "$f" ] || return 0
+  local pid; pid=$(cat "$f")
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
 start() {
   local run=${1:-$(mktemp -d "${TMPDIR:-/tmp}/ens-cp.XXXXXX")}
   [ -x "$K8S_BIN/kube-apiserver" ] && [ -x "$ETCD_BIN/etcd" ] ||
@@ -87,18 +118,8 @@ start() {
   wait_for "curl -fsS http://127.0.0.1:$etcd_port/health" 30 || { tail -20 "$run/logs/etcd.log" >&2; stop "$run"; die "etcd did not become healthy"; }
 
   local p=$run/pki
-  "$K8S_BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
-    --cert-dir="$run/apiserver" --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
-    --client-ca-file="$p/ca.crt" \
-    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 --authorization-mode=RBAC --allow-privileged=true \
-    --enable-priority-and-fairness=false --endpoint-reconciler-type=none --v=1 \
-    >"$run/logs/kube-apiserver.log" 2>&1 &
-  echo $! >"$run/apiserver.pid"
-  wait_for "curl -fsS --cacert $p/ca.crt https://127.0.0.1:$api_port/readyz" 120 ||
-    { tail -30 "$run/logs/kube-apiserver.log" >&2; stop "$run"; die "kube-apiserver did not become ready"; }
+  printf 'etcd_port=%s\napi_port=%s\n' "$etcd_port" "$api_port" >"$run/ports"
+  start_apiserver "$run"
   local ready_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 
   kubeconfig admin "$api_port" "$run" >"$run/admin.kubeconfig"
@@ -129,21 +150,21 @@ ENV
 
 stop() {
   local run=${1:?usage: control-plane.sh stop RUN_DIR}
-  for c in kcm apiserver etcd; do
-    local f=$run/$c.pid
-    [ -f "$f" ] || continue
-    local pid; pid=$(cat "$f")
-    if kill "$pid" 2>/dev/null; then
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$f"
-  done
+  for c in kcm apiserver etcd; do stop_one "$run" "$c"; done
   log "control plane in $run stopped"
+}
+
+# Restarts kube-apiserver of RUN (same ports, same etcd): clients see it go away and come back.
+restart_apiserver() {
+  local run=${1:?usage: control-plane.sh restart-apiserver RUN_DIR}
+  stop_one "$run" apiserver
+  start_apiserver "$run"
+  log "kube-apiserver in $run restarted"
 }
 
 case ${1:-} in
   start) start "${2:-}" ;;
   stop) stop "${2:-}" ;;
-  *) die "usage: $0 start [RUN_DIR] | stop RUN_DIR" ;;
+  restart-apiserver) restart_apiserver "${2:-}" ;;
+  *) die "usage: $0 start [RUN_DIR] | stop RUN_DIR | restart-apiserver RUN_DIR" ;;
 esac

@@ -7,39 +7,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestNamespace, client, client_as, examples, install_crds, wait_gone};
-use ens_operator::api::{EnsCallback, EnsSubscription};
+use common::{
+    TestNamespace, client, client_as,
+    examples::{self, apply},
+    install_crds, wait_gone,
+};
+use ens_operator::api::EnsCallback;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::{
-    Api, Client, Resource,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    Api, Resource,
+    api::{DeleteParams, PostParams},
 };
-use serde_json::Value;
-
-const PP: &str = "ens-operator-tests";
-
-/// Server-side applies one manifest document into `ns`, returning the API server's verdict.
-async fn apply(client: &Client, ns: &str, doc: &Value) -> Result<(), kube::Error> {
-    let mut doc = doc.clone();
-    doc["metadata"]["namespace"] = ns.into();
-    let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
-    let pp = PatchParams::apply(PP).force();
-    match examples::kind(&doc) {
-        "EnsCallback" => Api::<EnsCallback>::namespaced(client.clone(), ns)
-            .patch(&name, &pp, &Patch::Apply(&doc))
-            .await
-            .map(drop),
-        "EnsSubscription" => Api::<EnsSubscription>::namespaced(client.clone(), ns)
-            .patch(&name, &pp, &Patch::Apply(&doc))
-            .await
-            .map(drop),
-        "Secret" => Api::<Secret>::namespaced(client.clone(), ns)
-            .patch(&name, &pp, &Patch::Apply(&doc))
-            .await
-            .map(drop),
-        other => panic!("examples hold no {other}"),
-    }
-}
 
 #[tokio::test]
 async fn crds_install_and_become_established() {

@@ -17,42 +17,10 @@ use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams},
 };
-use serde_json::{Value, json};
-use stack::Stack;
+use serde_json::json;
+use stack::{Stack, callback_doc, cb_ready, count, sub_ready, subscription_doc};
 
 const T: Duration = Duration::from_secs(60);
-
-fn callback_doc(name: &str, path: &str) -> Value {
-    json!({
-        "apiVersion": "ens-operator.io/v1alpha1", "kind": "EnsCallback",
-        "metadata": {"name": name},
-        "spec": {"url": Stack::url(path), "credentialsRef": {"name": stack::CREDENTIALS}},
-    })
-}
-
-fn subscription_doc(name: &str, callback: &str, types: &[&str]) -> Value {
-    json!({
-        "apiVersion": "ens-operator.io/v1alpha1", "kind": "EnsSubscription",
-        "metadata": {"name": name},
-        "spec": {"callbackRef": {"name": callback}, "eventCategoryTypes": types},
-    })
-}
-
-fn ready(conds: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>) -> bool {
-    conds.is_some_and(|c| is_true(c, ConditionType::Ready))
-}
-
-fn cb_ready(cb: &EnsCallback) -> bool {
-    ready(cb.status.as_ref().map(|s| s.conditions.as_slice()))
-}
-
-fn sub_ready(s: &EnsSubscription) -> bool {
-    ready(s.status.as_ref().map(|s| s.conditions.as_slice()))
-}
-
-fn count(calls: &Value, route: &str) -> u64 {
-    calls[route].as_u64().unwrap_or(0)
-}
 
 #[tokio::test]
 async fn callback_and_two_subscriptions_become_ready_and_events_flow() {
@@ -595,6 +563,25 @@ async fn a_standby_takes_over_when_the_leader_dies_without_duplicates() {
     } else {
         second.kill9();
     }
+    let killed = tokio::time::Instant::now();
+    loop {
+        let now_holder = leases
+            .get("ens-operator-controller")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .holder_identity;
+        if now_holder.as_deref().is_some_and(|h| h != holder) {
+            break;
+        }
+        // Lease 3 s + 2 s grace; the rest is slack for a loaded machine.
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "the standby did not take over within the lease time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stack
         .apply::<EnsCallback>("two", callback_doc("two", "/ens/two"))
         .await;
@@ -827,4 +814,56 @@ async fn fixed_credentials_are_picked_up_at_once_and_metrics_count_the_work() {
         "{m}"
     );
     assert!(!m.contains("rotated-away") && !m.contains("test-secret"));
+}
+
+#[tokio::test]
+async fn a_second_callback_for_the_same_url_is_refused_not_merged() {
+    let stack = Stack::start("claim", &[], &[]).await;
+    stack
+        .apply::<EnsCallback>("first", callback_doc("first", "/ens/shared"))
+        .await;
+    let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    let first = wait_for(&cbs, "first", T, cb_ready).await;
+    let key = route_key(&stack, "first", "signatureKey").await.unwrap();
+
+    // Same path, another host: on the managed receiver that is the same route.
+    let mut doc = callback_doc("second", "/ens/shared");
+    doc["spec"]["url"] = json!("https://other.example.com/ens/shared");
+    stack.apply::<EnsCallback>("second", doc).await;
+    let second = wait_for(&cbs, "second", T, |cb| {
+        cb.status
+            .as_ref()
+            .and_then(|s| find(&s.conditions, ConditionType::Stalled))
+            .is_some_and(|c| c.status == "True" && c.reason == "UrlInUse")
+    })
+    .await;
+    let msg = find(&second.status.unwrap().conditions, ConditionType::Stalled)
+        .unwrap()
+        .message
+        .clone();
+    assert!(msg.contains(&format!("{}/first", stack.team.name)), "{msg}");
+
+    // The first keeps its callback, key and route; the second wrote nothing anywhere.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let remote = stack.remote_callbacks().await;
+    assert_eq!(remote.len(), 1, "{remote:#?}");
+    assert_eq!(
+        remote[0]["callbackId"],
+        first.status.unwrap().callback_id.unwrap().as_str()
+    );
+    assert_eq!(route_key(&stack, "first", "signatureKey").await, Some(key));
+    let second_route = format!("ens-route-{}-second", stack.team.name);
+    assert!(
+        Api::<Secret>::namespaced(stack.client.clone(), &stack.rx.name)
+            .get_opt(&second_route)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Deleting the refused one leaves the first untouched.
+    cbs.delete("second", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::wait_gone(&cbs, "second", T).await;
+    assert_eq!(stack.remote_callbacks().await.len(), 1);
 }

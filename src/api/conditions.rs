@@ -80,6 +80,8 @@ reasons! {
     Adopted,
     /// `adoption: AdoptOnly` and ENS has no callback with this URL.
     NotFoundForAdoption,
+    /// An older EnsCallback already uses this URL (or, on the managed receiver, its path).
+    UrlInUse,
     /// `adoption: Create` and ENS already has a callback with this URL.
     AlreadyExists,
     /// Waiting for the receiver to hand over ENS's verification key.

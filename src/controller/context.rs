@@ -4,18 +4,21 @@
 use std::{
     collections::HashMap,
     num::NonZeroU32,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
 use governor::{DefaultKeyedRateLimiter, Quota};
 use kube::{
     Client, Resource,
-    runtime::events::{Event, EventType, Recorder, Reporter},
+    runtime::{
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::Store,
+    },
 };
 
 use crate::{
-    api::conditions::Reason,
+    api::{EnsCallback, conditions::Reason},
     controller::{args::ControllerArgs, callback::decide::Settings, metrics::Metrics},
     ens::{Credentials, EnsClient},
 };
@@ -34,6 +37,8 @@ pub struct Context {
     pub settings: Settings,
     /// Metrics.
     pub metrics: Metrics,
+    /// Every watched EnsCallback (the controller's cache), to find who claimed a URL first.
+    pub callbacks: OnceLock<Store<EnsCallback>>,
     recorder: Recorder,
     limiter: DefaultKeyedRateLimiter<String>,
     backoff: Mutex<HashMap<String, u32>>,
@@ -71,6 +76,7 @@ impl Context {
             args,
             settings,
             metrics,
+            callbacks: OnceLock::new(),
             limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(rate)),
             backoff: Mutex::new(HashMap::new()),
         })

@@ -42,6 +42,8 @@ pub enum Retry {
     After(Duration),
     /// A person must change something; look again rarely (and on any change).
     OnChange,
+    /// Someone else changed the object first (409): look again at once, from fresh state.
+    Soon,
 }
 
 impl Error {
@@ -64,12 +66,21 @@ impl Error {
         }
     }
 
+    /// Whether the error is an optimistic-concurrency conflict: expected when others edit the
+    /// object, not a failure to report.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Kube { source: kube::Error::Api(s), .. } if s.code == 409)
+    }
+
     /// How to retry.
     pub fn retry(&self) -> Retry {
         match self {
+            _ if self.is_conflict() => Retry::Soon,
             Self::Ens { source, .. } if source.is_throttled() => {
                 Retry::After(source.retry_after().unwrap_or(Duration::from_secs(5)))
             }
+            // ENS could not reach the URL (ingress or DNS not ready yet): worth retrying.
+            Self::Ens { source, .. } if source.is_probe_failure() => Retry::Backoff,
             Self::Ens { source, .. }
                 if !source.is_retryable() && !matches!(source, EnsError::Conflict { .. }) =>
             {
@@ -88,6 +99,7 @@ impl Error {
 /// The condition reason for an ENS error.
 pub fn ens_reason(e: &EnsError) -> Reason {
     match e {
+        e if e.is_probe_failure() => Reason::ReceiverNotReady,
         EnsError::TokenRefused { .. } | EnsError::Unauthorized { .. } => Reason::CredentialsInvalid,
         EnsError::Forbidden { .. } => Reason::EnsForbidden,
         EnsError::BadRequest { .. } | EnsError::NotFound { .. } | EnsError::Conflict { .. } => {
@@ -97,5 +109,35 @@ pub fn ens_reason(e: &EnsError) -> Reason {
         EnsError::Unavailable { .. } | EnsError::Protocol { .. } | EnsError::Setup(_) => {
             Reason::EnsUnavailable
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: &str = "POST /platform/v1/ens-callbacks";
+
+    #[test]
+    fn a_probe_failure_is_retried_and_blames_the_receiver() {
+        let body = "\"MCMS_UWH_Runtime_GeneralFailure_probeCallbackLiveness: Status: Timeout\"";
+        let e = Error::ens("creating the callback")(EnsError::from_status(
+            R,
+            400,
+            None,
+            body.as_bytes(),
+        ));
+        assert_eq!(e.reason(), Reason::ReceiverNotReady);
+        assert_eq!(e.retry(), Retry::Backoff);
+        assert!(!e.is_terminal());
+        // Any other 400 needs a person.
+        let other = Error::ens("creating the callback")(EnsError::from_status(
+            R,
+            400,
+            None,
+            b"\"bad url\"",
+        ));
+        assert_eq!(other.reason(), Reason::EnsRejected);
+        assert!(other.is_terminal());
     }
 }

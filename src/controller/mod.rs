@@ -4,6 +4,7 @@
 pub mod args;
 pub mod callback;
 pub mod context;
+pub mod crash;
 pub mod credentials;
 pub mod error;
 pub mod keys;
@@ -163,6 +164,8 @@ async fn run_callbacks(
     .predicate_filter(meaningful, Default::default());
     let ctrl = Controller::for_stream(stream, reader);
     let (by_route, by_creds) = (ctrl.store(), ctrl.store());
+    // Set once per process: this is the only callback controller.
+    let _ = ctx.callbacks.set(ctrl.store());
     let default_creds = ctx.args.default_credentials.clone();
     let receiver_ns = ctx.args.receiver_namespace.clone();
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));

@@ -71,6 +71,13 @@ where
         }
     })
     .await;
+    // The object went away while its finalizer was being removed: the cleanup is done.
+    let res = match res {
+        Err(FinalizerError::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => {
+            Ok(Action::await_change())
+        }
+        other => other,
+    };
     let result = match &res {
         Ok(_) => "ok",
         Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => {
@@ -99,12 +106,17 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
     ctx: Arc<Context>,
 ) -> Action {
     let key = backoff_key(obj.as_ref());
-    tracing::warn!(object = %key, error = %err, "reconcile failed");
     let retry = match err {
         FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e.retry(),
         _ => Retry::Backoff,
     };
+    if retry == Retry::Soon {
+        tracing::debug!(object = %key, error = %err, "conflict; retrying from fresh state");
+    } else {
+        tracing::warn!(object = %key, error = %err, "reconcile failed");
+    }
     match retry {
+        Retry::Soon => Action::requeue(Duration::from_millis(200)),
         Retry::After(d) => Action::requeue(d.max(ctx.backoff(&key))),
         Retry::OnChange => Action::requeue(Duration::from_secs(300)),
         Retry::Backoff => Action::requeue(ctx.backoff(&key)),

@@ -30,6 +30,8 @@ pub struct Faults {
     pub api_latency_ms: u64,
     /// The next N token requests answer 500.
     pub token_errors: u32,
+    /// The next N callback lists answer as if ENS held no callback (a lagging read).
+    pub stale_lists: u32,
     /// The next N verification probes are never sent (the create fails like a timeout).
     pub drop_probes: u32,
     /// The next N delivery attempts fail without reaching the receiver.

@@ -33,6 +33,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/emulator/v1/stats", get(stats))
         .route("/emulator/v1/reset-stats", post(reset_stats))
         .route("/emulator/v1/expire-tokens", post(expire_tokens))
+        .route("/emulator/v1/issued-secrets", get(issued_secrets))
         .route("/emulator/v1/faults", get(get_faults).put(put_faults))
         .route("/emulator/v1/events", post(events))
         .route(
@@ -155,6 +156,11 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Json<Stats> {
 async fn reset_stats(State(shared): State<Arc<Shared>>) -> StatusCode {
     lock(&shared.calls).clear();
     StatusCode::NO_CONTENT
+}
+
+/// Every token and key ever handed out, so leak tests can look for them elsewhere.
+async fn issued_secrets(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(super::lock(&shared.issued).clone()).into_response()
 }
 
 /// Invalidates every issued token (the next ENS call gets 401).

@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     queues: Mutex<HashMap<String, delivery::Queue>>,
     /// Woken whenever a delivery record is added (long-polling readers).
     delivered: tokio::sync::Notify,
+    /// Every secret handed out (tokens, signature and verification keys), for leak tests.
+    issued: Mutex<Vec<String>>,
     /// Plain-HTTP client for probes and deliveries (never a proxy: targets are local).
     http: reqwest::Client,
 }
@@ -95,6 +97,7 @@ impl Shared {
             deliveries: Mutex::default(),
             queues: Mutex::default(),
             delivered: tokio::sync::Notify::new(),
+            issued: Mutex::default(),
             http,
         }))
     }
@@ -132,6 +135,13 @@ impl Shared {
 
     fn faults(&self) -> MutexGuard<'_, Faults> {
         lock(&self.faults)
+    }
+
+    /// A new random secret (token or key), remembered for `GET /emulator/v1/issued-secrets`.
+    fn new_secret(&self) -> Result<String, error::ApiError> {
+        let k = state::random_key()?;
+        lock(&self.issued).push(k.clone());
+        Ok(k)
     }
 }
 

@@ -12,7 +12,7 @@ use axum::routing::post;
 use serde::{Deserialize, Serialize};
 
 use super::api::read_json;
-use super::state::{TokenRec, millis, now_ms, random_key};
+use super::state::{TokenRec, millis, now_ms};
 use super::{Router, Shared};
 use crate::emulator::error::ApiError;
 
@@ -105,7 +105,7 @@ async fn issue(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body
             .map(str::to_owned)
             .collect(),
     };
-    let access_token = match random_key() {
+    let access_token = match shared.new_secret() {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };

@@ -4,6 +4,12 @@
 
 use std::path::PathBuf;
 
+use ens_operator::api::{EnsCallback, EnsSubscription};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
 use serde_json::Value;
 
 /// One manifest file.
@@ -71,4 +77,27 @@ pub fn invalid() -> Vec<Example> {
 /// Kind of a manifest document.
 pub fn kind(doc: &Value) -> &str {
     doc["kind"].as_str().unwrap_or_default()
+}
+
+/// Server-side applies one manifest document into `ns`, returning the API server's verdict.
+pub async fn apply(client: &Client, ns: &str, doc: &Value) -> Result<(), kube::Error> {
+    let mut doc = doc.clone();
+    doc["metadata"]["namespace"] = ns.into();
+    let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
+    let pp = PatchParams::apply("ens-operator-tests").force();
+    match kind(&doc) {
+        "EnsCallback" => Api::<EnsCallback>::namespaced(client.clone(), ns)
+            .patch(&name, &pp, &Patch::Apply(&doc))
+            .await
+            .map(drop),
+        "EnsSubscription" => Api::<EnsSubscription>::namespaced(client.clone(), ns)
+            .patch(&name, &pp, &Patch::Apply(&doc))
+            .await
+            .map(drop),
+        "Secret" => Api::<Secret>::namespaced(client.clone(), ns)
+            .patch(&name, &pp, &Patch::Apply(&doc))
+            .await
+            .map(drop),
+        other => panic!("examples hold no {other}"),
+    }
 }

@@ -10,7 +10,11 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::Secret;
+use ens_operator::api::{
+    EnsCallback, EnsSubscription,
+    conditions::{ConditionType, is_true},
+};
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Condition};
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
@@ -34,6 +38,31 @@ pub struct Proc {
 impl Proc {
     /// Spawns `ens-operator ARGS`; with `wait_listen`, waits for its `listening on URL` line.
     pub fn spawn(args: &[String], wait_listen: bool) -> Self {
+        Self::spawn_env(args, &[], wait_listen)
+    }
+
+    /// [`Proc::spawn`] with extra environment variables.
+    pub fn spawn_env(args: &[String], envs: &[(&str, &str)], wait_listen: bool) -> Self {
+        Self::spawn_logged(args, envs, None, wait_listen)
+    }
+
+    /// [`Proc::spawn_env`], appending stderr (the logs) to `log` when given.
+    pub fn spawn_logged(
+        args: &[String],
+        envs: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+        wait_listen: bool,
+    ) -> Self {
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("open log file"),
+            ),
+            None => Stdio::inherit(),
+        };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ens-operator"));
         cmd.args(args)
             .env("KUBECONFIG", &control_plane().kubeconfig)
@@ -43,8 +72,9 @@ impl Proc {
                 "RUST_LOG",
                 std::env::var("ENS_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         let mut child = cmd.spawn().expect("spawn ens-operator");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
@@ -66,6 +96,18 @@ impl Proc {
             String::new()
         };
         Self { child, url }
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
     }
 
     /// SIGKILL now (a crash).
@@ -92,17 +134,39 @@ pub struct Stack {
     pub controller: Option<Proc>,
     pub controller_args: Vec<String>,
     pub http: reqwest::Client,
+    /// With [`Stack::start_logged`]: where each process's debug log goes.
+    pub log_dir: Option<std::path::PathBuf>,
 }
 
 impl Stack {
     /// Starts everything; `emulator_args` and `controller_args` are appended to the defaults.
     pub async fn start(prefix: &str, emulator_args: &[&str], controller_args: &[&str]) -> Self {
+        Self::start_with(prefix, emulator_args, controller_args, None).await
+    }
+
+    /// Starts everything with debug logging, each process's log in `log_dir/{process}.log`.
+    pub async fn start_logged(prefix: &str, log_dir: &std::path::Path) -> Self {
+        Self::start_with(prefix, &[], &[], Some(log_dir.to_owned())).await
+    }
+
+    async fn start_with(
+        prefix: &str,
+        emulator_args: &[&str],
+        controller_args: &[&str],
+        log_dir: Option<std::path::PathBuf>,
+    ) -> Self {
+        let log = |name: &str| log_dir.as_ref().map(|d| d.join(format!("{name}.log")));
+        let debug: &[(&str, &str)] = if log_dir.is_some() {
+            &[("RUST_LOG", "debug")]
+        } else {
+            &[]
+        };
         let client = client().await;
         install_crds(&client).await;
         let team = TestNamespace::new(&client, prefix).await;
         let rx = TestNamespace::new(&client, &format!("{prefix}-rx")).await;
         let sink = crate::receiver_support::TestSink::start(true).await;
-        let receiver = Proc::spawn(
+        let receiver = Proc::spawn_logged(
             &strings(&[
                 "receiver",
                 "--listen",
@@ -112,6 +176,8 @@ impl Stack {
                 "--sink",
                 &sink.url,
             ]),
+            debug,
+            log("receiver").as_deref(),
             true,
         );
         let port = receiver.url.rsplit(':').next().unwrap().to_owned();
@@ -127,7 +193,7 @@ impl Stack {
             &format!("{HOST}=127.0.0.1:{port}"),
         ]);
         eargs.extend(strings(emulator_args));
-        let emulator = Proc::spawn(&eargs, true);
+        let emulator = Proc::spawn_logged(&eargs, debug, log("emulator").as_deref(), true);
         let secret: Secret = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": CREDENTIALS},
@@ -173,6 +239,7 @@ impl Stack {
             controller: None,
             controller_args: cargs,
             http,
+            log_dir,
         };
         stack.start_controller();
         stack
@@ -180,7 +247,18 @@ impl Stack {
 
     /// (Re)starts the controller process.
     pub fn start_controller(&mut self) {
-        self.controller = Some(Proc::spawn(&self.controller_args, true));
+        let log = self.log_dir.as_ref().map(|d| d.join("controller.log"));
+        let debug: &[(&str, &str)] = if log.is_some() {
+            &[("RUST_LOG", "debug")]
+        } else {
+            &[]
+        };
+        self.controller = Some(Proc::spawn_logged(
+            &self.controller_args,
+            debug,
+            log.as_deref(),
+            true,
+        ));
     }
 
     /// The controller's `/metrics` text.
@@ -194,6 +272,25 @@ impl Stack {
             .text()
             .await
             .unwrap()
+    }
+
+    /// Replaces the controller with one that aborts at `point` (see `controller::crash`), and
+    /// returns once it has: the process is gone exactly there, like `kill -9`.
+    pub async fn crash_controller_at(&mut self, point: &str, trigger: impl AsyncFnOnce(&Self)) {
+        self.kill_controller();
+        let mut c = Proc::spawn_env(
+            &self.controller_args,
+            &[(ens_operator::controller::crash::ENV, point)],
+            true,
+        );
+        trigger(self).await;
+        let status = c.wait_exit(Duration::from_secs(60)).await;
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.and_then(|s| s.signal()),
+            Some(6),
+            "the controller should have aborted at {point}"
+        );
     }
 
     /// Kills the controller with SIGKILL.
@@ -265,6 +362,43 @@ impl Stack {
         .await
         .unwrap_or_else(|e| panic!("apply {name}: {e}"))
     }
+}
+
+/// An `EnsCallback` for `path` on [`HOST`], with the stack's credentials.
+pub fn callback_doc(name: &str, path: &str) -> Value {
+    json!({
+        "apiVersion": "ens-operator.io/v1alpha1", "kind": "EnsCallback",
+        "metadata": {"name": name},
+        "spec": {"url": Stack::url(path), "credentialsRef": {"name": CREDENTIALS}},
+    })
+}
+
+/// An `EnsSubscription` of `callback` to `types`.
+pub fn subscription_doc(name: &str, callback: &str, types: &[&str]) -> Value {
+    json!({
+        "apiVersion": "ens-operator.io/v1alpha1", "kind": "EnsSubscription",
+        "metadata": {"name": name},
+        "spec": {"callbackRef": {"name": callback}, "eventCategoryTypes": types},
+    })
+}
+
+fn ready(conds: Option<&[Condition]>) -> bool {
+    conds.is_some_and(|c| is_true(c, ConditionType::Ready))
+}
+
+/// Whether the callback is Ready.
+pub fn cb_ready(cb: &EnsCallback) -> bool {
+    ready(cb.status.as_ref().map(|s| s.conditions.as_slice()))
+}
+
+/// Whether the subscription is Ready.
+pub fn sub_ready(s: &EnsSubscription) -> bool {
+    ready(s.status.as_ref().map(|s| s.conditions.as_slice()))
+}
+
+/// Calls of `route` in emulator stats.
+pub fn count(calls: &Value, route: &str) -> u64 {
+    calls[route].as_u64().unwrap_or(0)
 }
 
 fn strings(a: &[&str]) -> Vec<String> {

@@ -16,7 +16,13 @@ use crate::{
         annotations::{CALLBACK_ID, CREATE_PENDING, FIELD_MANAGER},
         conditions::Reason,
     },
-    controller::{context::Context, error::Error, keys::KeyData, metrics::DriftLabels},
+    controller::{
+        context::Context,
+        crash::{self, Point},
+        error::Error,
+        keys::KeyData,
+        metrics::DriftLabels,
+    },
     ens::{Created, Credentials, EnsError},
 };
 
@@ -49,9 +55,11 @@ pub async fn act(
         Step::Create(new) => {
             let c = creds()?;
             ctx.ens_permit(c).await;
+            crash::reached(Point::BeforeCreatePost);
             let res = ctx.ens.create_callback(c, &new).await;
             match res {
                 Ok(Created::New(created)) => {
+                    crash::reached(Point::AfterCreatePost);
                     let id = created.callback_id.clone();
                     let mut keys = seen.keys.clone().unwrap_or_default();
                     keys.key_callback_id = Some(id.clone());
@@ -59,6 +67,7 @@ pub async fn act(
                     keys.previous_key = None;
                     keys.previous_expires = None;
                     write_keys(ctx, seen, &keys).await?;
+                    crash::reached(Point::AfterKeyWrite);
                     record(ctx, obj, Some(&id)).await?;
                     ctx.event(
                         obj,
@@ -204,6 +213,7 @@ pub async fn act(
                 .await;
             match res {
                 Ok(()) => {
+                    crash::reached(Point::AfterVerifyPost);
                     if let Some(created) = obj.meta().creation_timestamp.as_ref() {
                         let secs = Timestamp::now().duration_since(created.0).as_secs_f64();
                         ctx.metrics.time_to_verified.observe(secs.max(0.0));

@@ -47,6 +47,8 @@ pub struct Observed {
     pub create_pending: bool,
     /// Value of the regenerate-key annotation.
     pub regenerate_request: Option<String>,
+    /// An older EnsCallback (`namespace/name`) that already uses this URL or managed path.
+    pub url_claimed_by: Option<String>,
     /// Why the credentials are unusable, if they are.
     pub credentials_error: Option<String>,
     /// Where the key Secret lives.
@@ -157,6 +159,15 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
     let mut b = StatusBuilder::new(seen, now);
     let managed = seen.spec.receiver == ReceiverMode::Managed;
 
+    // One URL, one owner: a later claimant must not take over the route or adopt the callback.
+    if let Some(owner) = &seen.url_claimed_by {
+        let msg = format!(
+            "EnsCallback {owner} already uses this URL (ENS allows one callback per URL, and the receiver one route per path); choose another URL"
+        );
+        return b
+            .stalled(Reason::UrlInUse, &msg)
+            .plan(None, STALLED_RECHECK);
+    }
     if let Some(err) = &seen.credentials_error {
         return b
             .stalled(Reason::CredentialsNotFound, err)
@@ -580,6 +591,7 @@ mod tests {
             recorded_id: None,
             create_pending: false,
             regenerate_request: None,
+            url_claimed_by: None,
             credentials_error: None,
             key_secret: KeySecretRef {
                 namespace: "rx".into(),
@@ -857,6 +869,22 @@ mod tests {
         let plan = decide(&seen, &settings(), now());
         assert_eq!(plan.step, None);
         assert_eq!(plan.requeue, Duration::from_secs(31));
+    }
+
+    #[test]
+    fn a_url_claimed_by_an_older_callback_stalls_before_any_write() {
+        let mut seen = fresh();
+        seen.keys = None;
+        seen.url_claimed_by = Some("team-a/orders".into());
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, None, "not even the route is written");
+        assert_eq!(reason(&plan, C::Stalled), "UrlInUse");
+        assert!(
+            find(&plan.status.conditions, C::Stalled)
+                .unwrap()
+                .message
+                .contains("team-a/orders")
+        );
     }
 
     #[test]

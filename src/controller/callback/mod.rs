@@ -54,7 +54,8 @@ async fn apply(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
         Ok::<_, Error>(Action::requeue(plan.requeue))
     }
     .await;
-    if let Err(e) = &outcome {
+    // A conflict is retried at once from fresh state: nothing worth reporting in the status.
+    if let Some(e) = outcome.as_ref().err().filter(|e| !e.is_conflict()) {
         // The status tells the truth about the failure too.
         let current = obj.status.clone().unwrap_or_default();
         let s = status::after_error(
@@ -211,6 +212,7 @@ async fn delete_remote(
         .map_err(Error::ens("deleting the callback"))?
         == Deleted::Deleted
     {
+        crate::controller::crash::reached(crate::controller::crash::Point::AfterRemoteDelete);
         ctx.event(
             obj,
             false,

@@ -105,8 +105,11 @@ pub async fn observe(
     };
     let creds = load_credentials(ctx, obj).await?;
     let recorded = recorded_id(obj);
+    let url_claimed_by = url_claimed_by(ctx, obj);
     let remote = match &creds {
         Err(_) => Remote::Unknown,
+        // Not ours to look at: the decision stalls without touching ENS.
+        Ok(_) if url_claimed_by.is_some() => Remote::Unknown,
         Ok(c) => {
             ctx.ens_permit(c).await;
             match &recorded {
@@ -149,6 +152,7 @@ pub async fn observe(
         recorded_id: recorded,
         create_pending: obj.annotations().contains_key(CREATE_PENDING),
         regenerate_request: obj.annotations().get(REGENERATE_KEY).cloned(),
+        url_claimed_by,
         credentials_error: creds.as_ref().err().cloned(),
         key_secret,
         keys,
@@ -173,4 +177,31 @@ async fn receiver_serves(ctx: &Context, base: &str, path: &str) -> bool {
             .is_ok_and(|paths| paths.iter().any(|p| p == path)),
         _ => false,
     }
+}
+
+/// The oldest other live EnsCallback with the same URL, or (both on the managed receiver) the
+/// same path; `None` when this object is the first claimant. Ties go by namespace/name.
+fn url_claimed_by(ctx: &Context, obj: &EnsCallback) -> Option<String> {
+    let store = ctx.callbacks.get()?;
+    let rank = |o: &EnsCallback| {
+        (
+            o.meta().creation_timestamp.clone().map(|t| t.0),
+            o.namespace().unwrap_or_default(),
+            o.name_any(),
+        )
+    };
+    let managed = |o: &EnsCallback| o.spec.receiver == ReceiverMode::Managed;
+    let mine = rank(obj);
+    store
+        .state()
+        .into_iter()
+        .filter(|o| o.meta().uid != obj.meta().uid && o.meta().deletion_timestamp.is_none())
+        .filter(|o| {
+            o.spec.url == obj.spec.url
+                || (managed(o) && managed(obj) && url_path(&o.spec.url) == url_path(&obj.spec.url))
+        })
+        .map(|o| rank(&o))
+        .filter(|r| *r < mine)
+        .min()
+        .map(|(_, ns, name)| format!("{ns}/{name}"))
 }

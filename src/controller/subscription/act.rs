@@ -9,7 +9,12 @@ use serde_json::json;
 use super::decide::{Observed, Step};
 use crate::{
     api::{EnsSubscription, annotations::SUBSCRIPTION_ID, conditions::Reason},
-    controller::{context::Context, error::Error, metrics::DriftLabels},
+    controller::{
+        context::Context,
+        crash::{self, Point},
+        error::Error,
+        metrics::DriftLabels,
+    },
     ens::{Created, Credentials, EnsError},
 };
 
@@ -31,6 +36,7 @@ pub async fn act(
             let res = ctx.ens.create_subscription(c, &new).await;
             match res.map_err(Error::ens("creating the subscription"))? {
                 Created::New(sub) => {
+                    crash::reached(Point::AfterSubscriptionPost);
                     record(ctx, obj, Some(&sub.subscription_id)).await?;
                     let note = format!(
                         "created ENS subscription {} ({}) on callback {}",

@@ -50,7 +50,8 @@ async fn apply(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
         Ok::<_, Error>(Action::requeue(plan.requeue))
     }
     .await;
-    if let Err(e) = &outcome {
+    // A conflict is retried at once from fresh state: nothing worth reporting in the status.
+    if let Some(e) = outcome.as_ref().err().filter(|e| !e.is_conflict()) {
         let s = status::after_error(
             obj.status.clone().unwrap_or_default(),
             e.reason(),

@@ -1,0 +1,159 @@
+//! No secret leaks: a full lifecycle at debug log level (create, probe, verify, subscribe, an
+//! event, a key rotation, refused then fixed credentials), then every token, signature key and
+//! verification key ENS handed out, and the client secrets, are looked for in the controller's
+//! and receiver's logs, Events, status, and metrics.
+
+mod common;
+mod receiver_support;
+mod stack;
+
+use std::time::Duration;
+
+use common::wait_for;
+use ens_operator::api::{
+    EnsCallback, EnsSubscription,
+    conditions::{ConditionType, find},
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+use stack::{Stack, callback_doc, cb_ready, sub_ready, subscription_doc};
+
+const T: Duration = Duration::from_secs(60);
+const WRONG_SECRET: &str = "wrong-client-secret-9f2c41";
+
+#[tokio::test]
+async fn no_secret_appears_in_logs_events_status_or_metrics() {
+    let logs = receiver_support::temp_dir("leak-logs");
+    let stack = Stack::start_logged("leak", &logs).await;
+    let secrets = Api::<Secret>::namespaced(stack.client.clone(), &stack.team.name);
+    let set_secret = |value: &'static str| {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .patch(
+                    stack::CREDENTIALS,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"stringData": {"clientSecret": value}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+
+    // Refused credentials first: the error path (status, Event, log) must not carry them.
+    set_secret(WRONG_SECRET).await;
+    stack
+        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
+        .await;
+    stack
+        .apply::<EnsSubscription>(
+            "sent",
+            subscription_doc("sent", "orders", &["TransactionalSendEvents.EmailSent"]),
+        )
+        .await;
+    let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    wait_for(&cbs, "orders", T, |cb| {
+        cb.status
+            .as_ref()
+            .and_then(|s| find(&s.conditions, ConditionType::Ready))
+            .is_some_and(|c| c.reason == "CredentialsInvalid")
+    })
+    .await;
+    set_secret("test-secret").await;
+    wait_for(&cbs, "orders", T, cb_ready).await;
+    let subs: Api<EnsSubscription> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    wait_for(&subs, "sent", T, sub_ready).await;
+
+    // An event, then a key rotation, then another event.
+    for (i, rotate) in [(0, false), (1, true)] {
+        if rotate {
+            cbs.patch(
+                "orders",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {"ens-operator.io/regenerate-key": "r1"}}}),
+                ),
+            )
+            .await
+            .unwrap();
+            wait_for(&cbs, "orders", T, |cb| {
+                cb_ready(cb)
+                    && cb.status.as_ref().and_then(|s| s.key_rotation.as_deref()) == Some("r1")
+            })
+            .await;
+        }
+        let event = json!([{"eventCategoryType": "TransactionalSendEvents.EmailSent",
+            "timestampUTC": 1_700_000_000_000u64, "mid": 1, "eid": 1, "info": {"n": i}}]);
+        stack
+            .emulator_send(reqwest::Method::POST, "events", event)
+            .await;
+        receiver_support::wait_until("the event reaches the sink", T, || {
+            stack.sink.accepted().len() > i
+        })
+        .await;
+    }
+
+    // Everything secret: what ENS handed out, and both client secrets.
+    let issued = stack.emulator_get("issued-secrets").await;
+    let mut needles: Vec<String> = issued
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    // At least: two tokens or more, the signature key, its rotation, the verification key.
+    assert!(needles.len() >= 4, "{needles:?}");
+    needles.push(WRONG_SECRET.into());
+    needles.push("test-secret".into());
+
+    // Everywhere they must not be.
+    let mut haystacks: Vec<(String, String)> = Vec::new();
+    for name in ["controller", "receiver"] {
+        let text = std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap();
+        assert!(
+            text.lines().count() > 20 && text.contains("DEBUG"),
+            "{name} logged at debug level"
+        );
+        haystacks.push((format!("{name} log"), text));
+    }
+    for ns in [&stack.team.name, &stack.rx.name] {
+        for kind in ["events", "enscallbacks", "enssubscriptions"] {
+            let out = common::kubectl(&["get", kind, "-n", ns, "-o", "json"]);
+            assert!(out.status.success());
+            haystacks.push((
+                format!("{kind} in {ns}"),
+                String::from_utf8(out.stdout).unwrap(),
+            ));
+        }
+    }
+    haystacks.push((
+        "controller metrics".into(),
+        stack.controller_metrics().await,
+    ));
+    let rx_metrics = stack
+        .http
+        .get(format!("{}/metrics", stack.receiver.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(rx_metrics.contains("ens_receiver"), "{rx_metrics}");
+    haystacks.push(("receiver metrics".into(), rx_metrics));
+
+    for (where_, text) in &haystacks {
+        for needle in &needles {
+            assert!(
+                !text.contains(needle.as_str()),
+                "a secret ({}…) appears in the {where_}",
+                &needle[..4]
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&logs);
+}
