@@ -17,7 +17,7 @@ use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams},
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use stack::{Stack, callback_doc, cb_ready, count, sub_ready, subscription_doc};
 
 const T: Duration = Duration::from_secs(60);
@@ -866,4 +866,115 @@ async fn a_second_callback_for_the_same_url_is_refused_not_merged() {
         .unwrap();
     common::wait_gone(&cbs, "second", T).await;
     assert_eq!(stack.remote_callbacks().await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_external_receiver_verifies_with_the_annotated_key_and_reads_the_signature_key() {
+    let stack = Stack::start("external", &[], &[]).await;
+    // The user's own endpoint, played by a hand-made route on the receiver: it answers ENS's
+    // probe and writes the verification key where "the user" can read it.
+    let secrets: Api<Secret> = Api::namespaced(stack.client.clone(), &stack.rx.name);
+    let route = |data: Value| -> Secret {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "own-endpoint", "labels": {"ens-operator.io/route": "true"}},
+            "stringData": data,
+        }))
+        .unwrap()
+    };
+    let pp = PatchParams::apply("tests").force();
+    secrets
+        .patch(
+            "own-endpoint",
+            &pp,
+            &Patch::Apply(&route(json!({"path": "/ens/own", "expectProbe": "true"}))),
+        )
+        .await
+        .unwrap();
+    let mut doc = callback_doc("own", "/ens/own");
+    doc["spec"]["receiver"] = "External".into();
+    stack.apply::<EnsCallback>("own", doc).await;
+    stack
+        .apply::<EnsSubscription>(
+            "sent",
+            subscription_doc("sent", "own", &["TransactionalSendEvents.EmailSent"]),
+        )
+        .await;
+    let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    let waiting = wait_for(&cbs, "own", T, |cb| {
+        cb.status
+            .as_ref()
+            .and_then(|s| find(&s.conditions, ConditionType::Verified))
+            .is_some_and(|c| c.reason == "AwaitingVerification")
+    })
+    .await;
+    let msg = find(&waiting.status.unwrap().conditions, ConditionType::Verified)
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        msg.contains("ens-operator.io/verification-key"),
+        "the status tells the user what to do: {msg}"
+    );
+
+    // The user copies the key their endpoint received into the annotation.
+    let handed = wait_for(&secrets, "own-endpoint-probe", T, |_| true).await;
+    let vkey = String::from_utf8(handed.data.unwrap()["verificationKey"].0.clone()).unwrap();
+    cbs.patch(
+        "own",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {
+            "ens-operator.io/verification-key": vkey}}})),
+    )
+    .await
+    .unwrap();
+    let cb = wait_for(&cbs, "own", T, cb_ready).await;
+    let status = cb.status.unwrap();
+    assert_eq!(
+        status.signature_key_secret_ref.as_deref(),
+        Some(format!("{}/own-signature-key", stack.team.name).as_str())
+    );
+    let subs: Api<EnsSubscription> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    wait_for(&subs, "sent", T, sub_ready).await;
+
+    // The signature key is in the owned Secret in the team's namespace; with it, the user's
+    // endpoint accepts what ENS signs.
+    let owned = Api::<Secret>::namespaced(stack.client.clone(), &stack.team.name)
+        .get("own-signature-key")
+        .await
+        .unwrap();
+    assert_eq!(
+        owned.metadata.owner_references.unwrap()[0].name,
+        "own",
+        "garbage-collected with the EnsCallback"
+    );
+    let key = String::from_utf8(owned.data.unwrap()["signatureKey"].0.clone()).unwrap();
+    secrets
+        .patch(
+            "own-endpoint",
+            &pp,
+            &Patch::Apply(&route(json!({"path": "/ens/own", "signatureKey": key}))),
+        )
+        .await
+        .unwrap();
+    let event = json!([{"eventCategoryType": "TransactionalSendEvents.EmailSent", "timestampUTC": 1,
+        "mid": 1, "eid": 1, "info": {"messageKey": "external"}}]);
+    stack
+        .emulator_send(reqwest::Method::POST, "events", event)
+        .await;
+    receiver_support::wait_until(
+        "the event signed for the external endpoint arrives",
+        T,
+        || {
+            stack
+                .sink
+                .accepted()
+                .iter()
+                .any(|d| String::from_utf8_lossy(&d.body).contains("external"))
+        },
+    )
+    .await;
+    let remote = stack.remote_callbacks().await;
+    assert_eq!(remote.len(), 1);
+    assert_eq!(remote[0]["status"], "verified");
 }

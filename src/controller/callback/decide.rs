@@ -379,7 +379,8 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
         }
     }
 
-    if seen.probe.is_some() {
+    // A used hand-off Secret is cleared; a person's annotation is theirs to remove.
+    if managed && seen.probe.is_some() {
         return b
             .progressing(Reason::Progressing, "clearing the used verification key")
             .plan(Some(Step::DiscardProbe), AFTER_STEP);
@@ -869,6 +870,25 @@ mod tests {
         let plan = decide(&seen, &settings(), now());
         assert_eq!(plan.step, None);
         assert_eq!(plan.requeue, Duration::from_secs(31));
+    }
+
+    #[test]
+    fn an_external_callback_is_ready_with_its_used_key_still_annotated() {
+        let mut seen = registered("verified");
+        seen.spec.receiver = ReceiverMode::External;
+        seen.key_secret.managed = false;
+        seen.keys = Some(KeyData {
+            path: None,
+            expect_probe: false,
+            ..seen.keys.clone().unwrap()
+        });
+        seen.probe = Some(Probe {
+            callback_id: None,
+            verification_key: "used".into(),
+        });
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, None);
+        assert_eq!(reason(&plan, C::Ready), "Reconciled");
     }
 
     #[test]
