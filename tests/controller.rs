@@ -978,3 +978,132 @@ async fn an_external_receiver_verifies_with_the_annotated_key_and_reads_the_sign
     assert_eq!(remote.len(), 1);
     assert_eq!(remote[0]["status"], "verified");
 }
+
+#[tokio::test]
+async fn spec_changes_are_sent_once_each_and_shown() {
+    let stack = Stack::start("update", &[], &[]).await;
+    stack
+        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
+        .await;
+    stack
+        .apply::<EnsSubscription>(
+            "sent",
+            subscription_doc("sent", "orders", &["TransactionalSendEvents.EmailSent"]),
+        )
+        .await;
+    let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    let subs: Api<EnsSubscription> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    wait_for(&cbs, "orders", T, cb_ready).await;
+    wait_for(&subs, "sent", T, sub_ready).await;
+    stack
+        .emulator_send(reqwest::Method::POST, "reset-stats", json!({}))
+        .await;
+    let fresh =
+        |o: &kube::api::ObjectMeta, g: Option<i64>| o.generation.is_some() && g == o.generation;
+
+    // Batch size: one PUT of the callback.
+    let mut doc = callback_doc("orders", "/ens/orders");
+    doc["spec"]["maxBatchSize"] = json!(250);
+    stack.apply::<EnsCallback>("orders", doc).await;
+    wait_for(&cbs, "orders", T, |cb| {
+        cb_ready(cb)
+            && fresh(
+                &cb.metadata,
+                cb.status.as_ref().and_then(|s| s.observed_generation),
+            )
+    })
+    .await;
+    assert_eq!(stack.remote_callbacks().await[0]["maxBatchSize"], 250);
+
+    // Event types and a filter: one full-state PUT of the subscription.
+    let mut doc = subscription_doc(
+        "sent",
+        "orders",
+        &[
+            "TransactionalSendEvents.EmailSent",
+            "TransactionalSendEvents.EmailBounced",
+        ],
+    );
+    doc["spec"]["filters"] = json!(["definitionKey=order-confirmation"]);
+    stack.apply::<EnsSubscription>("sent", doc.clone()).await;
+    wait_for(&subs, "sent", T, |s| {
+        sub_ready(s)
+            && fresh(
+                &s.metadata,
+                s.status.as_ref().and_then(|s| s.observed_generation),
+            )
+    })
+    .await;
+    let remote = &stack.remote_callbacks().await[0]["subscriptions"][0];
+    assert_eq!(
+        remote["eventCategoryTypes"].as_array().unwrap().len(),
+        2,
+        "{remote}"
+    );
+    assert_eq!(remote["filters"][0], "definitionKey=order-confirmation");
+
+    // Paused in the spec: paused in ENS, and the status says what that means.
+    doc["spec"]["paused"] = json!(true);
+    stack.apply::<EnsSubscription>("sent", doc.clone()).await;
+    let paused = wait_for(&subs, "sent", T, |s| {
+        s.status
+            .as_ref()
+            .and_then(|st| find(&st.conditions, ConditionType::Active))
+            .is_some_and(|c| c.status == "False" && c.reason == "Paused")
+    })
+    .await;
+    assert!(
+        find(&paused.status.unwrap().conditions, ConditionType::Active)
+            .unwrap()
+            .message
+            .contains("drops")
+    );
+    assert_eq!(
+        stack.remote_callbacks().await[0]["subscriptions"][0]["status"],
+        "paused"
+    );
+    doc["spec"]["paused"] = json!(false);
+    stack.apply::<EnsSubscription>("sent", doc).await;
+    wait_for(&subs, "sent", T, |s| {
+        s.status
+            .as_ref()
+            .is_some_and(|st| is_true(&st.conditions, ConditionType::Active))
+    })
+    .await;
+
+    let calls = stack.calls().await;
+    assert_eq!(
+        count(&calls, "PUT /platform/v1/ens-callbacks"),
+        1,
+        "{calls}"
+    );
+    assert_eq!(
+        count(&calls, "PUT /platform/v1/ens-subscriptions"),
+        3,
+        "{calls}"
+    );
+    assert_eq!(
+        count(&calls, "POST /platform/v1/ens-callbacks"),
+        0,
+        "{calls}"
+    );
+    assert_eq!(
+        count(&calls, "POST /platform/v1/ens-subscriptions"),
+        0,
+        "{calls}"
+    );
+    // An Event for every remote mutation.
+    let out = common::kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &stack.team.name,
+        "-o",
+        "jsonpath={.items[*].action}",
+    ]);
+    let actions = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        actions.contains("UpdateCallback") && actions.contains("UpdateSubscription"),
+        "{actions}"
+    );
+}
