@@ -346,7 +346,10 @@ fn field(common: &'static str) -> impl Strategy<Value = Field> {
         4 => Just(Field::Str(common.to_owned())),
         4 => "[a-zA-Z0-9_+/=-]{0,40}".prop_map(Field::Str),
         1 => any::<String>().prop_map(|s| Field::Str(s.chars().take(24).collect())),
-        1 => json_value().prop_map(Field::Other),
+        1 => json_value().prop_map(|v| match v {
+            Value::String(s) => Field::Str(s),
+            other => Field::Other(other),
+        }),
         1 => Just(Field::Missing),
     ]
 }
@@ -390,12 +393,14 @@ fn probe() -> impl Strategy<Value = (Vec<u8>, Option<String>)> {
             if bom {
                 text = format!("\u{feff}{text}");
             }
-            let well_formed = match (&cb, &vk) {
-                (Field::Str(id), Field::Str(_)) if !(wrap || bom || lower || dup) => {
-                    Some(id.clone())
-                }
+            // A probe has exactly one `callbackId` and one `verificationKey`, both strings
+            // (a duplicate is refused, as serde refuses duplicate fields), in a bare object.
+            let id = match (&cb, lower, dup) {
+                (Field::Missing, _, true) | (_, true, true) => Some("cb-dup".to_owned()),
+                (Field::Str(id), false, false) => Some(id.clone()),
                 _ => None,
             };
+            let well_formed = id.filter(|_| matches!(vk, Field::Str(_)) && !wrap && !bom);
             (text.into_bytes(), well_formed)
         })
 }
