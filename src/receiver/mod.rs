@@ -75,6 +75,9 @@ pub struct Args {
     /// Largest request body accepted (413 beyond).
     #[arg(long, default_value_t = 8 << 20)]
     pub max_body_bytes: usize,
+    /// Longest a client may take to send a request body, seconds (408 beyond).
+    #[arg(long, default_value_t = 10)]
+    pub body_timeout_secs: u64,
     /// How many recent event ids to remember for dropping duplicates (0 disables).
     #[arg(long, default_value_t = 100_000)]
     pub dedupe_ids: usize,
@@ -173,6 +176,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         recent: dedupe::RecentIds::new(args.dedupe_ids),
         metrics,
         max_body: args.max_body_bytes,
+        body_timeout: Duration::from_secs(args.body_timeout_secs),
         draining: AtomicBool::new(false),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -40,6 +40,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// `--max-body-bytes`.
     pub max_body: usize,
+    /// `--body-timeout-secs`: the whole body must arrive within this (slow-body clients).
+    pub body_timeout: Duration,
     /// Set on SIGTERM: readiness turns false while in-flight requests finish.
     pub draining: AtomicBool,
 }
@@ -117,13 +119,13 @@ async fn callback(State(app): State<Arc<App>>, req: Request) -> Response {
         let r = Rejection::MediaType;
         return refuse(&app, r.status(), r.outcome(), &r.to_string());
     }
-    let body = match read_body(req.into_body(), app.max_body).await {
+    let body = match read_body(req.into_body(), app.max_body, app.body_timeout).await {
         Ok(b) => b,
         Err(status) => {
-            let outcome = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
-            } else {
-                "body_error"
+            let outcome = match status {
+                StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                StatusCode::REQUEST_TIMEOUT => "body_timeout",
+                _ => "body_error",
             };
             return refuse(&app, status, outcome, "cannot read body");
         }
@@ -232,11 +234,17 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Reads the whole body, refusing more than `max` bytes with 413.
-async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, StatusCode> {
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(StatusCode::PAYLOAD_TOO_LARGE),
-        Err(_) => Err(StatusCode::BAD_REQUEST),
+/// Reads the whole body, refusing more than `max` bytes with 413 (before reading any of it when
+/// the Content-Length says so) and a body not complete within `timeout` with 408, so a client
+/// trickling its body cannot hold a request open (the header timeout is in `server`).
+async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<bytes::Bytes, StatusCode> {
+    if body.size_hint().lower() > max as u64 {
+        return Err(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(StatusCode::PAYLOAD_TOO_LARGE),
+        Ok(Err(_)) => Err(StatusCode::BAD_REQUEST),
+        Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
     }
 }

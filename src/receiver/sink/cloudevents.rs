@@ -6,6 +6,8 @@
 //! delivery may have reached the sink for some events; the retry re-sends them with the same
 //! `ce-id`, so the sink can drop the copies.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt, stream};
@@ -108,13 +110,33 @@ impl HttpSink {
             .header(CONTENT_TYPE, e.datacontenttype.as_str())
             .header("ce-specversion", e.specversion.as_str())
             .header("ce-id", e.id.as_str())
-            .header("ce-type", e.ty.as_str())
-            .header("ce-source", e.source.as_str());
+            .header("ce-type", header_value(&e.ty).as_ref())
+            .header("ce-source", header_value(&e.source).as_ref());
         if let Some(time) = &e.time {
             req = req.header("ce-time", time.as_str());
         }
         req.body(e.data.get().to_owned())
     }
+}
+
+/// An attribute as a binary-mode header value: space, `"`, `%` and everything outside printable
+/// ASCII percent-encoded (CloudEvents HTTP binding §3.1.3.2). ENS types are plain ASCII and pass
+/// as they are; unencoded, a type with a control character made a request reqwest refuses, and
+/// the batch was answered 503 on every retry (and, spooled, blocked the records behind it).
+fn header_value(v: &str) -> Cow<'_, str> {
+    let plain = |b: u8| matches!(b, 0x21..=0x7e) && b != b'"' && b != b'%';
+    if v.bytes().all(plain) {
+        return Cow::Borrowed(v);
+    }
+    let mut out = String::with_capacity(v.len() * 3);
+    for b in v.bytes() {
+        if plain(b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    Cow::Owned(out)
 }
 
 async fn send(req: reqwest::RequestBuilder) -> Result<(), SinkError> {
@@ -130,5 +152,22 @@ async fn send(req: reqwest::RequestBuilder) -> Result<(), SinkError> {
         Ok(())
     } else {
         Err(SinkError::Status(status.as_u16()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_are_percent_encoded_only_where_needed() {
+        let plain = "com.salesforce.marketingcloud.ens.TransactionalSendEvents.EmailSent";
+        assert!(matches!(header_value(plain), Cow::Borrowed(p) if p == plain));
+        // The binding's own example.
+        assert_eq!(
+            header_value("Euro \u{20AC} \u{1F600}"),
+            "Euro%20%E2%82%AC%20%F0%9F%98%80"
+        );
+        assert_eq!(header_value("a\n\"%\u{7f}"), "a%0A%22%25%7F");
     }
 }
