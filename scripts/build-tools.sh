@@ -100,12 +100,18 @@ fetch_crds() { # module version file...: copies CRD manifests out of a Go module
   chmod -R u+w "$dest.tmp"; rm -rf "$dest"; mv "$dest.tmp" "$dest"
 }
 
-install_lua() { # Argo CD health checks are Lua: the tests run them in a real interpreter
-  if command -v lua5.4 >/dev/null; then log "lua: $(command -v lua5.4)"; return; fi
-  log "lua: installing lua5.4 with apt-get"
+install_lua() { # Argo CD health checks are Lua: the tests run them in real interpreters (5.4, and
+  # 5.1 when available: Argo CD's gopher-lua implements 5.1)
+  if command -v lua5.4 >/dev/null && command -v lua5.1 >/dev/null; then
+    log "lua: $(command -v lua5.4) $(command -v lua5.1)"; return; fi
+  log "lua: installing lua5.4 and lua5.1 with apt-get"
   local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
-  { $sudo apt-get install -y -q lua5.4 >/dev/null 2>&1 ||
-    { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q lua5.4 >/dev/null 2>&1; }; } ||
+  for pkg in lua5.4 lua5.1; do
+    command -v "$pkg" >/dev/null && continue
+    $sudo apt-get install -y -q "$pkg" >/dev/null 2>&1 ||
+      { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q "$pkg" >/dev/null 2>&1; } || true
+  done
+  command -v lua5.4 >/dev/null ||
     die "lua5.4 is missing and could not be installed: install it (Debian/Ubuntu: apt-get install lua5.4)"
 }
 
