@@ -4,11 +4,11 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"os"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/json"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 )
 
@@ -16,6 +16,7 @@ func main() {
 	sc := bufio.NewScanner(os.Stdin)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
+		// apimachinery's decoder keeps integers int64, as client-go (and so Flux) has them.
 		var m map[string]interface{}
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
 			fmt.Fprintln(os.Stderr, err)
