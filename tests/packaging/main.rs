@@ -712,3 +712,27 @@ async fn helm_installs_every_optional_part_and_upgrades_without_changes() {
     ]));
     assert!(left.trim().is_empty(), "left after uninstall: {left}");
 }
+
+#[test]
+fn the_argo_cd_snippet_in_the_docs_is_the_shipped_health_checks() {
+    let doc = std::fs::read_to_string(repo().join("docs/gitops.md")).unwrap();
+    let snippet = doc
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.contains("name: argocd-cm"))
+        .expect("an argocd-cm snippet in docs/gitops.md");
+    let cm = &documents(snippet)[0];
+    for (kind, file) in [
+        ("EnsCallback", "ensCallback-health.lua"),
+        ("EnsSubscription", "ensSubscription-health.lua"),
+    ] {
+        let script =
+            std::fs::read_to_string(repo().join("charts/ens-operator/argocd").join(file)).unwrap();
+        assert_eq!(
+            cm["data"][format!("resource.customizations.health.ens-operator.io_{kind}")],
+            script.as_str(),
+            "docs/gitops.md differs from charts/ens-operator/argocd/{file}"
+        );
+    }
+}
