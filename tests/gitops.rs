@@ -360,6 +360,10 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
         .await
         .unwrap();
     let lease = format!("{release}-ens-operator-controller");
+    let metrics = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
     let controller_args = [
         "controller",
         "--watch-namespace",
@@ -369,7 +373,7 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
         "--receiver-url",
         &receiver.url,
         "--metrics-listen",
-        "127.0.0.1:0",
+        &metrics,
         "--cluster-name",
         "gitops",
         "--verification-window",
@@ -692,6 +696,55 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // Every metric the chart's Grafana dashboard queries is one these processes export.
+    let http = receiver_support::http();
+    let mut exported = String::new();
+    for url in [
+        format!("http://{metrics}/metrics"),
+        format!("{}/metrics", receiver.url),
+    ] {
+        exported += &http.get(&url).send().await.unwrap().text().await.unwrap();
+    }
+    let mut families: Vec<String> = exported
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    // Label families without samples yet (sink errors, signature failures…) print nothing: take
+    // the receiver's registered names from its source as well.
+    let source = std::fs::read_to_string(repo().join("src/receiver/metrics.rs")).unwrap();
+    families.extend(
+        source
+            .split('"')
+            .filter(|s| s.starts_with("ens_receiver_"))
+            .map(str::to_owned),
+    );
+    let dashboard =
+        std::fs::read_to_string(repo().join("charts/ens-operator/dashboards/ens-operator.json"))
+            .unwrap();
+    let mut queried = Vec::new();
+    for prefix in ["ens_operator_", "ens_receiver_"] {
+        for (i, _) in dashboard.match_indices(prefix) {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            queried.push(name);
+        }
+    }
+    assert!(queried.len() >= 12, "{queried:?}");
+    for name in &queried {
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            families.iter().any(|f| f == family),
+            "the dashboard queries {name}, which neither process exports ({families:?})"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

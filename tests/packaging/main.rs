@@ -198,6 +198,9 @@ fn chart_lints_and_renders_manifests_valid_against_the_real_schemas() {
         assert!(text.contains(needle), "kubeconform missed {needle}: {text}");
     }
 
+    check_wiring(&default_docs);
+    check_wiring(&full_docs);
+
     // Hardened pods in every rendering.
     for doc in default_docs.iter().chain(&full_docs) {
         if doc["kind"] != "Deployment" {
@@ -215,6 +218,114 @@ fn chart_lints_and_renders_manifests_valid_against_the_real_schemas() {
             assert_eq!(sc["allowPrivilegeEscalation"], false);
             assert_eq!(sc["capabilities"]["drop"][0], "ALL");
             assert!(c["resources"]["requests"].is_object());
+        }
+    }
+}
+
+/// What schemas cannot see: every reference between the rendered objects resolves (selectors
+/// select a Deployment's pods, named ports exist, bindings name existing accounts and roles).
+fn check_wiring(docs: &[Value]) {
+    let of = |kind: &str| -> Vec<&Value> { docs.iter().filter(|d| d["kind"] == kind).collect() };
+    let named = |kind: &str, name: &Value| of(kind).iter().any(|d| d["metadata"]["name"] == *name);
+    let selects = |sel: &Value, labels: &Value| {
+        sel.as_object()
+            .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels[k] == *v))
+    };
+    let pods_of = |sel: &Value| {
+        of("Deployment")
+            .into_iter()
+            .find(|d| selects(sel, &d["spec"]["template"]["metadata"]["labels"]))
+            .unwrap_or_else(|| panic!("{sel} selects no Deployment's pods"))
+    };
+    let container_ports = |d: &Value| -> Vec<Value> {
+        d["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+            .map(|p| p["name"].clone())
+            .collect()
+    };
+    let service_port = |name: &Value, port: &Value| {
+        of("Service").iter().any(|s| {
+            s["metadata"]["name"] == *name
+                && s["spec"]["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == *port || p["port"] == *port)
+        })
+    };
+    for svc in of("Service") {
+        let dep = pods_of(&svc["spec"]["selector"]);
+        for p in svc["spec"]["ports"].as_array().unwrap() {
+            assert!(container_ports(dep).contains(&p["targetPort"]), "{svc:#}");
+        }
+    }
+    for d in of("Deployment") {
+        let sa = &d["spec"]["template"]["spec"]["serviceAccountName"];
+        assert!(named("ServiceAccount", sa), "{sa} does not exist");
+        for c in d["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+        {
+            for probe in ["livenessProbe", "readinessProbe"] {
+                assert!(container_ports(d).contains(&c[probe]["httpGet"]["port"]));
+            }
+        }
+    }
+    for sm in of("ServiceMonitor") {
+        let svc = of("Service")
+            .into_iter()
+            .find(|s| {
+                selects(
+                    &sm["spec"]["selector"]["matchLabels"],
+                    &s["metadata"]["labels"],
+                )
+            })
+            .unwrap_or_else(|| panic!("ServiceMonitor selects no Service: {sm:#}"));
+        for e in sm["spec"]["endpoints"].as_array().unwrap() {
+            assert!(service_port(&svc["metadata"]["name"], &e["port"]), "{sm:#}");
+        }
+    }
+    for ing in of("Ingress") {
+        for rule in ing["spec"]["rules"].as_array().unwrap() {
+            for path in rule["http"]["paths"].as_array().unwrap() {
+                let b = &path["backend"]["service"];
+                assert!(service_port(&b["name"], &b["port"]["name"]), "{ing:#}");
+            }
+        }
+    }
+    for route in of("HTTPRoute") {
+        for rule in route["spec"]["rules"].as_array().unwrap() {
+            for b in rule["backendRefs"].as_array().unwrap() {
+                assert!(service_port(&b["name"], &b["port"]), "{route:#}");
+            }
+        }
+    }
+    for kind in ["PodDisruptionBudget", "NetworkPolicy"] {
+        for o in of(kind) {
+            let sel = &o["spec"][if kind == "NetworkPolicy" {
+                "podSelector"
+            } else {
+                "selector"
+            }];
+            pods_of(&sel["matchLabels"]);
+        }
+    }
+    for hpa in of("HorizontalPodAutoscaler") {
+        assert!(named("Deployment", &hpa["spec"]["scaleTargetRef"]["name"]));
+    }
+    for kind in ["RoleBinding", "ClusterRoleBinding"] {
+        for b in of(kind) {
+            let role = &b["roleRef"];
+            assert!(
+                named(role["kind"].as_str().unwrap(), &role["name"]),
+                "{b:#}"
+            );
+            for s in b["subjects"].as_array().unwrap() {
+                assert!(named("ServiceAccount", &s["name"]), "{b:#}");
+            }
         }
     }
 }
@@ -292,32 +403,33 @@ fn path_with_tools() -> std::ffi::OsString {
     std::env::join_paths(dirs).unwrap()
 }
 
-/// `kind/namespace/name → resourceVersion` of every object in the manifests.
+/// `kind/namespace/name → resourceVersion` of every object in the manifests (one `kubectl get`).
 fn resource_versions(manifests: &[Value]) -> BTreeMap<String, String> {
-    manifests
+    let dir = TempDir::new("manifests");
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": manifests});
+    let file = write(&dir, "manifests.json", &list.to_string());
+    let live: Value = serde_json::from_str(&ok(&mut kubectl(&[
+        "get",
+        "-f",
+        file.to_str().unwrap(),
+        "-o",
+        "json",
+    ])))
+    .unwrap();
+    live["items"]
+        .as_array()
+        .unwrap()
         .iter()
-        .map(|d| {
-            let kind = d["kind"].as_str().unwrap();
-            let name = d["metadata"]["name"].as_str().unwrap();
-            let ns = d["metadata"]["namespace"].as_str();
-            let api = d["apiVersion"].as_str().unwrap();
-            let group = api.rsplit_once('/').map_or("", |(g, _)| g);
-            let resource = if group.is_empty() {
-                kind.to_lowercase()
-            } else {
-                format!("{}.{group}", kind.to_lowercase())
-            };
-            let mut args = vec!["get", resource.as_str(), name, "-o", "json"];
-            if let Some(ns) = ns {
-                args.extend(["-n", ns]);
-            }
-            let live: Value = serde_json::from_str(&ok(&mut kubectl(&args))).unwrap();
+        .map(|o| {
+            let m = &o["metadata"];
             (
-                format!("{kind}/{}/{name}", ns.unwrap_or("")),
-                live["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned(),
+                format!(
+                    "{}/{}/{}",
+                    o["kind"].as_str().unwrap(),
+                    m["namespace"].as_str().unwrap_or(""),
+                    m["name"].as_str().unwrap()
+                ),
+                m["resourceVersion"].as_str().unwrap().to_owned(),
             )
         })
         .collect()
