@@ -21,6 +21,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+for tool in cargo go openssl curl python3; do
+  command -v "$tool" >/dev/null || die "$tool is missing: install it (Rust via rustup, Go >= 1.26, openssl, curl, python3)"
+done
+
 step "building the control plane (first run: ~15 min from the Go module proxy) and ens-operator"
 scripts/build-tools.sh k8s etcd
 cargo build --locked
