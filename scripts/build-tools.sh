@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kubectl, etcd, helm and kubeconform from the Go
-# module proxy into $ENS_CACHE/bin/<tool>-<version>/ (outside the clone). Idempotent: a tool whose
-# binary is already cached is skipped. Recipe and pitfalls: shared/local-control-plane.md.
+# Builds kube-apiserver, kube-controller-manager, kubectl, etcd, helm, kubeconform and kstatus-check
+# from the Go module proxy into $ENS_CACHE/bin/<tool>-<version>/ (outside the clone), copies the
+# ServiceMonitor and HTTPRoute CRDs out of their Go modules into $ENS_CACHE/crds/, and installs a
+# Lua interpreter (apt) for the Argo CD health-check tests. Idempotent: anything already cached is
+# skipped. Recipe and pitfalls: shared/local-control-plane.md.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+here=$(cd "$(dirname "$0")" && pwd)
 
 command -v go >/dev/null || die "Go is not installed (need go >= 1.26 for Kubernetes ${K8S_VERSION})"
 command -v python3 >/dev/null || die "python3 is needed to read the upstream go.mod"
@@ -68,7 +71,51 @@ build_go_install() { # name version package dir
   rm -rf "$dir"; mv "$dir.tmp" "$dir"
 }
 
-want=${*:-k8s etcd helm kubeconform}
+build_kstatus() { # a tiny CLI around sigs.k8s.io/cli-utils' kstatus, the library Flux computes health with
+  local src=$here/kstatus-check/main.go
+  if [ -x "$KSTATUS_BIN/kstatus-check" ] && cmp -s "$src" "$KSTATUS_BIN/main.go"; then
+    log "kstatus-check $CLI_UTILS_VERSION: cached in $KSTATUS_BIN"; return; fi
+  log "kstatus-check $CLI_UTILS_VERSION: building (cold: ~30 s)"
+  proxy_check "sigs.k8s.io/cli-utils@$CLI_UTILS_VERSION"
+  local w=$ENS_CACHE/src/kstatus-check-$CLI_UTILS_VERSION; rm -rf "$w"; mkdir -p "$w"; cd "$w"
+  cp "$src" main.go
+  go mod init local.invalid/kstatus-check >/dev/null 2>&1
+  go get "sigs.k8s.io/cli-utils@$CLI_UTILS_VERSION" >/dev/null 2>&1
+  go mod tidy >/dev/null 2>&1
+  mkdir -p "$KSTATUS_BIN.tmp"
+  go build -trimpath -ldflags "-s -w" -o "$KSTATUS_BIN.tmp/kstatus-check" .
+  cp main.go "$KSTATUS_BIN.tmp/main.go"
+  rm -rf "$KSTATUS_BIN"; mv "$KSTATUS_BIN.tmp" "$KSTATUS_BIN"
+}
+
+fetch_crds() { # module version file...: copies CRD manifests out of a Go module
+  local module=$1 version=$2; shift 2
+  local dest=$THIRD_PARTY_CRDS/$(basename "$module")-$version
+  if [ -d "$dest" ]; then log "$(basename "$module") $version CRDs: cached in $dest"; return; fi
+  log "$(basename "$module") $version CRDs: from the Go module proxy"
+  proxy_check "$module@$version"
+  local dir; dir=$(go mod download -json "$module@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  mkdir -p "$dest.tmp"
+  for f in "$@"; do cp "$dir/$f" "$dest.tmp/"; done
+  chmod -R u+w "$dest.tmp"; rm -rf "$dest"; mv "$dest.tmp" "$dest"
+}
+
+install_lua() { # Argo CD health checks are Lua: the tests run them in real interpreters (5.4, and
+  # 5.1 when available: Argo CD's gopher-lua implements 5.1)
+  if command -v lua5.4 >/dev/null && command -v lua5.1 >/dev/null; then
+    log "lua: $(command -v lua5.4) $(command -v lua5.1)"; return; fi
+  log "lua: installing lua5.4 and lua5.1 with apt-get"
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  for pkg in lua5.4 lua5.1; do
+    command -v "$pkg" >/dev/null && continue
+    $sudo apt-get install -y -q "$pkg" >/dev/null 2>&1 ||
+      { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q "$pkg" >/dev/null 2>&1; } || true
+  done
+  command -v lua5.4 >/dev/null ||
+    die "lua5.4 is missing and could not be installed: install it (Debian/Ubuntu: apt-get install lua5.4)"
+}
+
+want=${*:-k8s etcd helm kubeconform kstatus crds lua}
 start=$(date +%s)
 for t in $want; do
   case $t in
@@ -76,7 +123,13 @@ for t in $want; do
     etcd) build_etcd ;;
     helm) build_go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$HELM_BIN" ;;
     kubeconform) build_go_install kubeconform "$KUBECONFORM_VERSION" github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_BIN" ;;
-    *) die "unknown tool $t (k8s etcd helm kubeconform)" ;;
+    kstatus) build_kstatus ;;
+    crds)
+      fetch_crds sigs.k8s.io/gateway-api "$GATEWAY_API_VERSION" config/crd/standard/gateway.networking.k8s.io_httproutes.yaml
+      fetch_crds github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION" \
+        example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml ;;
+    lua) install_lua ;;
+    *) die "unknown tool $t (k8s etcd helm kubeconform kstatus crds lua)" ;;
   esac
 done
 log "tools ready in $(( $(date +%s) - start )) s under $ENS_CACHE/bin"

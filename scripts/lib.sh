@@ -5,6 +5,11 @@ K8S_VERSION=${K8S_VERSION:-v1.37.0}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.13}
 HELM_VERSION=${HELM_VERSION:-v3.21.3}
 KUBECONFORM_VERSION=${KUBECONFORM_VERSION:-v0.7.0}
+# kstatus (what Flux and kpt compute readiness with), and third-party CRDs the chart can render
+# objects of (ServiceMonitor, HTTPRoute): tests validate and install those against their schemas.
+CLI_UTILS_VERSION=${CLI_UTILS_VERSION:-v0.37.2}
+GATEWAY_API_VERSION=${GATEWAY_API_VERSION:-v1.4.0}
+PROMETHEUS_OPERATOR_VERSION=${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ENS_CACHE/target}
 export GOMODCACHE=${GOMODCACHE_OVERRIDE:-$ENS_CACHE/gomod}
 export GOCACHE=${GOCACHE_OVERRIDE:-$ENS_CACHE/gobuild}
@@ -13,5 +18,7 @@ K8S_BIN=$ENS_CACHE/bin/k8s-$K8S_VERSION
 ETCD_BIN=$ENS_CACHE/bin/etcd-$ETCD_VERSION
 HELM_BIN=$ENS_CACHE/bin/helm-$HELM_VERSION
 KUBECONFORM_BIN=$ENS_CACHE/bin/kubeconform-$KUBECONFORM_VERSION
+KSTATUS_BIN=$ENS_CACHE/bin/kstatus-$CLI_UTILS_VERSION
+THIRD_PARTY_CRDS=$ENS_CACHE/crds
 log() { printf '\033[1m[%s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -38,9 +38,10 @@ use super::common::{DeletionPolicy, SecretRef};
         json_path = ".status.callbackId"
     ),
     printcolumn(name = "URL", type_ = "string", json_path = ".spec.url"),
+    // A string, not a date: kubectl shows a future date as `<invalid>` (it prints ages).
     printcolumn(
         name = "Deadline",
-        type_ = "date",
+        type_ = "string",
         json_path = ".status.verificationDeadline"
     ),
     printcolumn(
