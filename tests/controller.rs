@@ -386,64 +386,28 @@ async fn drift_is_repaired_and_steady_state_is_quiet() {
 /// Every object the controller could write in the stack's namespaces, with its resourceVersion.
 async fn written_state(stack: &Stack) -> Vec<(String, Option<String>)> {
     use k8s_openapi::api::core::v1::Event;
-    use kube::api::ListParams;
-    let lp = ListParams::default();
-    let mut out = Vec::new();
-    let team = &stack.team.name;
-    let mut add = |kind: &str, items: Vec<kube::api::ObjectMeta>| {
-        out.extend(items.into_iter().map(|m| {
-            (
-                format!("{kind}/{}", m.name.unwrap_or_default()),
-                m.resource_version,
-            )
-        }));
-    };
-    let c = stack.client.clone();
-    add(
-        "cb",
-        Api::<EnsCallback>::namespaced(c.clone(), team)
-            .list(&lp)
-            .await
-            .unwrap()
-            .items
+    async fn versions<K>(api: Api<K>, kind: &str) -> Vec<(String, Option<String>)>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let list = api.list_metadata(&Default::default()).await.unwrap();
+        list.items
             .into_iter()
-            .map(|o| o.metadata)
-            .collect(),
-    );
-    add(
-        "sub",
-        Api::<EnsSubscription>::namespaced(c.clone(), team)
-            .list(&lp)
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|o| o.metadata)
-            .collect(),
-    );
+            .map(|o| {
+                let m = o.metadata;
+                (
+                    format!("{kind}/{}", m.name.unwrap_or_default()),
+                    m.resource_version,
+                )
+            })
+            .collect()
+    }
+    let (c, team) = (stack.client.clone(), &stack.team.name);
+    let mut out = versions(Api::<EnsCallback>::namespaced(c.clone(), team), "cb").await;
+    out.extend(versions(Api::<EnsSubscription>::namespaced(c.clone(), team), "sub").await);
     for ns in [team, &stack.rx.name] {
-        add(
-            "secret",
-            Api::<Secret>::namespaced(c.clone(), ns)
-                .list(&lp)
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .map(|o| o.metadata)
-                .collect(),
-        );
-        add(
-            "event",
-            Api::<Event>::namespaced(c.clone(), ns)
-                .list(&lp)
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .map(|o| o.metadata)
-                .collect(),
-        );
+        out.extend(versions(Api::<Secret>::namespaced(c.clone(), ns), "secret").await);
+        out.extend(versions(Api::<Event>::namespaced(c.clone(), ns), "event").await);
     }
     out.sort();
     out
@@ -747,32 +711,18 @@ async fn key_rotation_serves_both_keys_during_the_overlap_then_only_the_new_one(
 #[tokio::test]
 async fn fixed_credentials_are_picked_up_at_once_and_metrics_count_the_work() {
     let stack = Stack::start("creds", &[], &[]).await;
-    let secrets = Api::<Secret>::namespaced(stack.client.clone(), &stack.team.name);
-    let set_secret = |value: &'static str| {
-        let secrets = secrets.clone();
-        async move {
-            secrets
-                .patch(
-                    stack::CREDENTIALS,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"stringData": {"clientSecret": value}})),
-                )
-                .await
-                .unwrap();
-        }
-    };
-    set_secret("rotated-away").await;
+    stack.set_client_secret("rotated-away").await;
     stack
         .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
         .await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
-    let cb = wait_for(&cbs, "orders", T, |cb| {
-        cb.status
-            .as_ref()
-            .and_then(|s| find(&s.conditions, ConditionType::Stalled))
-            .is_some_and(|c| c.status == "True" && c.reason == "CredentialsInvalid")
-    })
-    .await;
+    let cb = stack
+        .wait_ready_reason("orders", "CredentialsInvalid")
+        .await;
+    assert!(is_true(
+        &cb.status.as_ref().unwrap().conditions,
+        ConditionType::Stalled
+    ));
     let text = serde_json::to_string(&cb.status).unwrap();
     assert!(
         !text.contains("rotated-away"),
@@ -780,7 +730,7 @@ async fn fixed_credentials_are_picked_up_at_once_and_metrics_count_the_work() {
     );
     // A stalled object is re-checked only every 5 minutes: Ready within a minute means the
     // Secret's change itself triggered the reconcile.
-    set_secret("test-secret").await;
+    stack.set_client_secret("test-secret").await;
     wait_for(&cbs, "orders", T, cb_ready).await;
 
     let m = stack.controller_metrics().await;

@@ -250,19 +250,16 @@ async fn faults(stack: &Stack, knobs: Value) {
         .await;
 }
 
-/// Waits until the callback's Ready condition has `reason`, with Reconciling/Stalled as given.
+/// Waits until the callback's Ready condition has `reason`; checks Stalled is as given.
 async fn shows(stack: &Stack, reason: &str, stalled: bool) -> EnsCallback {
-    let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
-    wait_for(&cbs, "orders", T, |cb| {
-        let Some(s) = cb.status.as_ref() else {
-            return false;
-        };
-        let ready = find(&s.conditions, ConditionType::Ready);
-        let st = find(&s.conditions, ConditionType::Stalled);
-        ready.is_some_and(|c| c.status == "False" && c.reason == reason)
-            && st.is_some_and(|c| (c.status == "True") == stalled)
-    })
-    .await
+    let cb = stack.wait_ready_reason("orders", reason).await;
+    let conds = &cb.status.as_ref().unwrap().conditions;
+    assert_eq!(
+        condition(conds, ConditionType::Stalled).0 == "True",
+        stalled,
+        "{conds:#?}"
+    );
+    cb
 }
 
 #[tokio::test]

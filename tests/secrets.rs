@@ -10,11 +10,7 @@ mod stack;
 use std::time::Duration;
 
 use common::wait_for;
-use ens_operator::api::{
-    EnsCallback, EnsSubscription,
-    conditions::{ConditionType, find},
-};
-use k8s_openapi::api::core::v1::Secret;
+use ens_operator::api::{EnsCallback, EnsSubscription};
 use kube::{
     Api,
     api::{Patch, PatchParams},
@@ -29,23 +25,9 @@ const WRONG_SECRET: &str = "wrong-client-secret-9f2c41";
 async fn no_secret_appears_in_logs_events_status_or_metrics() {
     let logs = receiver_support::temp_dir("leak-logs");
     let stack = Stack::start_logged("leak", &logs).await;
-    let secrets = Api::<Secret>::namespaced(stack.client.clone(), &stack.team.name);
-    let set_secret = |value: &'static str| {
-        let secrets = secrets.clone();
-        async move {
-            secrets
-                .patch(
-                    stack::CREDENTIALS,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"stringData": {"clientSecret": value}})),
-                )
-                .await
-                .unwrap();
-        }
-    };
 
     // Refused credentials first: the error path (status, Event, log) must not carry them.
-    set_secret(WRONG_SECRET).await;
+    stack.set_client_secret(WRONG_SECRET).await;
     stack
         .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
         .await;
@@ -55,15 +37,11 @@ async fn no_secret_appears_in_logs_events_status_or_metrics() {
             subscription_doc("sent", "orders", &["TransactionalSendEvents.EmailSent"]),
         )
         .await;
+    stack
+        .wait_ready_reason("orders", "CredentialsInvalid")
+        .await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
-    wait_for(&cbs, "orders", T, |cb| {
-        cb.status
-            .as_ref()
-            .and_then(|s| find(&s.conditions, ConditionType::Ready))
-            .is_some_and(|c| c.reason == "CredentialsInvalid")
-    })
-    .await;
-    set_secret("test-secret").await;
+    stack.set_client_secret("test-secret").await;
     wait_for(&cbs, "orders", T, cb_ready).await;
     let subs: Api<EnsSubscription> = Api::namespaced(stack.client.clone(), &stack.team.name);
     wait_for(&subs, "sent", T, sub_ready).await;

@@ -261,6 +261,32 @@ impl Stack {
         ));
     }
 
+    /// Sets the client secret in the team's credentials Secret (ENS accepts `test-secret`).
+    pub async fn set_client_secret(&self, value: &str) {
+        Api::<Secret>::namespaced(self.client.clone(), &self.team.name)
+            .patch(
+                CREDENTIALS,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"stringData": {"clientSecret": value}})),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the callback `name` has a Ready condition with `reason`.
+    pub async fn wait_ready_reason(&self, name: &str, reason: &str) -> EnsCallback {
+        let cbs: Api<EnsCallback> = Api::namespaced(self.client.clone(), &self.team.name);
+        crate::common::wait_for(&cbs, name, Duration::from_secs(60), |cb| {
+            cb.status
+                .as_ref()
+                .and_then(|s| {
+                    ens_operator::api::conditions::find(&s.conditions, ConditionType::Ready)
+                })
+                .is_some_and(|c| c.reason == reason)
+        })
+        .await
+    }
+
     /// The controller's `/metrics` text.
     pub async fn controller_metrics(&self) -> String {
         let url = &self.controller.as_ref().expect("controller running").url;
