@@ -1,0 +1,5 @@
+//! Controller benchmark (stub).
+mod support;
+fn main() {
+    let _ = support::Opts::parse("controller");
+}
