@@ -203,4 +203,24 @@ mod tests {
         ));
         assert!(parse_batch(b"[]", "/r").unwrap().is_empty());
     }
+
+    /// Ids are a contract with downstream dedupe: these were computed before the parse and
+    /// canonical writer were optimised, and must never change.
+    #[test]
+    fn ids_and_cloud_events_are_pinned() {
+        let body = br#"[{"eventCategoryType":"EngagementEvents.EmailClick","timestampUTC":1591407815000,"info":{"contentLink":"https://portal.example.com/x\u003d1\u0026y","location":{"latitude":"39.0438","city":"ASHBURN"},"tags":[1,-2.5,1e300,true,null,"\"q\"\\\n\u00e9"]},"mid":1476456,"z\u00e9":{},"a":[]},{"EventType":"EngagementEvents.OttDelivered","MID":"1476456","TimeStamp":1712000000000,"big":18446744073709551615,"neg":-9223372036854775808,"f":0.1}]"#;
+        let events = parse_batch(body, "/r").unwrap();
+        let json: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect();
+        assert_eq!(
+            json[0],
+            r#"{"specversion":"1.0","id":"243588f9d2f7f0e64c6c0eb635731632621b532e135165a8a9beeed6f6957f67","type":"com.salesforce.marketingcloud.ens.EngagementEvents.EmailClick","source":"/r","time":"2020-06-06T01:43:35Z","datacontenttype":"application/json","data":{"eventCategoryType":"EngagementEvents.EmailClick","timestampUTC":1591407815000,"info":{"contentLink":"https://portal.example.com/x\u003d1\u0026y","location":{"latitude":"39.0438","city":"ASHBURN"},"tags":[1,-2.5,1e300,true,null,"\"q\"\\\n\u00e9"]},"mid":1476456,"z\u00e9":{},"a":[]}}"#
+        );
+        assert_eq!(
+            json[1],
+            r#"{"specversion":"1.0","id":"ef0f82ed1db47f172f41736b98968a524d1e1332c01242e27248c7ced1ab7239","type":"com.salesforce.marketingcloud.ens.EngagementEvents.OttDelivered","source":"/r","time":"2024-04-01T19:33:20Z","datacontenttype":"application/json","data":{"EventType":"EngagementEvents.OttDelivered","MID":"1476456","TimeStamp":1712000000000,"big":18446744073709551615,"neg":-9223372036854775808,"f":0.1}}"#
+        );
+    }
 }
