@@ -583,7 +583,7 @@ fn start_target(env: &Env, target: Target, log: &Path) -> Proc {
                 }
                 _ => {}
             }
-            Proc::ens_operator("receiver", &args, &[], log)
+            Proc::ens_operator("receiver", &args, &[], log, true)
         }
     }
 }

@@ -176,8 +176,15 @@ impl Proc {
         }
     }
 
-    /// `ens-operator ARGS` (the binary Cargo built for this benchmark, release profile).
-    pub fn ens_operator(name: &str, args: &[String], envs: &[(&str, &str)], log: &Path) -> Self {
+    /// `ens-operator ARGS` (the binary Cargo built for this benchmark, release profile); with
+    /// `wait_listen`, waits for its `listening on` line.
+    pub fn ens_operator(
+        name: &str,
+        args: &[String],
+        envs: &[(&str, &str)],
+        log: &Path,
+        wait_listen: bool,
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ens-operator"));
         cmd.args(args)
             .env_remove("K_SINK")
@@ -186,7 +193,7 @@ impl Proc {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        Self::spawn(name, cmd, log, true)
+        Self::spawn(name, cmd, log, wait_listen)
     }
 
     pub fn pid(&self) -> u32 {

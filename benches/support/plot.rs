@@ -126,11 +126,13 @@ where
             .draw_series(LineSeries::new(s.points.iter().copied(), style))?
             .label(s.name.as_str())
             .legend(move |(lx, ly)| PathElement::new(vec![(lx, ly), (lx + 18, ly)], style));
-        chart.draw_series(
-            s.points
-                .iter()
-                .map(|p| Circle::new(*p, 3, ShapeStyle::from(&color).filled())),
-        )?;
+        if s.points.len() <= 40 {
+            chart.draw_series(
+                s.points
+                    .iter()
+                    .map(|p| Circle::new(*p, 3, ShapeStyle::from(&color).filled())),
+            )?;
+        }
     }
     chart
         .configure_series_labels()
