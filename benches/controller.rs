@@ -391,7 +391,7 @@ async fn measure(client: &Client, s: &Setup, logs: &Path) -> Outcome {
         2.0 * s.n as f64,
     );
     subtract(&mut controller_writes, "secrets APPLY", probes);
-    let controller_writes_total: f64 = controller_writes.values().sum();
+    let controller_writes_total: f64 = controller_writes.values().sum::<f64>() + 0.0;
     let token_calls = ens_calls
         .iter()
         .filter(|(k, _)| k.contains("/v2/token"))
@@ -414,7 +414,7 @@ async fn measure(client: &Client, s: &Setup, logs: &Path) -> Outcome {
     let idle1 = apiserver_writes(client).await;
     let idle_ens_calls = emulator_calls(&http, &emulator.url).await;
     let idle_writes = diff(&idle0, &idle1);
-    let idle_writes_total = idle_writes.values().sum();
+    let idle_writes_total = idle_writes.values().sum::<f64>() + 0.0;
     let idle_ens_reads = idle_ens_calls
         .iter()
         .filter(|(k, _)| k.starts_with("GET "))
@@ -735,7 +735,7 @@ fn markdown(machine: &str, mode: Mode, base: &Setup, outcomes: &[Outcome]) -> St
     }
     s.push_str(&t.markdown());
 
-    s.push_str("\n#### ENS calls per callback lifecycle, by route (minimum: create + verify + get + one per subscription = 5)\n\n");
+    s.push_str("\n#### ENS calls per callback lifecycle (a callback and its 2 subscriptions), by route; the minimum is create + verify + get + one per subscription = 5\n\n");
     let routes: std::collections::BTreeSet<&String> =
         outcomes.iter().flat_map(|o| o.ens_calls.keys()).collect();
     let mut header = vec!["route".to_owned()];
@@ -757,28 +757,36 @@ fn markdown(machine: &str, mode: Mode, base: &Setup, outcomes: &[Outcome]) -> St
     }
     s.push_str(&t.markdown());
 
-    s.push_str("\n#### Controller API-server writes per object, by resource and verb\n\n");
+    s.push_str("\n#### Controller API-server writes per callback lifecycle (a callback and its 2 subscriptions), by resource and verb\n\n");
     let keys: std::collections::BTreeSet<&String> = outcomes
         .iter()
         .flat_map(|o| o.controller_writes.keys())
         .collect();
-    let mut t = Table::new(&header.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut wheader = header.clone();
+    wheader[0] = "resource verb".into();
+    let mut t = Table::new(&wheader.iter().map(String::as_str).collect::<Vec<_>>());
     for k in keys {
         let mut row = vec![format!("`{k}`")];
         row.extend(outcomes.iter().map(|o| {
             dec(
-                o.controller_writes.get(k).copied().unwrap_or(0.0) / o.objects as f64,
-                3,
+                o.controller_writes.get(k).copied().unwrap_or(0.0) / o.n as f64,
+                2,
             )
         }));
         t.row(row);
     }
+    let mut row = vec!["**total**".to_owned()];
+    row.extend(
+        outcomes
+            .iter()
+            .map(|o| format!("**{}**", dec(o.controller_writes_total / o.n as f64, 2))),
+    );
+    t.row(row);
     s.push_str(&t.markdown());
     s.push_str(&format!(
-        "\nCounted from kube-apiserver's `apiserver_request_total` (verbs {}) on {}, from the first apply to all Ready, minus the bench's own {} applies per N and the receiver's probe-Secret applies (its `ens_receiver_probes_total`). Per object = ÷ 3N.\n",
+        "\nCounted from kube-apiserver's `apiserver_request_total` (verbs {}) on {}, from the first apply to all Ready, minus the bench's own 3N applies and the receiver's probe-Secret applies (its `ens_receiver_probes_total`), divided by N. \"API writes per object\" above divides by 3N.\n",
         WRITE_VERBS.join(", "),
         RESOURCES.join(", "),
-        "3N"
     ));
 
     s.push_str("\n#### Idle window after all Ready\n\n");

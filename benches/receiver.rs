@@ -1,17 +1,20 @@
 //! Receiver benchmark (issue 10): the real `ens-operator receiver` process on loopback, fed
 //! signed ENS batches (1, 100 and 1000 events of transactional-email and engagement shapes) by
-//! a load generator in this process, with three hand-offs: a discarding sink (batched
-//! CloudEvents, one POST per batch, answered 202 unread), a real HTTP sink (the default binary
-//! mode: one CloudEvents POST per event), and the fsync'd spool (draining to the discarding
-//! sink). Beside it, in the same run and on the same bodies: the in-process limit (HMAC
+//! a load generator in this process, with four hand-offs: a discarding sink (`--sink discard:`,
+//! the receiver's own cost), a real HTTP sink in batched mode (one CloudEvents POST per batch)
+//! and in the default binary mode (one POST per event), and the fsync'd spool (forwarding to
+//! that sink, batched). The HTTP sink is in this process and answers 202 after reading the
+//! body. Beside it, in the same run and on the same bodies: the in-process limit (HMAC
 //! verification + a JSON parse, no HTTP, 1 thread and one per core), the receiver's own request
 //! pipeline in-process (signature check + batch parse + CloudEvent ids, no HTTP), and the peer:
 //! a minimal Express receiver (`bench/peer/server.js`) doing the same raw-body HMAC check.
 //!
-//! Figures that matter are ratios measured in the same run; the machine is shared and noisy.
+//! Figures that matter are ratios measured in the same run; the machine is shared and noisy, so
+//! `--full` repeats every measurement in interleaved rounds and reports the median round.
 //!
 //!   cargo bench --bench receiver -- --short|--full [--out DIR] [--batches 1,100,1000]
-//!       [--concurrency 8] [--duration 10s] [--warmup 2s] [--targets discard,http,spool,peer]
+//!       [--concurrency 8] [--duration 10s] [--warmup 2s] [--rounds 3]
+//!       [--targets discard,batched,binary,spool,peer] [--sweep 1,4,16,64]
 
 mod support;
 
@@ -61,31 +64,41 @@ struct Body {
 /// What receives the load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Target {
-    /// Receiver, `--sink-mode batched` to a sink that answers 202 without reading further.
+    /// Receiver, `--sink discard:`.
     Discard,
-    /// Receiver, default `--sink-mode binary` (one POST per event) to the same sink.
-    Http,
-    /// Receiver, `--spool-dir` (fsync before the 200), forwarding to the discarding sink.
+    /// Receiver, `--sink-mode batched` (one POST per batch) to the in-bench sink.
+    Batched,
+    /// Receiver, default `--sink-mode binary` (one POST per event) to the in-bench sink.
+    Binary,
+    /// Receiver, `--spool-dir` (fsync before the 200), forwarding batched to the in-bench sink.
     Spool,
     /// `bench/peer/server.js` (Express).
     Peer,
 }
 
 impl Target {
+    const ALL: [Target; 5] = [
+        Self::Discard,
+        Self::Batched,
+        Self::Binary,
+        Self::Spool,
+        Self::Peer,
+    ];
+
     fn parse(s: &str) -> Self {
-        match s {
-            "discard" => Self::Discard,
-            "http" => Self::Http,
-            "spool" => Self::Spool,
-            "peer" => Self::Peer,
-            other => panic!("unknown target {other:?} (discard, http, spool, peer)"),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|t| t.key() == s)
+            .unwrap_or_else(|| {
+                panic!("unknown target {s:?} (discard, batched, binary, spool, peer)")
+            })
     }
 
     fn key(self) -> &'static str {
         match self {
             Self::Discard => "discard",
-            Self::Http => "http",
+            Self::Batched => "batched",
+            Self::Binary => "binary",
             Self::Spool => "spool",
             Self::Peer => "peer",
         }
@@ -94,7 +107,8 @@ impl Target {
     fn label(self) -> &'static str {
         match self {
             Self::Discard => "receiver, discarding sink",
-            Self::Http => "receiver, HTTP sink (binary)",
+            Self::Batched => "receiver, HTTP sink (batched)",
+            Self::Binary => "receiver, HTTP sink (binary, default)",
             Self::Spool => "receiver, fsync'd spool",
             Self::Peer => "Express peer",
         }
@@ -108,6 +122,7 @@ impl Target {
 /// One load run against one target.
 #[derive(Clone, Debug, serde::Serialize)]
 struct Run {
+    round: usize,
     target: &'static str,
     batch: usize,
     concurrency: usize,
@@ -125,11 +140,14 @@ struct Run {
     mem: Mem,
     /// Receiver only: spool records not yet forwarded when the load stopped.
     spool_backlog_records: Option<f64>,
+    /// The machine's 1-minute load average at the end of the run (others share it).
+    load1: f64,
 }
 
 /// An in-process measurement (no HTTP).
 #[derive(Clone, Debug, serde::Serialize)]
 struct InProcess {
+    round: usize,
     what: &'static str,
     batch: usize,
     threads: usize,
@@ -148,13 +166,11 @@ fn main() {
         Duration::from_millis(if short { 500 } else { 2000 }),
     );
     let targets: Vec<Target> = opts
-        .list(
-            "targets",
-            &["discard", "http", "spool", "peer"].map(String::from),
-        )
+        .list("targets", &Target::ALL.map(|t| t.key().to_owned()))
         .iter()
         .map(|s| Target::parse(s))
         .collect();
+    let rounds: usize = opts.value("rounds", if short { 1 } else { 3 });
     let sweep: Vec<usize> = opts.list(
         "sweep",
         if short {
@@ -170,7 +186,7 @@ fn main() {
     std::fs::write(&key_file, KEY).expect("key file");
     let machine = support::machine_note();
     eprintln!(
-        "receiver bench ({:?}): batches {batches:?}, concurrency {concurrency}, {duration:?} per run after {warmup:?} warm-up; {machine}",
+        "receiver bench ({:?}): batches {batches:?}, concurrency {concurrency}, {duration:?} per run after {warmup:?} warm-up, {rounds} round(s); {machine}",
         opts.mode
     );
 
@@ -190,7 +206,7 @@ fn main() {
         panic!(
             "the Express peer needs node and its modules: run scripts/bench.sh (npm ci into \
              ~/.cache/ens-operator/bench-peer), or set ENS_BENCH_PEER_MODULES, or pass \
-             --targets discard,http,spool"
+             --targets discard,batched,binary,spool"
         );
     }
 
@@ -206,38 +222,47 @@ fn main() {
                 / bodies.iter().map(|b| b.events).sum::<usize>() as f64
         );
         let in_process_time = duration.min(Duration::from_secs(5));
-        for threads in [1, cores] {
+        // Rounds interleave every measurement, so a burst of load from others hits all alike.
+        for round in 0..rounds {
+            for threads in [1, cores] {
+                limits.push(in_process(
+                    round,
+                    "limit",
+                    &bodies,
+                    threads,
+                    in_process_time,
+                    limit_step,
+                ));
+            }
             limits.push(in_process(
-                "limit",
+                round,
+                "pipeline",
                 &bodies,
-                threads,
+                1,
                 in_process_time,
-                limit_step,
+                pipeline_step,
             ));
+            for &target in &targets {
+                let mut run = rt.block_on(load(
+                    &env,
+                    target,
+                    &bodies,
+                    concurrency,
+                    Load::Closed,
+                    warmup,
+                    duration,
+                ));
+                run.round = round;
+                report_run(&run);
+                runs.push(run);
+            }
         }
-        limits.push(in_process(
-            "pipeline",
-            &bodies,
-            1,
-            in_process_time,
-            pipeline_step,
-        ));
-        for &target in &targets {
-            let run = rt.block_on(load(
-                &env,
-                target,
-                &bodies,
-                concurrency,
-                Load::Closed,
-                warmup,
-                duration,
-            ));
-            report_run(&run);
-            let peak = run.batches_per_s;
-            runs.push(run);
-            if batch == *batches.iter().max().unwrap() {
-                // Ack latency at half the peak rate, open loop (latency counted from each
-                // request's scheduled time, so a stall is not hidden by sending less).
+        if batch == *batches.iter().max().unwrap() {
+            // Ack latency at half the (median) peak rate, open loop: latency counts from each
+            // request's scheduled time, so a stall is not hidden by sending less.
+            for &target in &targets {
+                let peak = median_run(&runs, "closed", target.key(), batch, concurrency)
+                    .map_or(1.0, |r| r.batches_per_s);
                 let run = rt.block_on(load(
                     &env,
                     target,
@@ -281,6 +306,7 @@ fn main() {
         concurrency,
         duration,
         warmup,
+        rounds,
         limits: &limits,
         runs: &runs,
     };
@@ -396,6 +422,7 @@ fn pipeline_step(_keys: &[SignatureKey], route: &Route, b: &Body) {
 }
 
 fn in_process(
+    round: usize,
     what: &'static str,
     bodies: &[Body],
     threads: usize,
@@ -434,6 +461,7 @@ fn in_process(
     let cpu = (support::own_cpu() - cpu0).as_secs_f64();
     let n = events.load(Ordering::Relaxed) as f64;
     let r = InProcess {
+        round,
         what,
         batch: bodies[0].events,
         threads,
@@ -565,7 +593,8 @@ fn start_target(env: &Env, target: Target, log: &Path) -> Proc {
             .map(|s| s.to_string())
             .collect();
             match target {
-                Target::Discard => args.extend(["--sink-mode".into(), "batched".into()]),
+                Target::Discard => args[6] = ens_operator::receiver::sink::DISCARD.to_owned(),
+                Target::Batched => args.extend(["--sink-mode".into(), "batched".into()]),
                 Target::Spool => {
                     let dir = env.work.join(format!(
                         "spool-{}",
@@ -742,8 +771,8 @@ async fn load(
         );
         if target == Target::Spool {
             spool_backlog_records = Some(metric(&text, "ens_receiver_spool_depth_records"));
-        } else {
-            let per_batch = if target == Target::Http { batch } else { 1 };
+        } else if target != Target::Discard {
+            let per_batch = if target == Target::Binary { batch } else { 1 };
             let sunk = env_sink_requests(env) - sink_before;
             let expected = total.all_events / batch as u64 * per_batch as u64;
             assert!(
@@ -758,6 +787,7 @@ async fn load(
         Load::Open(rate) => ("open", Some(rate)),
     };
     Run {
+        round: 0,
         target: target.key(),
         batch,
         concurrency,
@@ -770,7 +800,48 @@ async fn load(
         cpu_cores: cpu / secs,
         mem,
         spool_backlog_records,
+        load1: load_average(),
     }
+}
+
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The run with the median events/s among the rounds of one measurement.
+fn median_run<'a>(
+    runs: &'a [Run],
+    kind: &str,
+    target: &str,
+    batch: usize,
+    concurrency: usize,
+) -> Option<&'a Run> {
+    let mut v: Vec<&Run> = runs
+        .iter()
+        .filter(|r| {
+            r.kind == kind && r.target == target && r.batch == batch && r.concurrency == concurrency
+        })
+        .collect();
+    v.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
+    v.get(v.len() / 2).copied()
+}
+
+/// The in-process measurement with the median events/s among the rounds.
+fn median_limit<'a>(
+    limits: &'a [InProcess],
+    what: &str,
+    batch: usize,
+    threads: usize,
+) -> Option<&'a InProcess> {
+    let mut v: Vec<&InProcess> = limits
+        .iter()
+        .filter(|l| l.what == what && l.batch == batch && l.threads == threads)
+        .collect();
+    v.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
+    v.get(v.len() / 2).copied()
 }
 
 fn env_sink_requests(env: &Env) -> u64 {
@@ -823,21 +894,18 @@ struct Report<'a> {
     concurrency: usize,
     duration: Duration,
     warmup: Duration,
+    rounds: usize,
     limits: &'a [InProcess],
     runs: &'a [Run],
 }
 
 impl Report<'_> {
     fn limit(&self, what: &str, batch: usize, threads: usize) -> Option<&InProcess> {
-        self.limits
-            .iter()
-            .find(|l| l.what == what && l.batch == batch && l.threads == threads)
+        median_limit(self.limits, what, batch, threads)
     }
 
-    fn closed(&self, target: &str, batch: usize) -> Option<&Run> {
-        self.runs
-            .iter()
-            .find(|r| r.kind == "closed" && r.target == target && r.batch == batch)
+    fn closed(&self, target: Target, batch: usize) -> Option<&Run> {
+        median_run(self.runs, "closed", target.key(), batch, self.concurrency)
     }
 
     fn batches(&self) -> Vec<usize> {
@@ -847,9 +915,20 @@ impl Report<'_> {
     }
 
     fn markdown(&self) -> String {
+        let loads: Vec<f64> = self.runs.iter().map(|r| r.load1).collect();
+        let (lo, hi) = loads.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &l| {
+            (lo.min(l), hi.max(l))
+        });
         let mut s = format!(
-            "Machine: {}. Mode: {:?}; closed-loop concurrency {}, {:?} measured after {:?} warm-up per run.\n\n",
-            self.machine, self.mode, self.concurrency, self.duration, self.warmup
+            "Machine: {}. Mode: {:?}; closed-loop concurrency {}; each run {:?} measured after {:?} warm-up; {} interleaved round(s), the median round shown. Load average during the runs: {:.1}–{:.1} (the machine is shared).\n\n",
+            self.machine,
+            self.mode,
+            self.concurrency,
+            self.duration,
+            self.warmup,
+            self.rounds,
+            lo,
+            hi
         );
 
         s.push_str("#### Throughput, latency, CPU and memory (closed loop)\n\n");
@@ -865,23 +944,28 @@ impl Report<'_> {
             "cores used",
             "RSS MiB (peak)",
         ]);
-        for r in self.runs.iter().filter(|r| r.kind == "closed") {
-            t.row(vec![
-                r.batch.to_string(),
-                Target::parse(r.target).label().into(),
-                int(r.events_per_s),
-                dec(r.batches_per_s, 1),
-                dec(r.latency.p50_ms, 2),
-                dec(r.latency.p99_ms, 2),
-                dec(r.latency.max_ms, 2),
-                dec(r.cpu_us_per_event, 2),
-                dec(r.cpu_cores, 2),
-                format!("{} ({})", dec(r.mem.rss_mib, 1), dec(r.mem.hwm_mib, 1)),
-            ]);
+        for b in self.batches() {
+            for target in Target::ALL {
+                let Some(r) = self.closed(target, b) else {
+                    continue;
+                };
+                t.row(vec![
+                    b.to_string(),
+                    target.label().into(),
+                    int(r.events_per_s),
+                    dec(r.batches_per_s, 1),
+                    dec(r.latency.p50_ms, 2),
+                    dec(r.latency.p99_ms, 2),
+                    dec(r.latency.max_ms, 2),
+                    dec(r.cpu_us_per_event, 2),
+                    dec(r.cpu_cores, 2),
+                    format!("{} ({})", dec(r.mem.rss_mib, 1), dec(r.mem.hwm_mib, 1)),
+                ]);
+            }
         }
         s.push_str(&t.markdown());
 
-        s.push_str("\n#### In-process (same bodies, no HTTP)\n\n");
+        s.push_str("\n#### In-process, same bodies, no HTTP\n\n");
         let mut t = Table::new(&[
             "batch",
             "measurement",
@@ -889,37 +973,46 @@ impl Report<'_> {
             "events/s",
             "CPU µs/event",
         ]);
-        for l in self.limits {
-            t.row(vec![
-                l.batch.to_string(),
-                match l.what {
-                    "limit" => "limit: HMAC + JSON parse".into(),
-                    _ => "receiver pipeline: verify + parse + CloudEvent ids".into(),
-                },
-                l.threads.to_string(),
-                int(l.events_per_s),
-                dec(l.cpu_us_per_event, 2),
-            ]);
+        for b in self.batches() {
+            for (what, threads, label) in [
+                ("limit", 1, "limit: HMAC + JSON parse"),
+                ("limit", self.cores, "limit: HMAC + JSON parse"),
+                (
+                    "pipeline",
+                    1,
+                    "receiver pipeline: verify + parse + CloudEvent ids",
+                ),
+            ] {
+                if let Some(l) = self.limit(what, b, threads) {
+                    t.row(vec![
+                        b.to_string(),
+                        label.into(),
+                        threads.to_string(),
+                        int(l.events_per_s),
+                        dec(l.cpu_us_per_event, 2),
+                    ]);
+                }
+            }
         }
         s.push_str(&t.markdown());
 
-        s.push_str("\n#### Ratios (same run)\n\n");
+        s.push_str("\n#### Ratios, receiver with the discarding sink\n\n");
         let mut t = Table::new(&[
             "batch",
-            &format!("receiver ÷ limit ({} threads), events/s", self.cores),
+            &format!("events/s ÷ limit ({} threads)", self.cores),
             "limit CPU/event ÷ receiver CPU/event",
-            "receiver ÷ Express peer, events/s",
+            "events/s ÷ Express peer",
             "peer CPU/event ÷ receiver CPU/event",
         ]);
         for b in self.batches() {
             let (Some(rx), Some(lim)) = (
-                self.closed("discard", b),
+                self.closed(Target::Discard, b),
                 self.limit("limit", b, self.cores),
             ) else {
                 continue;
             };
             let lim1 = self.limit("limit", b, 1);
-            let peer = self.closed("peer", b);
+            let peer = self.closed(Target::Peer, b);
             t.row(vec![
                 b.to_string(),
                 format!(
@@ -942,7 +1035,7 @@ impl Report<'_> {
         let open: Vec<&Run> = self.runs.iter().filter(|r| r.kind == "open").collect();
         if !open.is_empty() {
             s.push_str(&format!(
-                "\n#### Ack latency at half the peak rate (batch {}, open loop, {} connections)\n\n",
+                "\n#### Ack latency at half the peak rate, batch {}, open loop over {} connections\n\n",
                 open[0].batch, OPEN_LOOP_CONNECTIONS
             ));
             let mut t = Table::new(&[
@@ -974,9 +1067,9 @@ impl Report<'_> {
 
         let sweep: Vec<&Run> = self.runs.iter().filter(|r| r.kind == "sweep").collect();
         if !sweep.is_empty() {
-            s.push_str("\n#### Concurrency sweep (batch 100, closed loop)\n\n");
+            s.push_str("\n#### Concurrency sweep, batch 100, closed loop\n\n");
             let mut t = Table::new(&[
-                "concurrency",
+                "connections",
                 "target",
                 "events/s",
                 "ack p50 ms",
@@ -1003,28 +1096,38 @@ impl Report<'_> {
         s
     }
 
-    /// The issue's targets, judged on this run.
+    /// The issue's targets, judged on this run (receiver = the discarding sink).
     fn verdicts(&self) -> Vec<String> {
         let mut out = Vec::new();
         let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
         for b in self.batches() {
-            if let (Some(rx), Some(lim)) = (
-                self.closed("discard", b),
+            if let (Some(rx), Some(lim), Some(lim1)) = (
+                self.closed(Target::Discard, b),
                 self.limit("limit", b, self.cores),
+                self.limit("limit", b, 1),
             ) {
                 let r = rx.events_per_s / lim.events_per_s;
+                let c = lim1.cpu_us_per_event / rx.cpu_us_per_event;
                 out.push(format!(
-                    "batch {b}: receiver at {:.0}% of the in-process limit (target ≥ 50%): {}",
+                    "batch {b}: receiver at {:.0}% of the in-process limit's events/s, {:.0}% of its CPU efficiency (target ≥ 50%): {} / {}",
                     r * 100.0,
-                    verdict(r >= 0.5)
+                    c * 100.0,
+                    verdict(r >= 0.5),
+                    verdict(c >= 0.5)
                 ));
             }
-            if let (Some(rx), Some(p)) = (self.closed("discard", b), self.closed("peer", b)) {
+            if let (Some(rx), Some(p)) = (
+                self.closed(Target::Discard, b),
+                self.closed(Target::Peer, b),
+            ) {
                 let r = rx.events_per_s / p.events_per_s;
+                let c = p.cpu_us_per_event / rx.cpu_us_per_event;
                 out.push(format!(
-                    "batch {b}: receiver at {} the Express peer (target ≥ 5×): {}",
+                    "batch {b}: receiver at {} the Express peer's events/s, {} its CPU efficiency (target ≥ 5×): {} / {}",
                     ratio(r),
-                    verdict(r >= 5.0)
+                    ratio(c),
+                    verdict(r >= 5.0),
+                    verdict(c >= 5.0)
                 ));
             }
         }
@@ -1049,6 +1152,7 @@ impl Report<'_> {
             "mode": format!("{:?}", self.mode),
             "cores": self.cores,
             "concurrency": self.concurrency,
+            "rounds": self.rounds,
             "durationSeconds": self.duration.as_secs_f64(),
             "warmupSeconds": self.warmup.as_secs_f64(),
             "inProcess": self.limits,
@@ -1073,11 +1177,10 @@ impl Report<'_> {
                 target.label(),
                 batches
                     .iter()
-                    .filter_map(|&b| self.closed(target.key(), b).map(|r| (b as f64, f(r))))
+                    .filter_map(|&b| self.closed(target, b).map(|r| (b as f64, f(r))))
                     .collect(),
             )
         };
-        let targets = [Target::Discard, Target::Http, Target::Spool, Target::Peer];
         let mut series = vec![
             limit_series(
                 "limit",
@@ -1095,11 +1198,15 @@ impl Report<'_> {
                 |l| l.events_per_s,
             ),
         ];
-        series.extend(targets.iter().map(|&t| run_series(t, |r| r.events_per_s)));
+        series.extend(
+            Target::ALL
+                .iter()
+                .map(|&t| run_series(t, |r| r.events_per_s)),
+        );
         series.retain(|s| !s.points.is_empty());
         line_chart(
             &out.join("receiver_throughput.svg"),
-            "Receiver throughput by batch size (same run)",
+            "Receiver throughput by batch size (same run, median round)",
             &Axis::log("events per batch"),
             &Axis::log("events/s"),
             &series,
@@ -1114,7 +1221,7 @@ impl Report<'_> {
             }),
         ];
         series.extend(
-            targets
+            Target::ALL
                 .iter()
                 .map(|&t| run_series(t, |r| r.cpu_us_per_event)),
         );
