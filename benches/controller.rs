@@ -93,6 +93,8 @@ struct Outcome {
     idle_ens_mutating_calls: u64,
     idle_ens_reads: u64,
     idle_controller_cpu_cores: f64,
+    /// The machine's 1-minute load average when all were Ready (others share the machine).
+    load1: f64,
 }
 
 fn main() {
@@ -374,6 +376,10 @@ async fn measure(client: &Client, s: &Setup, logs: &Path) -> Outcome {
         }
     };
     let ready_seconds = ready_curve.last().copied().unwrap_or(0.0);
+    let load1 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
     let cpu1 = controller.cpu();
     let writes1 = apiserver_writes(client).await;
     let ens_calls = emulator_calls(&http, &emulator.url).await;
@@ -460,6 +466,7 @@ async fn measure(client: &Client, s: &Setup, logs: &Path) -> Outcome {
         idle_ens_mutating_calls,
         idle_ens_reads,
         idle_controller_cpu_cores: (icpu1 - icpu0).as_secs_f64() / idle_seconds,
+        load1,
     }
 }
 
@@ -712,6 +719,7 @@ fn markdown(machine: &str, mode: Mode, base: &Setup, outcomes: &[Outcome]) -> St
         "controller CPU ms per object",
         "controller RSS MiB (peak)",
         "receiver RSS MiB",
+        "load average",
     ]);
     for o in outcomes {
         t.row(vec![
@@ -731,6 +739,7 @@ fn markdown(machine: &str, mode: Mode, base: &Setup, outcomes: &[Outcome]) -> St
                 dec(o.controller_mem.hwm_mib, 1)
             ),
             dec(o.receiver_mem.rss_mib, 1),
+            dec(o.load1, 1),
         ]);
     }
     s.push_str(&t.markdown());

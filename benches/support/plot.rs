@@ -55,7 +55,7 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(23, 190, 207),
 ];
 
-/// Draws `series` into an SVG file at `path` (800×480).
+/// Draws `series` into an SVG file at `path` (1120×480, the legend on the right).
 pub fn line_chart(path: &Path, title: &str, x: &Axis, y: &Axis, series: &[Series]) {
     let pts = || series.iter().flat_map(|s| s.points.iter().copied());
     let xr = range(pts().map(|p| p.0), x.log);
@@ -103,10 +103,12 @@ where
     X::CoordDescType: ValueFormatter<f64>,
     Y::CoordDescType: ValueFormatter<f64>,
 {
-    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    let root = SVGBackend::new(path, (1120, 480)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
+    // The legend goes in its own column on the right, clear of the data.
+    let (area, legend) = root.split_horizontally(720);
+    let mut chart = ChartBuilder::on(&area)
+        .caption(title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(72)
@@ -117,15 +119,14 @@ where
         .y_desc(y.label.as_str())
         .x_label_formatter(&|v| short(*v))
         .y_label_formatter(&|v| short(*v))
+        .x_labels(8)
+        .y_labels(8)
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let style = ShapeStyle::from(&color).stroke_width(2);
-        chart
-            .draw_series(LineSeries::new(s.points.iter().copied(), style))?
-            .label(s.name.as_str())
-            .legend(move |(lx, ly)| PathElement::new(vec![(lx, ly), (lx + 18, ly)], style));
+        chart.draw_series(LineSeries::new(s.points.iter().copied(), style))?;
         if s.points.len() <= 40 {
             chart.draw_series(
                 s.points
@@ -133,14 +134,14 @@ where
                     .map(|p| Circle::new(*p, 3, ShapeStyle::from(&color).filled())),
             )?;
         }
+        let y = 48 + i as i32 * 24;
+        legend.draw(&PathElement::new(vec![(8, y), (32, y)], style))?;
+        legend.draw(&Text::new(
+            s.name.clone(),
+            (40, y - 7),
+            ("sans-serif", 13).into_font(),
+        ))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font(("sans-serif", 13))
-        .draw()?;
     root.present()?;
     Ok(())
 }
