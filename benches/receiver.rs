@@ -50,6 +50,8 @@ const PATH: &str = "/ens/bench";
 /// this, so cycling through it never presents an id the receiver still remembers (a duplicate
 /// would skip the hand-off and flatter the figures; the run checks there were none).
 const DEDUPE_IDS: usize = 100_000;
+/// `--spool-max-bytes` for the spool runs (the default is 1 GiB).
+const SPOOL_MAX_BYTES: u64 = 16 << 30;
 /// Open-loop connections for the latency run.
 const OPEN_LOOP_CONNECTIONS: usize = 32;
 
@@ -138,8 +140,10 @@ struct Run {
     /// Target process CPU use over the window, in cores.
     cpu_cores: f64,
     mem: Mem,
-    /// Receiver only: spool records not yet forwarded when the load stopped.
+    /// Spool only: records not yet forwarded when the load stopped.
     spool_backlog_records: Option<f64>,
+    /// Spool only: events the forwarder delivered to the sink per second during the window.
+    forwarded_events_per_s: Option<f64>,
     /// The machine's 1-minute load average at the end of the run (others share it).
     load1: f64,
 }
@@ -567,7 +571,8 @@ fn peer_command() -> Option<(String, PathBuf)> {
     Some((node, modules))
 }
 
-fn start_target(env: &Env, target: Target, log: &Path) -> Proc {
+/// Starts `target`; for the spool, also returns its directory (removed after the run).
+fn start_target(env: &Env, target: Target, log: &Path) -> (Proc, Option<PathBuf>) {
     match target {
         Target::Peer => {
             let (node, modules) = env.peer.as_ref().expect("peer available");
@@ -577,9 +582,10 @@ fn start_target(env: &Env, target: Target, log: &Path) -> Proc {
                 .arg(PATH)
                 .env("NODE_PATH", modules)
                 .env("NODE_ENV", "production");
-            Proc::spawn("express peer", cmd, log, true)
+            (Proc::spawn("express peer", cmd, log, true), None)
         }
         _ => {
+            let mut spool = None;
             let mut args: Vec<String> = [
                 "receiver",
                 "--listen",
@@ -596,23 +602,28 @@ fn start_target(env: &Env, target: Target, log: &Path) -> Proc {
                 Target::Discard => args[6] = ens_operator::receiver::sink::DISCARD.to_owned(),
                 Target::Batched => args.extend(["--sink-mode".into(), "batched".into()]),
                 Target::Spool => {
-                    let dir = env.work.join(format!(
+                    spool = Some(env.work.join(format!(
                         "spool-{}",
                         std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
                             .unwrap()
                             .as_nanos()
-                    ));
+                    )));
+                    // The bound is raised so that the ack path is measured, not the bound: under
+                    // load above the forwarder's drain rate the default 1 GiB fills in seconds
+                    // (then 503s, as designed). The drain rate is reported beside it.
                     args.extend([
                         "--sink-mode".into(),
                         "batched".into(),
                         "--spool-dir".into(),
-                        dir.display().to_string(),
+                        spool.as_ref().unwrap().display().to_string(),
+                        "--spool-max-bytes".into(),
+                        SPOOL_MAX_BYTES.to_string(),
                     ]);
                 }
                 _ => {}
             }
-            Proc::ens_operator("receiver", &args, &[], log, true)
+            (Proc::ens_operator("receiver", &args, &[], log, true), spool)
         }
     }
 }
@@ -682,7 +693,7 @@ async fn load(
     let log = env
         .work
         .join(format!("{}-{batch}-{concurrency}.log", target.key()));
-    let mut proc = start_target(env, target, &log);
+    let (mut proc, spool_dir) = start_target(env, target, &log);
     let addr: SocketAddr = proc
         .url
         .trim_start_matches("http://")
@@ -739,9 +750,9 @@ async fn load(
         }));
     }
     tokio::time::sleep_until(m0.into()).await;
-    let cpu0 = proc.cpu();
+    let (cpu0, sunk0) = (proc.cpu(), env_sink_requests(env));
     tokio::time::sleep_until(m1.into()).await;
-    let cpu1 = proc.cpu();
+    let (cpu1, sunk1) = (proc.cpu(), env_sink_requests(env));
     let mut total = Tally::default();
     for w in workers {
         let t = match w.await {
@@ -786,7 +797,7 @@ async fn load(
         Load::Closed => ("closed", None),
         Load::Open(rate) => ("open", Some(rate)),
     };
-    Run {
+    let run = Run {
         round: 0,
         target: target.key(),
         batch,
@@ -800,8 +811,16 @@ async fn load(
         cpu_cores: cpu / secs,
         mem,
         spool_backlog_records,
+        forwarded_events_per_s: spool_dir
+            .as_ref()
+            .map(|_| (sunk1 - sunk0) as f64 * batch as f64 / secs),
         load1: load_average(),
+    };
+    drop(proc);
+    if let Some(dir) = spool_dir {
+        let _ = std::fs::remove_dir_all(dir);
     }
+    run
 }
 
 fn load_average() -> f64 {
@@ -963,6 +982,28 @@ impl Report<'_> {
                 ]);
             }
         }
+        s.push_str(&t.markdown());
+
+        let mut t = Table::new(&[
+            "batch",
+            "acknowledged events/s",
+            "forwarded events/s",
+            "backlog when the load stopped (records)",
+        ]);
+        for b in self.batches() {
+            if let Some(r) = self.closed(Target::Spool, b) {
+                t.row(vec![
+                    b.to_string(),
+                    int(r.events_per_s),
+                    r.forwarded_events_per_s.map_or("—".into(), int),
+                    r.spool_backlog_records.map_or("—".into(), int),
+                ]);
+            }
+        }
+        s.push_str(&format!(
+            "\n#### The spool: acknowledged (fsync'd) vs forwarded to the sink (`--spool-max-bytes {}`)\n\n",
+            SPOOL_MAX_BYTES
+        ));
         s.push_str(&t.markdown());
 
         s.push_str("\n#### In-process, same bodies, no HTTP\n\n");
