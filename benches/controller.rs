@@ -12,6 +12,7 @@
 //!       [--idle 60s] [--ens-rate 1000] [--concurrency 8] [--drift-interval 10m]
 //!       [--reference-n 100] [--drift-n 100] [--drift-check-interval 20s]
 //!
+//! `--replot DIR` writes the tables and plots again from `DIR/controller.json`.
 //! `--reference-n` repeats N at the controller's default `--ens-rate` (10/s); `--drift-n` repeats
 //! N with a short drift interval, so that the idle window shows what drift checks cost.
 
@@ -65,7 +66,7 @@ struct Setup {
 }
 
 /// What one N produced.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Outcome {
     n: usize,
     ens_rate: u32,
@@ -103,6 +104,10 @@ struct Outcome {
 
 fn main() {
     let opts = Opts::parse("controller");
+    if let Some(dir) = opts.get("replot") {
+        replot(Path::new(dir));
+        return;
+    }
     let short = opts.mode == Mode::Short;
     let ns = opts.list(
         "n",
@@ -164,7 +169,7 @@ fn main() {
         out
     });
 
-    let md = markdown(&machine, opts.mode, &base, &outcomes);
+    let md = markdown(&machine, opts.mode, &outcomes);
     println!("\n{md}");
     write(&opts.out, "controller.md", &md);
     write(
@@ -178,6 +183,24 @@ fn main() {
         .unwrap(),
     );
     plots(&opts.out, &outcomes);
+}
+
+/// `--replot DIR`: the tables and plots again from `DIR/controller.json`, without measuring.
+fn replot(dir: &Path) {
+    let path = dir.join("controller.json");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let v: Value = serde_json::from_str(&text).expect("controller.json");
+    let outcomes: Vec<Outcome> = serde_json::from_value(v["outcomes"].clone()).expect("outcomes");
+    let mode = if v["mode"] == "Full" {
+        Mode::Full
+    } else {
+        Mode::Short
+    };
+    let md = markdown(v["machine"].as_str().unwrap_or(""), mode, &outcomes);
+    println!("{md}");
+    write(dir, "controller.md", &md);
+    plots(dir, &outcomes);
 }
 
 async fn install_crds(client: &Client) {
@@ -714,10 +737,11 @@ fn report(o: &Outcome) {
     );
 }
 
-fn markdown(machine: &str, mode: Mode, base: &Setup, outcomes: &[Outcome]) -> String {
+fn markdown(machine: &str, mode: Mode, outcomes: &[Outcome]) -> String {
+    let concurrency = outcomes.first().map_or(0, |o| o.concurrency);
     let mut s = format!(
-        "Machine: {machine}. Mode: {mode:?}; controller `--concurrency {}`, `--drift-interval {}`; the bench applies with {APPLY_CONCURRENCY} requests in flight.\n\n",
-        base.concurrency, base.drift_interval
+        "Machine: {machine}. Mode: {mode:?}; controller `--concurrency {}`, `--no-leader-election`; the bench applies with {APPLY_CONCURRENCY} requests in flight.\n\n",
+        concurrency
     );
     s.push_str("#### Scale: N callbacks × (1 + 2 subscriptions)\n\n");
     let mut t = Table::new(&[
@@ -764,11 +788,12 @@ fn markdown(machine: &str, mode: Mode, base: &Setup, outcomes: &[Outcome]) -> St
     let routes: std::collections::BTreeSet<&String> =
         outcomes.iter().flat_map(|o| o.ens_calls.keys()).collect();
     let mut header = vec!["route".to_owned()];
-    header.extend(
-        outcomes
-            .iter()
-            .map(|o| format!("N={} (rate {})", o.n, o.ens_rate)),
-    );
+    header.extend(outcomes.iter().map(|o| {
+        format!(
+            "N={} (rate {}, drift {})",
+            o.n, o.ens_rate, o.drift_interval
+        )
+    }));
     let mut t = Table::new(&header.iter().map(String::as_str).collect::<Vec<_>>());
     for r in routes {
         let mut row = vec![format!("`{r}`")];
@@ -883,12 +908,13 @@ fn markdown(machine: &str, mode: Mode, base: &Setup, outcomes: &[Outcome]) -> St
 }
 
 fn plots(out: &Path, outcomes: &[Outcome]) {
-    let main: Vec<&Outcome> = {
-        let rate = outcomes.first().map(|o| o.ens_rate);
-        outcomes
+    // The scaling plots use the rows with the first row's settings.
+    let main: Vec<&Outcome> = match outcomes.first() {
+        Some(f) => outcomes
             .iter()
-            .filter(|o| Some(o.ens_rate) == rate)
-            .collect()
+            .filter(|o| o.ens_rate == f.ens_rate && o.drift_interval == f.drift_interval)
+            .collect(),
+        None => Vec::new(),
     };
     if main.len() > 1 {
         let rate = main[0].ens_rate;

@@ -15,6 +15,7 @@
 //!   cargo bench --bench receiver -- --short|--full [--out DIR] [--batches 1,100,1000]
 //!       [--concurrency 8] [--duration 10s] [--warmup 2s] [--rounds 3]
 //!       [--targets discard,batched,binary,spool,peer] [--sweep 1,4,16,64]
+//!   cargo bench --bench receiver -- --replot DIR   # tables and plots again from DIR/receiver.json
 
 mod support;
 
@@ -119,17 +120,23 @@ impl Target {
     fn is_receiver(self) -> bool {
         self != Self::Peer
     }
+
+    /// Its colour in the plots (after the limits' three).
+    fn colour(self) -> usize {
+        3 + Self::ALL.iter().position(|t| *t == self).unwrap_or(0)
+    }
 }
 
 /// One load run against one target.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Run {
     round: usize,
-    target: &'static str,
+    target: String,
     batch: usize,
     concurrency: usize,
-    /// Closed loop (as fast as acknowledged) or open loop at a fixed rate.
-    kind: &'static str,
+    /// `closed` (as fast as acknowledged), `open` (a fixed rate) or `sweep` (closed, varied
+    /// concurrency).
+    kind: String,
     /// Open loop: the offered rate, batches/s.
     offered_batches_per_s: Option<f64>,
     events_per_s: f64,
@@ -149,10 +156,10 @@ struct Run {
 }
 
 /// An in-process measurement (no HTTP).
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct InProcess {
     round: usize,
-    what: &'static str,
+    what: String,
     batch: usize,
     threads: usize,
     events_per_s: f64,
@@ -161,6 +168,10 @@ struct InProcess {
 
 fn main() {
     let opts = Opts::parse("receiver");
+    if let Some(dir) = opts.get("replot") {
+        replot(Path::new(dir));
+        return;
+    }
     let short = opts.mode == Mode::Short;
     let batches = opts.list("batches", &[1usize, 100, 1000]);
     let concurrency: usize = opts.value("concurrency", 8);
@@ -293,7 +304,7 @@ fn main() {
                             warmup,
                             duration,
                         ));
-                        run.kind = "sweep";
+                        run.kind = "sweep".into();
                         report_run(&run);
                         runs.push(run);
                     }
@@ -324,6 +335,36 @@ fn main() {
     );
     report.plots(&opts.out);
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// `--replot DIR`: the tables and plots again from `DIR/receiver.json`, without measuring.
+fn replot(dir: &Path) {
+    let path = dir.join("receiver.json");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let v: Value = serde_json::from_str(&text).expect("receiver.json");
+    let limits: Vec<InProcess> = serde_json::from_value(v["inProcess"].clone()).expect("inProcess");
+    let runs: Vec<Run> = serde_json::from_value(v["runs"].clone()).expect("runs");
+    let secs = |k: &str| Duration::from_secs_f64(v[k].as_f64().unwrap_or(0.0));
+    let report = Report {
+        machine: v["machine"].as_str().unwrap_or(""),
+        mode: if v["mode"] == "Full" {
+            Mode::Full
+        } else {
+            Mode::Short
+        },
+        cores: v["cores"].as_u64().unwrap_or(1) as usize,
+        concurrency: v["concurrency"].as_u64().unwrap_or(8) as usize,
+        duration: secs("durationSeconds"),
+        warmup: secs("warmupSeconds"),
+        rounds: v["rounds"].as_u64().unwrap_or(1) as usize,
+        limits: &limits,
+        runs: &runs,
+    };
+    let md = report.markdown();
+    println!("{md}");
+    write(dir, "receiver.md", &md);
+    report.plots(dir);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -466,7 +507,7 @@ fn in_process(
     let n = events.load(Ordering::Relaxed) as f64;
     let r = InProcess {
         round,
-        what,
+        what: what.to_owned(),
         batch: bodies[0].events,
         threads,
         events_per_s: n / secs,
@@ -799,10 +840,10 @@ async fn load(
     };
     let run = Run {
         round: 0,
-        target: target.key(),
+        target: target.key().to_owned(),
         batch,
         concurrency,
-        kind,
+        kind: kind.to_owned(),
         offered_batches_per_s: offered,
         events_per_s: total.events as f64 / secs,
         batches_per_s: total.batches as f64 / secs,
@@ -887,7 +928,7 @@ async fn scrape(addr: SocketAddr) -> String {
 fn report_run(r: &Run) {
     eprintln!(
         "  {:<30} batch {:>4} c={:<3} {:<6} {:>10} events/s {:>8} batches/s  p50 {:>7} ms  p99 {:>7} ms  max {:>7} ms  {:>6} µs CPU/event  {:>5.2} cores  RSS {:>6.1} MiB (peak {:.1})",
-        Target::parse(r.target).label(),
+        Target::parse(&r.target).label(),
         r.batch,
         r.concurrency,
         r.kind,
@@ -1092,7 +1133,7 @@ impl Report<'_> {
             ]);
             for r in &open {
                 t.row(vec![
-                    Target::parse(r.target).label().into(),
+                    Target::parse(&r.target).label().into(),
                     dec(r.offered_batches_per_s.unwrap_or(0.0), 1),
                     dec(r.batches_per_s, 1),
                     dec(r.latency.p50_ms, 2),
@@ -1120,7 +1161,7 @@ impl Report<'_> {
             for r in &sweep {
                 t.row(vec![
                     r.concurrency.to_string(),
-                    Target::parse(r.target).label().into(),
+                    Target::parse(&r.target).label().into(),
                     int(r.events_per_s),
                     dec(r.latency.p50_ms, 2),
                     dec(r.latency.p99_ms, 2),
@@ -1204,6 +1245,13 @@ impl Report<'_> {
 
     fn plots(&self, out: &Path) {
         let batches = self.batches();
+        // One colour per measurement in every chart: the limits and the pipeline first, then
+        // the targets in `Target::ALL` order.
+        let colour_of = |what: &str, threads: usize| match (what, threads) {
+            ("limit", 1) => 1,
+            ("limit", _) => 0,
+            _ => 2,
+        };
         let limit_series = |what: &str, threads: usize, name: String, f: fn(&InProcess) -> f64| {
             Series::new(
                 name,
@@ -1212,6 +1260,7 @@ impl Report<'_> {
                     .filter_map(|&b| self.limit(what, b, threads).map(|l| (b as f64, f(l))))
                     .collect(),
             )
+            .colour(colour_of(what, threads))
         };
         let run_series = |target: Target, f: fn(&Run) -> f64| {
             Series::new(
@@ -1221,6 +1270,7 @@ impl Report<'_> {
                     .filter_map(|&b| self.closed(target, b).map(|r| (b as f64, f(r))))
                     .collect(),
             )
+            .colour(target.colour())
         };
         let mut series = vec![
             limit_series(
@@ -1285,7 +1335,7 @@ impl Report<'_> {
                     Series::new(
                         format!(
                             "{} @ {:.0} batches/s",
-                            Target::parse(r.target).label(),
+                            Target::parse(&r.target).label(),
                             r.offered_batches_per_s.unwrap_or(0.0)
                         ),
                         vec![
@@ -1295,6 +1345,7 @@ impl Report<'_> {
                             (1000.0, l.p999_ms),
                         ],
                     )
+                    .colour(Target::parse(&r.target).colour())
                 })
                 .collect();
             line_chart(
@@ -1322,6 +1373,7 @@ impl Report<'_> {
                             .map(|r| (r.concurrency as f64, r.events_per_s))
                             .collect(),
                     )
+                    .colour(t.colour())
                 })
                 .filter(|s| !s.points.is_empty())
                 .collect();

@@ -270,7 +270,7 @@ pub fn own_cpu() -> Duration {
 }
 
 /// Memory of a process, from `/proc/PID/status`.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Mem {
     /// VmRSS, MiB.
     pub rss_mib: f64,
@@ -298,7 +298,7 @@ pub fn mem_of(status_path: &str) -> Mem {
 pub struct Latencies(pub Vec<u32>);
 
 /// Latency summary, milliseconds.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct LatencySummary {
     pub p50_ms: f64,
     pub p90_ms: f64,

@@ -11,6 +11,8 @@ use plotters::prelude::*;
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Index into the palette; by default the series' position.
+    pub colour: Option<usize>,
 }
 
 impl Series {
@@ -18,7 +20,14 @@ impl Series {
         Self {
             name: name.into(),
             points,
+            colour: None,
         }
+    }
+
+    /// The same colour in every chart for the same measurement.
+    pub fn colour(mut self, index: usize) -> Self {
+        self.colour = Some(index);
+        self
     }
 }
 
@@ -124,7 +133,7 @@ where
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
     for (i, s) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        let color = COLORS[s.colour.unwrap_or(i) % COLORS.len()];
         let style = ShapeStyle::from(&color).stroke_width(2);
         chart.draw_series(LineSeries::new(s.points.iter().copied(), style))?;
         if s.points.len() <= 40 {
