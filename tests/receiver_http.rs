@@ -364,3 +364,18 @@ async fn tls_is_served_with_the_given_certificate() {
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(sink.accepted().len(), 1);
 }
+
+#[tokio::test]
+async fn discard_sink_acknowledges_verified_batches_and_still_refuses_forgeries() {
+    let dir = temp_dir("discard");
+    let keys = key_file(&dir, "key", &[KEY]);
+    let route = format!("{ROUTE}={keys}");
+    let rx = Receiver::spawn(&["--route", route.as_str(), "--sink", "discard:"], &[]);
+    assert_eq!(rx.post(ROUTE, BODY1, Some(V1_A)).await.0, 200);
+    assert_eq!(rx.post(ROUTE, BODY1, Some(V2_A)).await.0, 401);
+    let (_, metrics) = rx.get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "ens_receiver_events_total{outcome=\"accepted\"}"),
+        1.0
+    );
+}

@@ -4,12 +4,15 @@
 //! Best effort: bounded, in memory, per process. Downstream must still dedupe by id.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// The remembered ids and their eviction order; each id is allocated once, shared by both.
+type Memory = (HashSet<Arc<str>>, VecDeque<Arc<str>>);
 
 /// The last `capacity` ids, oldest evicted first.
 pub struct RecentIds {
     capacity: usize,
-    inner: Mutex<(HashSet<String>, VecDeque<String>)>,
+    inner: Mutex<Memory>,
 }
 
 impl RecentIds {
@@ -27,6 +30,12 @@ impl RecentIds {
         guard.0.contains(id)
     }
 
+    /// For each id, whether it was recorded recently (one lock for the whole batch).
+    pub fn contains_each<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<bool> {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        ids.into_iter().map(|id| guard.0.contains(id)).collect()
+    }
+
     /// Records ids that were handed off.
     pub fn insert_all<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
         if self.capacity == 0 {
@@ -35,8 +44,10 @@ impl RecentIds {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (set, order) = &mut *guard;
         for id in ids {
-            if set.insert(id.to_owned()) {
-                order.push_back(id.to_owned());
+            if !set.contains(id) {
+                let id: Arc<str> = Arc::from(id);
+                set.insert(id.clone());
+                order.push_back(id);
             }
             while order.len() > self.capacity {
                 if let Some(old) = order.pop_front() {
@@ -59,6 +70,7 @@ mod tests {
         r.insert_all(["c"]);
         assert!(!r.contains("a"));
         assert!(r.contains("b") && r.contains("c"));
+        assert_eq!(r.contains_each(["a", "b", "c"]), [false, true, true]);
         let off = RecentIds::new(0);
         off.insert_all(["a"]);
         assert!(!off.contains("a"));

@@ -56,28 +56,41 @@ pub enum ParseError {
 
 /// Parses a notification batch into CloudEvents for `source`. Unknown fields and event types pass.
 pub fn parse_batch(body: &[u8], source: &str) -> Result<Vec<CloudEvent>, ParseError> {
-    let value: Value = serde_json::from_slice(body).map_err(ParseError::Json)?;
-    if !value.is_array() {
-        return Err(ParseError::NotArray);
+    // One pass splits the array into raw elements (borrowed, validated); each element is then
+    // parsed once for its attributes and id, and copied once as the CloudEvent's data.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => ParseError::NotArray,
+                Err(e) => ParseError::Json(e),
+            },
+        );
     }
-    let raws: Vec<Box<RawValue>> = serde_json::from_slice(body).map_err(ParseError::Json)?;
-    let Value::Array(items) = value else {
-        return Err(ParseError::NotArray);
-    };
-    items
-        .into_iter()
-        .zip(raws)
+    let raws: Vec<&RawValue> = serde_json::from_slice(body).map_err(ParseError::Json)?;
+    let mut canonical = Vec::new();
+    raws.into_iter()
         .enumerate()
-        .map(|(i, (item, raw))| {
-            let Value::Object(_) = &item else {
+        .map(|(i, raw)| {
+            if !raw.get().starts_with('{') {
                 return Err(ParseError::NotObject(i));
-            };
-            Ok(to_cloud_event(&item, raw, source))
+            }
+            let item: Value = serde_json::from_str(raw.get()).map_err(ParseError::Json)?;
+            Ok(to_cloud_event(
+                &item,
+                raw.to_owned(),
+                source,
+                &mut canonical,
+            ))
         })
         .collect()
 }
 
-fn to_cloud_event(event: &Value, raw: Box<RawValue>, source: &str) -> CloudEvent {
+fn to_cloud_event(
+    event: &Value,
+    raw: Box<RawValue>,
+    source: &str,
+    canonical: &mut Vec<u8>,
+) -> CloudEvent {
     let category = ["eventCategoryType", "EventType"]
         .iter()
         .find_map(|k| event.get(*k).and_then(Value::as_str))
@@ -89,7 +102,7 @@ fn to_cloud_event(event: &Value, raw: Box<RawValue>, source: &str) -> CloudEvent
         .map(|t| t.to_string());
     CloudEvent {
         specversion: "1.0".to_owned(),
-        id: event_id(event),
+        id: id_of(event, canonical),
         ty: format!("{TYPE_PREFIX}.{category}"),
         source: source.to_owned(),
         time,
@@ -109,43 +122,62 @@ fn epoch_millis(v: &Value) -> Option<i64> {
 
 /// Hex SHA-256 of the canonical form of `event`.
 pub fn event_id(event: &Value) -> String {
-    let mut canonical = String::new();
-    write_canonical(event, &mut canonical);
-    Sha256::digest(canonical.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    id_of(event, &mut Vec::new())
+}
+
+/// [`event_id`], writing the canonical form into `buf` (reused across a batch).
+fn id_of(event: &Value, buf: &mut Vec<u8>) -> String {
+    buf.clear();
+    buf.reserve(512);
+    write_canonical(event, buf);
+    hex(&Sha256::digest(buf.as_slice()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    s
 }
 
 /// Keys sorted bytewise, no whitespace; independent of serde_json's map ordering features.
-fn write_canonical(v: &Value, out: &mut String) {
+/// Strings and numbers are written exactly as serde_json writes them.
+fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
             for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
+                write_scalar(k, out);
+                out.push(b':');
                 write_canonical(v, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        scalar => write_scalar(scalar, out),
     }
+}
+
+fn write_scalar<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
+    // Writing JSON into a Vec cannot fail for strings, numbers, booleans and null.
+    let _ = serde_json::to_writer(&mut *out, v);
 }
 
 #[cfg(test)]
@@ -202,5 +234,25 @@ mod tests {
             Err(ParseError::NotObject(1))
         ));
         assert!(parse_batch(b"[]", "/r").unwrap().is_empty());
+    }
+
+    /// Ids are a contract with downstream dedupe: these were computed before the parse and
+    /// canonical writer were optimised, and must never change.
+    #[test]
+    fn ids_and_cloud_events_are_pinned() {
+        let body = br#"[{"eventCategoryType":"EngagementEvents.EmailClick","timestampUTC":1591407815000,"info":{"contentLink":"https://portal.example.com/x\u003d1\u0026y","location":{"latitude":"39.0438","city":"ASHBURN"},"tags":[1,-2.5,1e300,true,null,"\"q\"\\\n\u00e9"]},"mid":1476456,"z\u00e9":{},"a":[]},{"EventType":"EngagementEvents.OttDelivered","MID":"1476456","TimeStamp":1712000000000,"big":18446744073709551615,"neg":-9223372036854775808,"f":0.1}]"#;
+        let events = parse_batch(body, "/r").unwrap();
+        let json: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect();
+        assert_eq!(
+            json[0],
+            r#"{"specversion":"1.0","id":"243588f9d2f7f0e64c6c0eb635731632621b532e135165a8a9beeed6f6957f67","type":"com.salesforce.marketingcloud.ens.EngagementEvents.EmailClick","source":"/r","time":"2020-06-06T01:43:35Z","datacontenttype":"application/json","data":{"eventCategoryType":"EngagementEvents.EmailClick","timestampUTC":1591407815000,"info":{"contentLink":"https://portal.example.com/x\u003d1\u0026y","location":{"latitude":"39.0438","city":"ASHBURN"},"tags":[1,-2.5,1e300,true,null,"\"q\"\\\n\u00e9"]},"mid":1476456,"z\u00e9":{},"a":[]}}"#
+        );
+        assert_eq!(
+            json[1],
+            r#"{"specversion":"1.0","id":"ef0f82ed1db47f172f41736b98968a524d1e1332c01242e27248c7ced1ab7239","type":"com.salesforce.marketingcloud.ens.EngagementEvents.OttDelivered","source":"/r","time":"2024-04-01T19:33:20Z","datacontenttype":"application/json","data":{"EventType":"EngagementEvents.OttDelivered","MID":"1476456","TimeStamp":1712000000000,"big":18446744073709551615,"neg":-9223372036854775808,"f":0.1}}"#
+        );
     }
 }

@@ -57,7 +57,8 @@ pub struct Args {
     /// Cluster mode (no --route): watch route Secrets in this namespace.
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: Option<String>,
-    /// CloudEvents sink URL (Knative `K_SINK`).
+    /// CloudEvents sink URL (Knative `K_SINK`). `discard:` acknowledges and drops every event
+    /// (benchmarks only).
     #[arg(long, env = "K_SINK")]
     pub sink: Option<String>,
     /// How events are sent to the sink.
@@ -92,6 +93,9 @@ pub enum Error {
     /// No sink configured.
     #[error("no sink: pass --sink URL or set K_SINK")]
     NoSink,
+    /// `--sink discard:` drops events; a spool in front of it would only add a disk write.
+    #[error("--sink discard: cannot be combined with --spool-dir")]
+    DiscardWithSpool,
     /// Neither standalone routes nor a namespace.
     #[error("no routes: pass --route/--expect-probe (standalone) or --namespace/POD_NAMESPACE")]
     NoRoutes,
@@ -122,21 +126,29 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(Metrics::new());
     let sink_url = args.sink.clone().ok_or(Error::NoSink)?;
-    let sink = HttpSink::new(
-        sink_url,
-        args.sink_mode,
-        Duration::from_millis(args.sink_timeout_ms),
-    )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    let handoff = match &args.spool_dir {
-        Some(dir) => {
-            let spool = Spool::open(dir, args.spool_max_bytes, metrics.clone())?;
-            tasks.push(tokio::spawn(spool.clone().forward(sink, stop_rx.clone())));
-            Handoff::Spool(spool)
+    let handoff = if sink_url == sink::DISCARD {
+        if args.spool_dir.is_some() {
+            return Err(Error::DiscardWithSpool);
         }
-        None => Handoff::Direct(sink),
+        tracing::warn!("--sink discard: every event is acknowledged and DROPPED (benchmarks only)");
+        Handoff::Discard
+    } else {
+        let sink = HttpSink::new(
+            sink_url,
+            args.sink_mode,
+            Duration::from_millis(args.sink_timeout_ms),
+        )?;
+        match &args.spool_dir {
+            Some(dir) => {
+                let spool = Spool::open(dir, args.spool_max_bytes, metrics.clone())?;
+                tasks.push(tokio::spawn(spool.clone().forward(sink, stop_rx.clone())));
+                Handoff::Spool(spool)
+            }
+            None => Handoff::Direct(sink),
+        }
     };
 
     let routes = Arc::new(Routes::default());

@@ -193,10 +193,21 @@ async fn accept_batch(
     started: Instant,
 ) -> Response {
     let total = events.len();
-    let mut seen = std::collections::HashSet::new();
+    // Drop events acknowledged recently and repeats within the batch.
+    let recent = app
+        .recent
+        .contains_each(events.iter().map(|e| e.id.as_str()));
+    let mut seen = std::collections::HashSet::with_capacity(total);
+    let keep: Vec<bool> = events
+        .iter()
+        .zip(recent)
+        .map(|(e, recent)| !recent && seen.insert(e.id.as_str()))
+        .collect();
+    drop(seen);
     let fresh: Vec<CloudEvent> = events
         .into_iter()
-        .filter(|e| !app.recent.contains(&e.id) && seen.insert(e.id.clone()))
+        .zip(keep)
+        .filter_map(|(e, keep)| keep.then_some(e))
         .collect();
     let duplicates = total - fresh.len();
     if !fresh.is_empty()

@@ -83,7 +83,7 @@ impl HttpSink {
         }
         match self.mode {
             SinkMode::Batched => {
-                let body = serde_json::to_vec(events).map_err(SinkError::Encode)?;
+                let body = encode_batch(events).map_err(SinkError::Encode)?;
                 let req = self
                     .client
                     .post(&self.url)
@@ -137,6 +137,17 @@ fn header_value(v: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// The events as one JSON array, in a buffer sized up front (batches reach megabytes).
+pub fn encode_batch(events: &[CloudEvent]) -> Result<Vec<u8>, serde_json::Error> {
+    let estimate: usize = events
+        .iter()
+        .map(|e| e.data.get().len() + e.ty.len() + e.source.len() + 192)
+        .sum();
+    let mut out = Vec::with_capacity(estimate + 2);
+    serde_json::to_writer(&mut out, events)?;
+    Ok(out)
 }
 
 async fn send(req: reqwest::RequestBuilder) -> Result<(), SinkError> {

@@ -11,6 +11,9 @@ use spool::{Spool, SpoolError};
 
 use crate::receiver::event::CloudEvent;
 
+/// `--sink` value that drops every event (benchmarks and load tests only).
+pub const DISCARD: &str = "discard:";
+
 /// Where accepted events go before ENS gets its 200.
 #[derive(Clone)]
 pub enum Handoff {
@@ -18,6 +21,9 @@ pub enum Handoff {
     Direct(HttpSink),
     /// Acknowledge after the batch is fsync'd in the spool.
     Spool(Spool),
+    /// `--sink discard:`: acknowledge and drop. The one deliberate exception to "never 200 for
+    /// something dropped", chosen explicitly, to measure the receiver without a sink.
+    Discard,
 }
 
 /// Why a hand-off failed (the request gets 503 and ENS retries).
@@ -48,6 +54,7 @@ impl Handoff {
         match self {
             Self::Direct(sink) => Ok(sink.deliver(events).await?),
             Self::Spool(spool) => Ok(spool.append(events).await?),
+            Self::Discard => Ok(()),
         }
     }
 }

@@ -167,7 +167,7 @@ impl Spool {
 
     /// Appends one batch and fsyncs it. Returns once it is durable.
     pub async fn append(&self, events: &[CloudEvent]) -> Result<(), SpoolError> {
-        let payload = serde_json::to_vec(events).map_err(SpoolError::Encode)?;
+        let payload = super::cloudevents::encode_batch(events).map_err(SpoolError::Encode)?;
         let inner = self.0.clone();
         tokio::task::spawn_blocking(move || inner.append(&payload))
             .await
