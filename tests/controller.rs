@@ -274,19 +274,9 @@ async fn a_crash_after_the_create_leaves_one_callback_and_a_usable_key() {
 #[tokio::test]
 async fn drift_is_repaired_and_steady_state_is_quiet() {
     let stack = Stack::start("drift", &[], &["--drift-interval", "3s"]).await;
-    stack
-        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
-        .await;
-    stack
-        .apply::<EnsSubscription>(
-            "sent",
-            subscription_doc("sent", "orders", &["TransactionalSendEvents.EmailSent"]),
-        )
-        .await;
+    let (cb, sub) = stack.orders_with_sent().await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     let subs: Api<EnsSubscription> = Api::namespaced(stack.client.clone(), &stack.team.name);
-    let cb = wait_for(&cbs, "orders", T, cb_ready).await;
-    let sub = wait_for(&subs, "sent", T, sub_ready).await;
     let sub_id = sub.status.unwrap().subscription_id.unwrap();
 
     // Paused in ENS behind our back: reset to the spec.
@@ -620,19 +610,8 @@ async fn wait_status(stack: &Stack, path: &str, key: &str, want: u16, what: &str
 #[tokio::test]
 async fn key_rotation_serves_both_keys_during_the_overlap_then_only_the_new_one() {
     let stack = Stack::start("rotate", &[], &["--key-overlap", "8s"]).await;
-    stack
-        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
-        .await;
-    stack
-        .apply::<EnsSubscription>(
-            "sent",
-            subscription_doc("sent", "orders", &["TransactionalSendEvents.EmailSent"]),
-        )
-        .await;
+    stack.orders_with_sent().await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
-    wait_for(&cbs, "orders", T, cb_ready).await;
-    let subs: Api<EnsSubscription> = Api::namespaced(stack.client.clone(), &stack.team.name);
-    wait_for(&subs, "sent", T, sub_ready).await;
     let old = route_key(&stack, "orders", "signatureKey").await.unwrap();
     wait_status(&stack, "/ens/orders", &old, 200, "old key before rotation").await;
 
@@ -932,19 +911,9 @@ async fn an_external_receiver_verifies_with_the_annotated_key_and_reads_the_sign
 #[tokio::test]
 async fn spec_changes_are_sent_once_each_and_shown() {
     let stack = Stack::start("update", &[], &[]).await;
-    stack
-        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
-        .await;
-    stack
-        .apply::<EnsSubscription>(
-            "sent",
-            subscription_doc("sent", "orders", &["TransactionalSendEvents.EmailSent"]),
-        )
-        .await;
+    stack.orders_with_sent().await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     let subs: Api<EnsSubscription> = Api::namespaced(stack.client.clone(), &stack.team.name);
-    wait_for(&cbs, "orders", T, cb_ready).await;
-    wait_for(&subs, "sent", T, sub_ready).await;
     stack
         .emulator_send(reqwest::Method::POST, "reset-stats", json!({}))
         .await;

@@ -261,6 +261,24 @@ impl Stack {
         ));
     }
 
+    /// Applies callback `orders` (`/ens/orders`) with subscription `sent` (EmailSent) and waits
+    /// until both are Ready.
+    pub async fn orders_with_sent(&self) -> (EnsCallback, EnsSubscription) {
+        self.apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
+            .await;
+        self.apply::<EnsSubscription>(
+            "sent",
+            subscription_doc("sent", "orders", &["TransactionalSendEvents.EmailSent"]),
+        )
+        .await;
+        let t = Duration::from_secs(60);
+        let cbs: Api<EnsCallback> = Api::namespaced(self.client.clone(), &self.team.name);
+        let subs: Api<EnsSubscription> = Api::namespaced(self.client.clone(), &self.team.name);
+        let cb = crate::common::wait_for(&cbs, "orders", t, cb_ready).await;
+        let sub = crate::common::wait_for(&subs, "sent", t, sub_ready).await;
+        (cb, sub)
+    }
+
     /// Sets the client secret in the team's credentials Secret (ENS accepts `test-secret`).
     pub async fn set_client_secret(&self, value: &str) {
         Api::<Secret>::namespaced(self.client.clone(), &self.team.name)
