@@ -135,6 +135,27 @@ where
 
 /// What makes a reconcile necessary: spec, annotations, deletion and finalizers — not status,
 /// so the controller's own status writes never trigger another round (no steady-state churn).
+/// A controller for `K` in the watched scope, woken only by meaningful changes (see
+/// [`meaningful`]), with its own cache.
+fn controller_for<K>(client: &Client, ctx: &Context) -> Controller<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(scoped::<K>(client, ctx), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(meaningful, Default::default());
+    Controller::for_stream(stream, reader)
+}
+
 fn meaningful<K: Resource>(obj: &K) -> Option<u64> {
     let m = obj.meta();
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -153,16 +174,7 @@ async fn run_callbacks(
     ctx: Arc<Context>,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(
-        scoped::<EnsCallback>(&client, &ctx),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .applied_objects()
-    .predicate_filter(meaningful, Default::default());
-    let ctrl = Controller::for_stream(stream, reader);
+    let ctrl = controller_for::<EnsCallback>(&client, &ctx);
     let (by_route, by_creds) = (ctrl.store(), ctrl.store());
     // Set once per process: this is the only callback controller.
     let _ = ctx.callbacks.set(ctrl.store());
@@ -232,16 +244,7 @@ async fn run_subscriptions(
     ctx: Arc<Context>,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(
-        scoped::<EnsSubscription>(&client, &ctx),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .applied_objects()
-    .predicate_filter(meaningful, Default::default());
-    let ctrl = Controller::for_stream(stream, reader);
+    let ctrl = controller_for::<EnsSubscription>(&client, &ctx);
     let subs = ctrl.store();
     // A callback becoming verified (or re-created with a new id, or deleted) moves its subscriptions.
     let callbacks = watcher(
