@@ -7,14 +7,16 @@
 //! body. Beside it, in the same run and on the same bodies: the in-process limit (HMAC
 //! verification + a JSON parse, no HTTP, 1 thread and one per core), the receiver's own request
 //! pipeline in-process (signature check + batch parse + CloudEvent ids, no HTTP), and the peer:
-//! a minimal Express receiver (`bench/peer/server.js`) doing the same raw-body HMAC check.
+//! a minimal Express receiver (`bench/peer/server.js`) doing the same raw-body HMAC check. And
+//! the HTTP floor: this harness as a bare hyper server answering 200 without any work, the
+//! ceiling for any HTTP/1.1 receiver on the machine (where per-request costs dominate, batch 1).
 //!
 //! Figures that matter are ratios measured in the same run; the machine is shared and noisy, so
 //! `--full` repeats every measurement in interleaved rounds and reports the median round.
 //!
 //!   cargo bench --bench receiver -- --short|--full [--out DIR] [--batches 1,100,1000]
 //!       [--concurrency 8] [--duration 10s] [--warmup 2s] [--rounds 3]
-//!       [--targets discard,batched,binary,spool,peer] [--sweep 1,4,16,64]
+//!       [--targets discard,batched,binary,spool,peer,floor] [--sweep 1,4,16,64]
 //!   cargo bench --bench receiver -- --replot DIR   # tables and plots again from DIR/receiver.json
 
 mod support;
@@ -77,15 +79,19 @@ enum Target {
     Spool,
     /// `bench/peer/server.js` (Express).
     Peer,
+    /// This harness as a bare hyper server that reads the body and answers 200, no work: what
+    /// HTTP/1.1 alone costs on this machine, the ceiling for any HTTP receiver.
+    Floor,
 }
 
 impl Target {
-    const ALL: [Target; 5] = [
+    const ALL: [Target; 6] = [
         Self::Discard,
         Self::Batched,
         Self::Binary,
         Self::Spool,
         Self::Peer,
+        Self::Floor,
     ];
 
     fn parse(s: &str) -> Self {
@@ -93,7 +99,7 @@ impl Target {
             .into_iter()
             .find(|t| t.key() == s)
             .unwrap_or_else(|| {
-                panic!("unknown target {s:?} (discard, batched, binary, spool, peer)")
+                panic!("unknown target {s:?} (discard, batched, binary, spool, peer, floor)")
             })
     }
 
@@ -104,6 +110,7 @@ impl Target {
             Self::Binary => "binary",
             Self::Spool => "spool",
             Self::Peer => "peer",
+            Self::Floor => "floor",
         }
     }
 
@@ -114,16 +121,17 @@ impl Target {
             Self::Binary => "receiver, HTTP sink (binary, default)",
             Self::Spool => "receiver, fsync'd spool",
             Self::Peer => "Express peer",
+            Self::Floor => "HTTP floor (hyper, no work)",
         }
     }
 
     fn is_receiver(self) -> bool {
-        self != Self::Peer
+        !matches!(self, Self::Peer | Self::Floor)
     }
 
-    /// Its colour in the plots (after the limits' three).
+    /// Its colour in the plots (after the in-process series' four).
     fn colour(self) -> usize {
-        3 + Self::ALL.iter().position(|t| *t == self).unwrap_or(0)
+        4 + Self::ALL.iter().position(|t| *t == self).unwrap_or(0)
     }
 }
 
@@ -167,6 +175,10 @@ struct InProcess {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == FLOOR_FLAG) {
+        floor_server();
+        return;
+    }
     let opts = Opts::parse("receiver");
     if let Some(dir) = opts.get("replot") {
         replot(Path::new(dir));
@@ -249,14 +261,16 @@ fn main() {
                     limit_step,
                 ));
             }
-            limits.push(in_process(
-                round,
-                "pipeline",
-                &bodies,
-                1,
-                in_process_time,
-                pipeline_step,
-            ));
+            for threads in [1, cores] {
+                limits.push(in_process(
+                    round,
+                    "pipeline",
+                    &bodies,
+                    threads,
+                    in_process_time,
+                    pipeline_step,
+                ));
+            }
             for &target in &targets {
                 let mut run = rt.block_on(load(
                     &env,
@@ -542,36 +556,61 @@ impl Sink {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let stats = Arc::new(SinkStats::default());
-        let st = stats.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<HyperBody>| {
-                        let st = st.clone();
-                        async move {
-                            let _ = req.into_body().collect().await?;
-                            st.requests.fetch_add(1, Ordering::Relaxed);
-                            Ok::<_, hyper::Error>(
-                                Response::builder()
-                                    .status(StatusCode::ACCEPTED)
-                                    .body(Full::new(Bytes::new()))
-                                    .expect("response"),
-                            )
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let task = tokio::spawn(serve_bare(
+            listener,
+            StatusCode::ACCEPTED,
+            Some(stats.clone()),
+        ));
         Self { url, stats, task }
     }
+}
+
+/// A bare HTTP/1.1 server: reads each request's body, counts it, answers `status`.
+async fn serve_bare(listener: TcpListener, status: StatusCode, stats: Option<Arc<SinkStats>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let st = stats.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<HyperBody>| {
+                let st = st.clone();
+                async move {
+                    let _ = req.into_body().collect().await?;
+                    if let Some(st) = st {
+                        st.requests.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok::<_, hyper::Error>(
+                        Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::new()))
+                            .expect("response"),
+                    )
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// The flag that makes this harness the [`Target::Floor`] server.
+const FLOOR_FLAG: &str = "--floor-server";
+
+/// [`Target::Floor`]: a bare server on a multi-threaded runtime like the receiver's, printing
+/// its `listening on` line; runs until killed.
+fn floor_server() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        println!("listening on http://{}", listener.local_addr().unwrap());
+        serve_bare(listener, StatusCode::OK, None).await;
+    });
 }
 
 impl Drop for Sink {
@@ -615,6 +654,11 @@ fn peer_command() -> Option<(String, PathBuf)> {
 /// Starts `target`; for the spool, also returns its directory (removed after the run).
 fn start_target(env: &Env, target: Target, log: &Path) -> (Proc, Option<PathBuf>) {
     match target {
+        Target::Floor => {
+            let mut cmd = Command::new(std::env::current_exe().expect("own path"));
+            cmd.arg(FLOOR_FLAG);
+            (Proc::spawn("http floor", cmd, log, true), None)
+        }
         Target::Peer => {
             let (node, modules) = env.peer.as_ref().expect("peer available");
             let mut cmd = Command::new(node);
@@ -1064,6 +1108,11 @@ impl Report<'_> {
                     1,
                     "receiver pipeline: verify + parse + CloudEvent ids",
                 ),
+                (
+                    "pipeline",
+                    self.cores,
+                    "receiver pipeline: verify + parse + CloudEvent ids",
+                ),
             ] {
                 if let Some(l) = self.limit(what, b, threads) {
                     t.row(vec![
@@ -1083,6 +1132,9 @@ impl Report<'_> {
             "batch",
             &format!("events/s ÷ limit ({} threads)", self.cores),
             "limit CPU/event ÷ receiver CPU/event",
+            &format!("events/s ÷ own pipeline ({} threads)", self.cores),
+            "events/s ÷ HTTP floor",
+            "HTTP floor events/s ÷ limit",
             "events/s ÷ Express peer",
             "peer CPU/event ÷ receiver CPU/event",
         ]);
@@ -1094,18 +1146,19 @@ impl Report<'_> {
                 continue;
             };
             let lim1 = self.limit("limit", b, 1);
+            let pipe = self.limit("pipeline", b, self.cores);
             let peer = self.closed(Target::Peer, b);
+            let floor = self.closed(Target::Floor, b);
+            let of = |x: f64, y: f64| format!("{} ({} of {})", ratio(x / y), int(x), int(y));
             t.row(vec![
                 b.to_string(),
-                format!(
-                    "{} ({} of {})",
-                    ratio(rx.events_per_s / lim.events_per_s),
-                    int(rx.events_per_s),
-                    int(lim.events_per_s)
-                ),
+                of(rx.events_per_s, lim.events_per_s),
                 lim1.map_or("—".into(), |l| {
                     ratio(l.cpu_us_per_event / rx.cpu_us_per_event)
                 }),
+                pipe.map_or("—".into(), |p| ratio(rx.events_per_s / p.events_per_s)),
+                floor.map_or("—".into(), |f| ratio(rx.events_per_s / f.events_per_s)),
+                floor.map_or("—".into(), |f| ratio(f.events_per_s / lim.events_per_s)),
                 peer.map_or("—".into(), |p| ratio(rx.events_per_s / p.events_per_s)),
                 peer.map_or("—".into(), |p| {
                     ratio(p.cpu_us_per_event / rx.cpu_us_per_event)
@@ -1190,8 +1243,17 @@ impl Report<'_> {
             ) {
                 let r = rx.events_per_s / lim.events_per_s;
                 let c = lim1.cpu_us_per_event / rx.cpu_us_per_event;
+                let floor = self
+                    .closed(Target::Floor, b)
+                    .map_or(String::new(), |f| {
+                        format!(
+                            "; the HTTP floor alone reaches {:.0}% of the limit, the receiver {:.0}% of the floor",
+                            f.events_per_s / lim.events_per_s * 100.0,
+                            rx.events_per_s / f.events_per_s * 100.0
+                        )
+                    });
                 out.push(format!(
-                    "batch {b}: receiver at {:.0}% of the in-process limit's events/s, {:.0}% of its CPU efficiency (target ≥ 50%): {} / {}",
+                    "batch {b}: receiver at {:.0}% of the in-process limit's events/s, {:.0}% of its CPU efficiency (target ≥ 50%): {} / {}{floor}",
                     r * 100.0,
                     c * 100.0,
                     verdict(r >= 0.5),
@@ -1250,7 +1312,8 @@ impl Report<'_> {
         let colour_of = |what: &str, threads: usize| match (what, threads) {
             ("limit", 1) => 1,
             ("limit", _) => 0,
-            _ => 2,
+            (_, 1) => 2,
+            _ => 3,
         };
         let limit_series = |what: &str, threads: usize, name: String, f: fn(&InProcess) -> f64| {
             Series::new(
@@ -1286,6 +1349,12 @@ impl Report<'_> {
                 "pipeline",
                 1,
                 "receiver pipeline in-process, 1 thread".into(),
+                |l| l.events_per_s,
+            ),
+            limit_series(
+                "pipeline",
+                self.cores,
+                format!("receiver pipeline in-process, {} threads", self.cores),
                 |l| l.events_per_s,
             ),
         ];

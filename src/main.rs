@@ -6,6 +6,11 @@ use ens_operator::{
     crd, telemetry,
 };
 
+/// mimalloc: the receiver allocates per event on every core; glibc malloc's arena locks and
+/// consolidation showed up at ≈ 15 % of its CPU in profiles (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);

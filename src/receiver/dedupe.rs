@@ -2,12 +2,19 @@
 //! (`ens-api.md` §5.2) are dropped (and still acknowledged) instead of forwarded again.
 //!
 //! Best effort: bounded, in memory, per process. Downstream must still dedupe by id.
+//!
+//! Ids are hex SHA-256 digests ([`crate::receiver::event`]); the memory keeps the first 128 bits
+//! of each as a number, so remembering an id allocates nothing and compares 16 bytes, and, the
+//! bits being uniformly random already, hashes them with the cheap Fx hash. A string that does
+//! not start with 32 hex digits is never remembered.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::Mutex;
 
-/// The remembered ids and their eviction order; each id is allocated once, shared by both.
-type Memory = (HashSet<Arc<str>>, VecDeque<Arc<str>>);
+use rustc_hash::FxHashSet as HashSet;
+
+/// The remembered fingerprints and their eviction order.
+type Memory = (HashSet<u128>, VecDeque<u128>);
 
 /// The last `capacity` ids, oldest evicted first.
 pub struct RecentIds {
@@ -15,25 +22,38 @@ pub struct RecentIds {
     inner: Mutex<Memory>,
 }
 
+/// The first 128 bits of a hex digest.
+fn fingerprint(id: &str) -> Option<u128> {
+    let mut bits = [0u8; 16];
+    hex::decode_to_slice(id.as_bytes().get(..32)?, &mut bits).ok()?;
+    Some(u128::from_be_bytes(bits))
+}
+
 impl RecentIds {
     /// Remembers up to `capacity` ids (0 disables the memory).
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            inner: Mutex::new((HashSet::new(), VecDeque::new())),
+            inner: Mutex::new((HashSet::default(), VecDeque::new())),
         }
     }
 
     /// Whether `id` was recorded recently.
     pub fn contains(&self, id: &str) -> bool {
         let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        guard.0.contains(id)
+        fingerprint(id).is_some_and(|f| guard.0.contains(&f))
     }
 
-    /// For each id, whether it was recorded recently (one lock for the whole batch).
-    pub fn contains_each<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<bool> {
+    /// For each id of a batch, whether it is new: neither recorded recently nor earlier in the
+    /// same batch (one lock for the whole batch).
+    pub fn fresh_each<'a>(&self, ids: impl ExactSizeIterator<Item = &'a str>) -> Vec<bool> {
+        let mut in_batch = HashSet::with_capacity_and_hasher(ids.len(), Default::default());
         let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        ids.into_iter().map(|id| guard.0.contains(id)).collect()
+        ids.map(|id| match fingerprint(id) {
+            Some(f) => !guard.0.contains(&f) && in_batch.insert(f),
+            None => true,
+        })
+        .collect()
     }
 
     /// Records ids that were handed off.
@@ -43,11 +63,9 @@ impl RecentIds {
         }
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (set, order) = &mut *guard;
-        for id in ids {
-            if !set.contains(id) {
-                let id: Arc<str> = Arc::from(id);
-                set.insert(id.clone());
-                order.push_back(id);
+        for f in ids.into_iter().filter_map(fingerprint) {
+            if set.insert(f) {
+                order.push_back(f);
             }
             while order.len() > self.capacity {
                 if let Some(old) = order.pop_front() {
@@ -62,17 +80,39 @@ impl RecentIds {
 mod tests {
     use super::*;
 
+    fn id(c: char) -> String {
+        c.to_string().repeat(64)
+    }
+
     #[test]
     fn evicts_oldest_beyond_capacity() {
+        let (a, b, c) = (id('a'), id('b'), id('c'));
         let r = RecentIds::new(2);
-        r.insert_all(["a", "b", "a"]);
-        assert!(r.contains("a") && r.contains("b"));
-        r.insert_all(["c"]);
-        assert!(!r.contains("a"));
-        assert!(r.contains("b") && r.contains("c"));
-        assert_eq!(r.contains_each(["a", "b", "c"]), [false, true, true]);
+        r.insert_all([a.as_str(), &b, &a]);
+        assert!(r.contains(&a) && r.contains(&b));
+        r.insert_all([c.as_str()]);
+        assert!(!r.contains(&a));
+        assert!(r.contains(&b) && r.contains(&c));
         let off = RecentIds::new(0);
-        off.insert_all(["a"]);
-        assert!(!off.contains("a"));
+        off.insert_all([a.as_str()]);
+        assert!(!off.contains(&a));
+    }
+
+    #[test]
+    fn fresh_means_neither_remembered_nor_repeated_in_the_batch() {
+        let (a, b, c) = (id('a'), id('b'), id('c'));
+        let r = RecentIds::new(10);
+        r.insert_all([b.as_str()]);
+        let batch = [a.as_str(), &b, &a, &c, "not-hex", "not-hex"];
+        assert_eq!(
+            r.fresh_each(batch.into_iter()),
+            [true, false, false, true, true, true]
+        );
+        // Only the first 128 bits count.
+        let mut b2 = b.clone();
+        b2.replace_range(40.., &"0".repeat(24));
+        assert!(r.contains(&b2));
+        r.insert_all(["not-hex"]);
+        assert!(!r.contains("not-hex"));
     }
 }

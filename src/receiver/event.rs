@@ -3,16 +3,17 @@
 //!
 //! Pure: no I/O.
 //!
-//! The id is the hex SHA-256 of the event's *canonical* JSON (object keys sorted, no whitespace,
-//! strings and numbers as serde_json writes them), not of its raw bytes: ENS may re-send an event
-//! in another batch or with different formatting, and the canonical form makes those copies share
-//! one id, so the receiver and anyone downstream can drop them. The event itself is forwarded
-//! byte for byte as received.
+//! The id is the hex SHA-256 of the event's canonical JSON ([`crate::receiver::canonical`]), not
+//! of its raw bytes: ENS may re-send an event in another batch or with different formatting, and
+//! the canonical form makes those copies share one id, so the receiver and anyone downstream can
+//! drop them. The event itself is forwarded byte for byte as received.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
+
+pub use crate::receiver::canonical::event_id;
+use crate::receiver::canonical::{Node, Text, write_fields};
 
 /// Prefix of every CloudEvent `type`: `<prefix>.<eventCategoryType>`.
 pub const TYPE_PREFIX: &str = "com.salesforce.marketingcloud.ens";
@@ -56,8 +57,9 @@ pub enum ParseError {
 
 /// Parses a notification batch into CloudEvents for `source`. Unknown fields and event types pass.
 pub fn parse_batch(body: &[u8], source: &str) -> Result<Vec<CloudEvent>, ParseError> {
-    // One pass splits the array into raw elements (borrowed, validated); each element is then
-    // parsed once for its attributes and id, and copied once as the CloudEvent's data.
+    // One validating pass splits the array into raw elements (borrowed); each element is then
+    // parsed once into a borrowed tree for its attributes and canonical id, and copied once as
+    // the CloudEvent's data.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
         return Err(
             match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
@@ -74,110 +76,50 @@ pub fn parse_batch(body: &[u8], source: &str) -> Result<Vec<CloudEvent>, ParseEr
             if !raw.get().starts_with('{') {
                 return Err(ParseError::NotObject(i));
             }
-            let item: Value = serde_json::from_str(raw.get()).map_err(ParseError::Json)?;
-            Ok(to_cloud_event(
-                &item,
-                raw.to_owned(),
-                source,
-                &mut canonical,
-            ))
+            match serde_json::from_str::<Node>(raw.get()).map_err(ParseError::Json)? {
+                Node::Object(fields) => Ok(to_cloud_event(&fields, raw, source, &mut canonical)),
+                _ => Err(ParseError::NotObject(i)),
+            }
         })
         .collect()
 }
 
 fn to_cloud_event(
-    event: &Value,
-    raw: Box<RawValue>,
+    fields: &[(Text<'_>, Node<'_>)],
+    raw: &RawValue,
     source: &str,
     canonical: &mut Vec<u8>,
 ) -> CloudEvent {
+    let field = |key: &str| {
+        fields
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| &fields[i].1)
+    };
     let category = ["eventCategoryType", "EventType"]
         .iter()
-        .find_map(|k| event.get(*k).and_then(Value::as_str))
+        .find_map(|k| match field(k) {
+            Some(Node::String(s)) => Some(s.as_str()),
+            _ => None,
+        })
         .unwrap_or(UNKNOWN_TYPE);
     let time = ["timestampUTC", "TimeStamp"]
         .iter()
-        .find_map(|k| event.get(*k).and_then(epoch_millis))
+        .find_map(|k| field(k).and_then(Node::epoch_millis))
         .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
         .map(|t| t.to_string());
+    canonical.clear();
+    canonical.reserve(raw.get().len());
+    write_fields(fields, canonical);
     CloudEvent {
         specversion: "1.0".to_owned(),
-        id: id_of(event, canonical),
+        id: hex::encode(Sha256::digest(canonical.as_slice())),
         ty: format!("{TYPE_PREFIX}.{category}"),
         source: source.to_owned(),
         time,
         datacontenttype: "application/json".to_owned(),
-        data: raw,
+        data: raw.to_owned(),
     }
-}
-
-/// Epoch milliseconds from a number or a numeric string (families differ, §5.5.4).
-fn epoch_millis(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-/// Hex SHA-256 of the canonical form of `event`.
-pub fn event_id(event: &Value) -> String {
-    id_of(event, &mut Vec::new())
-}
-
-/// [`event_id`], writing the canonical form into `buf` (reused across a batch).
-fn id_of(event: &Value, buf: &mut Vec<u8>) -> String {
-    buf.clear();
-    buf.reserve(512);
-    write_canonical(event, buf);
-    hex(&Sha256::digest(buf.as_slice()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 0xf) as usize] as char);
-    }
-    s
-}
-
-/// Keys sorted bytewise, no whitespace; independent of serde_json's map ordering features.
-/// Strings and numbers are written exactly as serde_json writes them.
-fn write_canonical(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_scalar(k, out);
-                out.push(b':');
-                write_canonical(v, out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        scalar => write_scalar(scalar, out),
-    }
-}
-
-fn write_scalar<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
-    // Writing JSON into a Vec cannot fail for strings, numbers, booleans and null.
-    let _ = serde_json::to_writer(&mut *out, v);
 }
 
 #[cfg(test)]

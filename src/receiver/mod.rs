@@ -4,6 +4,7 @@
 //! Standalone, routes come from `--route`/`--expect-probe`; in a cluster, from route Secrets
 //! (`cluster`). Events go to a CloudEvents sink directly or through the spool (`sink`).
 
+pub mod canonical;
 pub mod cluster;
 pub mod dedupe;
 pub mod event;

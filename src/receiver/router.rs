@@ -194,16 +194,7 @@ async fn accept_batch(
 ) -> Response {
     let total = events.len();
     // Drop events acknowledged recently and repeats within the batch.
-    let recent = app
-        .recent
-        .contains_each(events.iter().map(|e| e.id.as_str()));
-    let mut seen = std::collections::HashSet::with_capacity(total);
-    let keep: Vec<bool> = events
-        .iter()
-        .zip(recent)
-        .map(|(e, recent)| !recent && seen.insert(e.id.as_str()))
-        .collect();
-    drop(seen);
+    let keep = app.recent.fresh_each(events.iter().map(|e| e.id.as_str()));
     let fresh: Vec<CloudEvent> = events
         .into_iter()
         .zip(keep)
@@ -228,7 +219,7 @@ async fn accept_batch(
     app.metrics
         .ack_latency
         .observe(started.elapsed().as_secs_f64());
-    tracing::info!(route = %path, events = fresh.len(), duplicates, "batch accepted");
+    tracing::debug!(route = %path, events = fresh.len(), duplicates, "batch accepted");
     StatusCode::OK.into_response()
 }
 
