@@ -92,6 +92,7 @@ fn step_name(step: &decide::Step) -> &'static str {
 /// Deletes the remote callback (subscriptions first, ENS answers 409 otherwise), then the route.
 /// Never blocks forever: without usable credentials it releases with a Warning naming the id.
 async fn cleanup(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
+    act::forget(ctx, obj);
     let key_secret = observe::key_secret_ref(ctx, obj);
     let mut id = observe::recorded_id(obj);
     if obj.spec.deletion_policy == DeletionPolicy::Retain {
