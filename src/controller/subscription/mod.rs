@@ -70,6 +70,7 @@ async fn apply(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
 /// Deletes the remote subscription (404 = gone); without usable credentials releases with a
 /// Warning naming the id.
 async fn cleanup(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
+    act::forget(ctx, obj);
     let Some(id) = observe::recorded_id(obj) else {
         return Ok(Action::await_change());
     };
