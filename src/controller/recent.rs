@@ -18,6 +18,10 @@
 //!   Kubernetes write (a 409 on the create-pending marker, say) leaves ENS as it was, and the
 //!   entry with it.
 //!
+//! The entry also tells when the watch cache lags our own write of the id ([`Recent::awaits_record`]):
+//! a reconcile that would decide from the older copy waits for the newer one instead of looking
+//! the callback up in ENS again.
+//!
 //! The entries live in memory only: a restarted (or newly elected) controller starts empty and
 //! reads everything, which is what the crash-recovery paths of design §3 rely on.
 
@@ -83,6 +87,19 @@ impl<T: Clone> Recent<T> {
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, e| e.at.elapsed() < self.ttl);
         map.insert(uid.to_owned(), Entry { key, at, value });
+    }
+
+    /// Whether the object `uid`, showing `recorded_id`, is an older copy than our own last write:
+    /// a fresh entry was made for an id this process recorded, and the object does not show it.
+    /// The watch event of that write is on its way; deciding from the older copy would look the
+    /// remote object up again (and record it again) for nothing.
+    pub fn awaits_record(&self, uid: &str, recorded_id: Option<&str>) -> bool {
+        let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(uid).is_some_and(|e| {
+            e.at.elapsed() < self.ttl
+                && e.key.recorded_id.is_some()
+                && e.key.recorded_id.as_deref() != recorded_id
+        })
     }
 
     /// Moves the entry of `uid` from `from` to `to`, keeping its age: for a step that changes
@@ -152,11 +169,21 @@ mod tests {
         r.rekey("u", &key(None), key(Some("id")));
         assert_eq!(r.get("u", &key(Some("id"))), Some(1));
         assert_eq!(r.get("u", &key(None)), None);
+        assert!(
+            r.awaits_record("u", None),
+            "our record of `id` is not in the cache yet"
+        );
+        assert!(!r.awaits_record("u", Some("id")));
         r.forget("u");
         assert_eq!(r.get("u", &key(Some("id"))), None);
+        assert!(!r.awaits_record("u", None));
         let old = Instant::now().checked_sub(MAX_TTL).unwrap();
-        r.put("u", key(None), old, 1);
-        assert_eq!(r.get("u", &key(None)), None, "expired");
+        r.put("u", key(Some("id")), old, 1);
+        assert_eq!(r.get("u", &key(Some("id"))), None, "expired");
+        assert!(
+            !r.awaits_record("u", None),
+            "an expired entry expects nothing"
+        );
     }
 
     #[test]

@@ -35,6 +35,14 @@ pub async fn reconcile(obj: Arc<EnsCallback>, ctx: Arc<Context>) -> Result<Actio
 }
 
 async fn apply(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
+    let recorded = observe::recorded_id(obj);
+    if let Some(uid) = obj.meta().uid.as_deref()
+        && ctx.recent_callbacks.awaits_record(uid, recorded.as_deref())
+    {
+        // The cache has not caught up with the id this process just recorded; the watch event
+        // of that write wakes the next reconcile (or the requeue does, at most a few seconds on).
+        return Ok(Action::requeue(decide::AFTER_STEP));
+    }
     let now = Timestamp::now();
     let outcome = async {
         let (seen, creds) = observe::observe(ctx, obj).await?;
