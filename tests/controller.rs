@@ -65,6 +65,32 @@ async fn callback_and_two_subscriptions_become_ready_and_events_flow() {
         ));
     }
 
+    // The ENS calls of the whole lifecycle (BENCHMARKS.md finding 4), each read once: one list
+    // of the account's callbacks (the only way to find one to adopt, or a create that was not
+    // recorded), the create, the verify and one read confirming it; per subscription one list of
+    // the callback's subscriptions (to find a same-named one) and the create. The steps in
+    // between decide from what ENS answered a moment ago.
+    let calls = stack.calls().await;
+    for (route, want) in [
+        ("GET /platform/v1/ens-callbacks", 1),
+        ("POST /platform/v1/ens-callbacks", 1),
+        ("POST /platform/v1/ens-verify", 1),
+        ("GET /platform/v1/ens-callbacks/{id}", 1),
+        ("GET /platform/v1/ens-subscriptions-by-cb/{id}", 2),
+        ("POST /platform/v1/ens-subscriptions", 2),
+        ("GET /platform/v1/ens-subscriptions/{id}", 0),
+    ] {
+        assert_eq!(count(&calls, route), want, "{route}: {calls}");
+    }
+    let management: u64 = calls
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(route, _)| !route.contains("/v2/token"))
+        .map(|(_, n)| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(management, 8, "ENS calls per lifecycle: {calls}");
+
     // ENS (the emulator) holds exactly one verified callback with two active subscriptions.
     let remote = stack.remote_callbacks().await;
     assert_eq!(remote.len(), 1, "{remote:#?}");

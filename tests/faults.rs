@@ -133,7 +133,8 @@ async fn converged(stack: &Stack) -> Value {
     stack.calls().await
 }
 
-/// Bounded ENS calls: `creates` callback creates, and few calls in all.
+/// Bounded ENS calls: `creates` callback creates, and few calls in all (no more than twice an
+/// undisturbed lifecycle).
 fn bounded(calls: &Value, creates: u64) {
     assert_eq!(count(calls, CREATE), creates, "callback creates: {calls}");
     let total: u64 = calls
@@ -143,7 +144,9 @@ fn bounded(calls: &Value, creates: u64) {
         .filter(|(r, _)| !r.contains("/v2/token"))
         .map(|(_, n)| n.as_u64().unwrap())
         .sum();
-    assert!(total <= 30, "{total} ENS calls: {calls}");
+    // An undisturbed lifecycle costs 8 (tests/controller.rs); recovering from a fault adds the
+    // reads it needs (a list after an ambiguous create, a read after a restart) and a few retries.
+    assert!(total <= 16, "{total} ENS calls: {calls}");
 }
 
 /// The controller aborts at `point` during the first lifecycle; a fresh one finishes it.

@@ -19,7 +19,10 @@ use kube::{
 
 use crate::{
     api::{EnsCallback, conditions::Reason},
-    controller::{args::ControllerArgs, callback::decide::Settings, metrics::Metrics},
+    controller::{
+        args::ControllerArgs, callback, callback::decide::Settings, metrics::Metrics,
+        recent::Recent, subscription,
+    },
     ens::{Credentials, EnsClient},
 };
 
@@ -39,6 +42,10 @@ pub struct Context {
     pub metrics: Metrics,
     /// Every watched EnsCallback (the controller's cache), to find who claimed a URL first.
     pub callbacks: OnceLock<Store<EnsCallback>>,
+    /// What ENS answered a moment ago about each callback (read again after a few seconds).
+    pub recent_callbacks: Recent<callback::decide::Remote>,
+    /// What ENS answered a moment ago about each subscription.
+    pub recent_subscriptions: Recent<subscription::decide::Remote>,
     recorder: Recorder,
     limiter: DefaultKeyedRateLimiter<String>,
     backoff: Mutex<HashMap<String, u32>>,
@@ -59,6 +66,7 @@ impl Context {
             drift_interval: args.drift_interval,
             key_overlap: args.key_overlap,
         };
+        let drift = args.drift_interval;
         let rate = NonZeroU32::new(args.ens_rate).unwrap_or(NonZeroU32::MIN);
         crate::ens::client::install_crypto_provider();
         let reporter = Reporter {
@@ -77,6 +85,8 @@ impl Context {
             settings,
             metrics,
             callbacks: OnceLock::new(),
+            recent_callbacks: Recent::new(drift),
+            recent_subscriptions: Recent::new(drift),
             limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(rate)),
             backoff: Mutex::new(HashMap::new()),
         })

@@ -10,6 +10,7 @@ pub mod error;
 pub mod keys;
 pub mod metrics;
 pub mod names;
+pub mod recent;
 pub mod reconciler;
 pub mod status;
 pub mod subscription;

@@ -2,6 +2,8 @@
 //! remote mutation. The signature key goes from the ENS response straight into the key Secret,
 //! before the callback id is recorded on the object (design §3 step 3).
 
+use std::time::Instant;
+
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
@@ -9,7 +11,10 @@ use kube::{
 };
 use serde_json::json;
 
-use super::decide::{Observed, Step};
+use super::{
+    decide::{Observed, Remote, Step},
+    observe,
+};
 use crate::{
     api::{
         EnsCallback,
@@ -23,7 +28,7 @@ use crate::{
         keys::KeyData,
         metrics::DriftLabels,
     },
-    ens::{Created, Credentials, EnsError},
+    ens::{Callback, Created, CreatedCallback, Credentials, EnsError, NewCallback},
 };
 
 /// Runs one step.
@@ -39,6 +44,20 @@ pub async fn act(
             Error::ens("using the credentials")(EnsError::Setup("no credentials".into()))
         })
     };
+    // What ENS said about the object stays true across steps that do not touch ENS; any other
+    // step makes the next reconcile read ENS, unless the step's own answer says it all (below).
+    match &step {
+        Step::WriteKeySecret(_)
+        | Step::MarkCreatePending
+        | Step::DiscardProbe
+        | Step::Record(_) => {}
+        Step::Create(_)
+        | Step::ForgetRemote
+        | Step::RegenerateKey { .. }
+        | Step::Verify { .. }
+        | Step::DeleteRemote { .. }
+        | Step::Update(_) => forget(ctx, obj),
+    }
     match step {
         Step::WriteKeySecret(data) => write_keys(ctx, seen, &data).await?,
         Step::MarkCreatePending => {
@@ -56,11 +75,13 @@ pub async fn act(
             let c = creds()?;
             ctx.ens_permit(c).await;
             crash::reached(Point::BeforeCreatePost);
+            let sent = Instant::now();
             let res = ctx.ens.create_callback(c, &new).await;
             match res {
                 Ok(Created::New(created)) => {
                     crash::reached(Point::AfterCreatePost);
                     let id = created.callback_id.clone();
+                    let answer = created_as_asked(&created, &new);
                     let mut keys = seen.keys.clone().unwrap_or_default();
                     keys.key_callback_id = Some(id.clone());
                     keys.signature_key = Some(created.signature_key);
@@ -69,6 +90,11 @@ pub async fn act(
                     write_keys(ctx, seen, &keys).await?;
                     crash::reached(Point::AfterKeyWrite);
                     record(ctx, obj, Some(&id)).await?;
+                    // The 201 is the whole outcome: the next reconcile (woken by the record)
+                    // need not read the callback back.
+                    if let Some(cb) = answer {
+                        remember(ctx, obj, c, sent, cb);
+                    }
                     ctx.event(
                         obj,
                         false,
@@ -118,6 +144,14 @@ pub async fn act(
         Step::Record(cb) => {
             let adopted = !seen.create_pending;
             record(ctx, obj, Some(&cb.callback_id)).await?;
+            // Only the object changed: what ENS showed still holds, now under the recorded id.
+            if let Ok(c) = creds() {
+                let from = observe::recent_key(obj, seen.recorded_id.as_deref(), c);
+                let to = observe::recent_key(obj, Some(&cb.callback_id), c);
+                if let (Some((uid, from)), Some((_, to))) = (from, to) {
+                    ctx.recent_callbacks.rekey(&uid, &from, to);
+                }
+            }
             let (reason, note) = if adopted {
                 (
                     Reason::Adopted,
@@ -278,6 +312,42 @@ pub async fn act(
         }
     }
     Ok(())
+}
+
+/// Forgets what ENS said about `obj`: the next reconcile reads ENS.
+pub fn forget(ctx: &Context, obj: &EnsCallback) {
+    if let Some(uid) = obj.meta().uid.as_deref() {
+        ctx.recent_callbacks.forget(uid);
+    }
+}
+
+/// Remembers `cb` as what ENS holds for `obj` once its id is recorded (`at`: when it was so).
+fn remember(ctx: &Context, obj: &EnsCallback, c: &Credentials, at: Instant, cb: Callback) {
+    if let Some((uid, key)) = observe::recent_key(obj, Some(&cb.callback_id), c) {
+        ctx.recent_callbacks.put(&uid, key, at, Remote::Found(cb));
+    }
+}
+
+/// ENS reports a new callback unverified until `ens-verify` (`ens-api.md` §3.1); `decide`
+/// only tells `verified` (and `expired`) from anything else.
+const JUST_CREATED: &str = "unverified";
+
+/// The callback as a 201 describes it, if the answer echoes what was asked (URL, name, batch
+/// size); otherwise `None`, and the callback is read back.
+fn created_as_asked(created: &CreatedCallback, asked: &NewCallback) -> Option<Callback> {
+    let batch = |b: Option<i32>| b.unwrap_or(1000);
+    (!created.callback_id.is_empty()
+        && created.url == asked.url
+        && created.callback_name == asked.callback_name
+        && batch(created.max_batch_size) == batch(asked.max_batch_size))
+    .then(|| Callback {
+        callback_id: created.callback_id.clone(),
+        callback_name: created.callback_name.clone(),
+        url: created.url.clone(),
+        max_batch_size: Some(batch(created.max_batch_size)),
+        status: JUST_CREATED.to_owned(),
+        status_reason: None,
+    })
 }
 
 /// Server-side applies the key Secret.

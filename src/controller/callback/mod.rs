@@ -35,6 +35,14 @@ pub async fn reconcile(obj: Arc<EnsCallback>, ctx: Arc<Context>) -> Result<Actio
 }
 
 async fn apply(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
+    let recorded = observe::recorded_id(obj);
+    if let Some(uid) = obj.meta().uid.as_deref()
+        && ctx.recent_callbacks.awaits_record(uid, recorded.as_deref())
+    {
+        // The cache has not caught up with the id this process just recorded; the watch event
+        // of that write wakes the next reconcile (or the requeue does, at most a few seconds on).
+        return Ok(Action::requeue(decide::AFTER_STEP));
+    }
     let now = Timestamp::now();
     let outcome = async {
         let (seen, creds) = observe::observe(ctx, obj).await?;
@@ -92,6 +100,7 @@ fn step_name(step: &decide::Step) -> &'static str {
 /// Deletes the remote callback (subscriptions first, ENS answers 409 otherwise), then the route.
 /// Never blocks forever: without usable credentials it releases with a Warning naming the id.
 async fn cleanup(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
+    act::forget(ctx, obj);
     let key_secret = observe::key_secret_ref(ctx, obj);
     let mut id = observe::recorded_id(obj);
     if obj.spec.deletion_policy == DeletionPolicy::Retain {

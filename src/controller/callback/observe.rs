@@ -1,6 +1,9 @@
 //! Reads everything a callback decision needs, once: the credentials, the key Secret (the
 //! receiver's route for managed callbacks), the verification hand-off, the receiver's route check
-//! and the callback in ENS (by recorded id, else matched by URL).
+//! and the callback in ENS (by recorded id, else matched by URL) — unless ENS answered about it a
+//! moment ago (see `controller::recent`).
+
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Resource, ResourceExt};
@@ -18,6 +21,7 @@ use crate::{
         error::Error,
         keys::{KeyData, KeySecretRef, Probe},
         names,
+        recent::Key,
     },
     ens::Credentials,
 };
@@ -110,30 +114,20 @@ pub async fn observe(
         Err(_) => Remote::Unknown,
         // Not ours to look at: the decision stalls without touching ENS.
         Ok(_) if url_claimed_by.is_some() => Remote::Unknown,
-        Ok(c) => {
-            ctx.ens_permit(c).await;
-            match &recorded {
-                Some(id) => match ctx
-                    .ens
-                    .get_callback(c, id)
-                    .await
-                    .map_err(Error::ens("reading the callback"))?
-                {
-                    Some(cb) => Remote::Found(cb),
-                    None => Remote::Gone,
-                },
-                None => {
-                    let all = ctx
-                        .ens
-                        .list_callbacks(c)
-                        .await
-                        .map_err(Error::ens("listing callbacks"))?;
-                    all.into_iter()
-                        .find(|cb| cb.url == obj.spec.url)
-                        .map_or(Remote::Absent, Remote::Found)
+        Ok(c) => match recent_key(obj, recorded.as_deref(), c) {
+            Some((uid, key)) => match ctx.recent_callbacks.get(&uid, &key) {
+                Some(remote) => {
+                    tracing::debug!(callback = %obj.name_any(), "ENS answered a moment ago; not reading it again");
+                    remote
                 }
-            }
-        }
+                None => {
+                    let (at, remote) = read_remote(ctx, obj, c, recorded.as_deref()).await?;
+                    ctx.recent_callbacks.put(&uid, key, at, remote.clone());
+                    remote
+                }
+            },
+            None => read_remote(ctx, obj, c, recorded.as_deref()).await?.1,
+        },
     };
     let receiver_serving = match (&obj.spec.receiver, &ctx.args.receiver_url, &keys) {
         (ReceiverMode::Managed, Some(base), Some(k))
@@ -161,6 +155,68 @@ pub async fn observe(
         remote,
     };
     Ok((seen, creds.ok()))
+}
+
+/// Reads the callback in ENS: by the recorded id, else the account's list matched by URL (the
+/// only way to find a callback whose create was not recorded, or one to adopt). Returns when the
+/// request was sent, with the answer.
+async fn read_remote(
+    ctx: &Context,
+    obj: &EnsCallback,
+    c: &Credentials,
+    recorded: Option<&str>,
+) -> Result<(Instant, Remote), Error> {
+    ctx.ens_permit(c).await;
+    let at = Instant::now();
+    let remote = match recorded {
+        Some(id) => match ctx
+            .ens
+            .get_callback(c, id)
+            .await
+            .map_err(Error::ens("reading the callback"))?
+        {
+            Some(cb) => Remote::Found(cb),
+            None => Remote::Gone,
+        },
+        None => {
+            let all = ctx
+                .ens
+                .list_callbacks(c)
+                .await
+                .map_err(Error::ens("listing callbacks"))?;
+            all.into_iter()
+                .find(|cb| cb.url == obj.spec.url)
+                .map_or(Remote::Absent, Remote::Found)
+        }
+    };
+    Ok((at, remote))
+}
+
+/// The object's uid and the [`Key`] under which a recent ENS answer about it applies, given the
+/// callback id recorded on it (`None` for objects without a uid, which never reuse answers).
+pub fn recent_key(
+    obj: &EnsCallback,
+    recorded_id: Option<&str>,
+    c: &Credentials,
+) -> Option<(String, Key)> {
+    let uid = obj.meta().uid.clone()?;
+    let key = Key {
+        generation: obj.meta().generation,
+        recorded_id: recorded_id.map(str::to_owned),
+        tenant: tenant(c),
+        parent: String::new(),
+    };
+    Some((uid, key))
+}
+
+/// Whose ENS account the credentials reach.
+pub fn tenant(c: &Credentials) -> String {
+    format!(
+        "{} {} {}",
+        c.auth_base_url,
+        c.client_id,
+        c.account_id.as_deref().unwrap_or("")
+    )
 }
 
 /// Asks the receiver whether it serves `path` (a JSON list of the paths it serves).

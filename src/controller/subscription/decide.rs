@@ -85,7 +85,8 @@ pub struct Plan {
     pub requeue: Duration,
 }
 
-const AFTER_STEP: Duration = Duration::from_millis(200);
+/// How soon to look again after a mutating step.
+pub const AFTER_STEP: Duration = Duration::from_millis(200);
 const WAIT_CALLBACK: Duration = Duration::from_secs(30);
 const STALLED_RECHECK: Duration = Duration::from_secs(300);
 

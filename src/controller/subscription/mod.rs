@@ -36,6 +36,16 @@ pub async fn reconcile(
 }
 
 async fn apply(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
+    let recorded = observe::recorded_id(obj);
+    if let Some(uid) = obj.meta().uid.as_deref()
+        && ctx
+            .recent_subscriptions
+            .awaits_record(uid, recorded.as_deref())
+    {
+        // The cache has not caught up with the id this process just recorded; the watch event
+        // of that write wakes the next reconcile (or the requeue does, at most a few seconds on).
+        return Ok(Action::requeue(decide::AFTER_STEP));
+    }
     let now = Timestamp::now();
     let outcome = async {
         let (seen, creds) = observe::observe(ctx, obj).await?;
@@ -70,6 +80,7 @@ async fn apply(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
 /// Deletes the remote subscription (404 = gone); without usable credentials releases with a
 /// Warning naming the id.
 async fn cleanup(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
+    act::forget(ctx, obj);
     let Some(id) = observe::recorded_id(obj) else {
         return Ok(Action::await_change());
     };

@@ -1,5 +1,8 @@
 //! Reads what a subscription decision needs: its EnsCallback, the credentials (the callback's),
-//! and the subscription in ENS (by recorded id, else by name on the callback).
+//! and the subscription in ENS (by recorded id, else by name on the callback) — unless ENS
+//! answered about it a moment ago (see `controller::recent`).
+
+use std::time::Instant;
 
 use kube::{Api, Resource, ResourceExt};
 
@@ -15,6 +18,7 @@ use crate::{
         context::Context,
         credentials::{self, CredentialsError, CredentialsRef},
         error::Error,
+        recent::Key,
     },
     ens::Credentials,
 };
@@ -93,29 +97,78 @@ pub async fn observe(
         remote: Remote::Unknown,
     };
     if let (CallbackView::Verified(cb_id), Ok(c)) = (&seen.callback, &creds) {
-        ctx.ens_permit(c).await;
-        seen.remote = match &recorded {
-            Some(id) => match ctx
-                .ens
-                .get_subscription(c, id)
-                .await
-                .map_err(Error::ens("reading the subscription"))?
-            {
-                Some(s) if &s.callback_id == cb_id => Remote::Found(s),
-                _ => Remote::Gone,
+        let name = subscription_name(&seen, &ctx.settings.cluster_name);
+        seen.remote = match recent_key(obj, recorded.as_deref(), cb_id, c) {
+            Some((uid, key)) => match ctx.recent_subscriptions.get(&uid, &key) {
+                Some(remote) => {
+                    tracing::debug!(subscription = %obj.name_any(), "ENS answered a moment ago; not reading it again");
+                    remote
+                }
+                None => {
+                    let (at, remote) =
+                        read_remote(ctx, c, cb_id, recorded.as_deref(), &name).await?;
+                    ctx.recent_subscriptions.put(&uid, key, at, remote.clone());
+                    remote
+                }
             },
             None => {
-                let name = subscription_name(&seen, &ctx.settings.cluster_name);
-                let all = ctx
-                    .ens
-                    .list_subscriptions(c, cb_id)
-                    .await
-                    .map_err(Error::ens("listing the callback's subscriptions"))?;
-                all.into_iter()
-                    .find(|s| s.subscription_name == name)
-                    .map_or(Remote::Absent, Remote::Found)
+                read_remote(ctx, c, cb_id, recorded.as_deref(), &name)
+                    .await?
+                    .1
             }
         };
     }
     Ok((seen, creds.ok()))
+}
+
+/// Reads the subscription in ENS: one `GET` by the recorded id, else one list of the callback's
+/// subscriptions matched by name (the only way to find one whose create was not recorded, or a
+/// same-named one to adopt). Returns when the request was sent, with the answer.
+async fn read_remote(
+    ctx: &Context,
+    c: &Credentials,
+    callback_id: &str,
+    recorded: Option<&str>,
+    name: &str,
+) -> Result<(Instant, Remote), Error> {
+    ctx.ens_permit(c).await;
+    let at = Instant::now();
+    let remote = match recorded {
+        Some(id) => match ctx
+            .ens
+            .get_subscription(c, id)
+            .await
+            .map_err(Error::ens("reading the subscription"))?
+        {
+            Some(s) if s.callback_id == callback_id => Remote::Found(s),
+            _ => Remote::Gone,
+        },
+        None => ctx
+            .ens
+            .list_subscriptions(c, callback_id)
+            .await
+            .map_err(Error::ens("listing the callback's subscriptions"))?
+            .into_iter()
+            .find(|s| s.subscription_name == name)
+            .map_or(Remote::Absent, Remote::Found),
+    };
+    Ok((at, remote))
+}
+
+/// The object's uid and the [`Key`] under which a recent ENS answer about it applies, given the
+/// subscription id recorded on it and the callback it belongs to.
+pub fn recent_key(
+    obj: &EnsSubscription,
+    recorded_id: Option<&str>,
+    callback_id: &str,
+    c: &Credentials,
+) -> Option<(String, Key)> {
+    let uid = obj.meta().uid.clone()?;
+    let key = Key {
+        generation: obj.meta().generation,
+        recorded_id: recorded_id.map(str::to_owned),
+        tenant: callback_observe::tenant(c),
+        parent: callback_id.to_owned(),
+    };
+    Some((uid, key))
 }
