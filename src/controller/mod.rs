@@ -14,6 +14,7 @@ pub mod recent;
 pub mod reconciler;
 pub mod status;
 pub mod subscription;
+pub mod watch;
 
 use std::{
     hash::{Hash, Hasher},
@@ -24,6 +25,7 @@ use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
+    core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt, reflector,
         reflector::{ObjectRef, Store},
@@ -149,8 +151,7 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(scoped::<K>(client, ctx), watcher::Config::default())
-        .default_backoff()
+    let stream = watch::watch(scoped::<K>(client, ctx), watcher::Config::default())
         .reflect(writer)
         .applied_objects()
         .predicate_filter(meaningful, Default::default());
@@ -182,36 +183,44 @@ async fn run_callbacks(
     let default_creds = ctx.args.default_credentials.clone();
     let receiver_ns = ctx.args.receiver_namespace.clone();
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    ctrl.owns(Api::<Secret>::all(client.clone()), managed.clone())
-        // Route Secrets and the receiver's probe hand-offs live in the receiver's namespace.
-        .watches(
+    ctrl.owns_stream(
+        watch::watch(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            managed.clone(),
+        )
+        .touched_objects(),
+    )
+    // Route Secrets and the receiver's probe hand-offs live in the receiver's namespace.
+    .watches_stream(
+        watch::watch(
             Api::<Secret>::namespaced(client.clone(), &receiver_ns),
             managed,
-            move |s: Secret| route_owner(&by_route, &s),
         )
-        // Credentials rotation re-reconciles every callback using the Secret (metadata only).
-        .watches_stream(
-            watcher(
-                Api::<kube::core::PartialObjectMeta<Secret>>::all(client),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .touched_objects(),
-            move |s| {
-                let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
-                by_creds
-                    .state()
-                    .into_iter()
-                    .filter(|cb| uses_credentials(default_creds.as_deref(), cb, &ns, &name))
-                    .map(|cb| ObjectRef::from_obj(&*cb))
-                    .collect::<Vec<_>>()
-            },
+        .touched_objects(),
+        move |s: Secret| route_owner(&by_route, &s),
+    )
+    // Credentials rotation re-reconciles every callback using the Secret (metadata only).
+    .watches_stream(
+        watch::watch(
+            Api::<PartialObjectMeta<Secret>>::all(client),
+            watcher::Config::default(),
         )
-        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
-        .graceful_shutdown_on(stop)
-        .run(callback::reconcile, reconciler::error_policy, ctx)
-        .for_each(|_| future::ready(()))
-        .await;
+        .touched_objects(),
+        move |s| {
+            let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
+            by_creds
+                .state()
+                .into_iter()
+                .filter(|cb| uses_credentials(default_creds.as_deref(), cb, &ns, &name))
+                .map(|cb| ObjectRef::from_obj(&*cb))
+                .collect::<Vec<_>>()
+        },
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
+    .graceful_shutdown_on(stop)
+    .run(callback::reconcile, reconciler::error_policy, ctx)
+    .for_each(|_| future::ready(()))
+    .await;
 }
 
 /// Whether `cb` reads the credentials Secret `ns/name`.
@@ -248,11 +257,10 @@ async fn run_subscriptions(
     let ctrl = controller_for::<EnsSubscription>(&client, &ctx);
     let subs = ctrl.store();
     // A callback becoming verified (or re-created with a new id, or deleted) moves its subscriptions.
-    let callbacks = watcher(
+    let callbacks = watch::watch(
         scoped::<EnsCallback>(&client, &ctx),
         watcher::Config::default(),
     )
-    .default_backoff()
     .touched_objects()
     .predicate_filter(
         |cb: &EnsCallback| {
