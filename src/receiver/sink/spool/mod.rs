@@ -1,7 +1,7 @@
 //! The durable spool (design §4): accepted batches are appended to segment files and fsync'd
 //! before ENS gets its 200; a forwarder drains them to the HTTP sink with retries.
 //!
-//! Layout of `--spool-dir`: `<seq>.seg` segment files (see [`super::segment`]) and `offset`,
+//! Layout of `--spool-dir`: `<seq>.seg` segment files (see [`segment`]) and `offset`,
 //! the position (`<seq> <byte>`) of the first record not yet delivered, replaced atomically
 //! (write, fsync, rename, fsync dir) after every delivery. After a restart delivery resumes at
 //! that position: acknowledged records are never lost, delivered ones are not sent again, except
@@ -10,6 +10,8 @@
 //! segments; they fail their checksum and are skipped, never delivered. Fully drained segments
 //! are deleted. The bound (`--spool-max-bytes`) is on segment bytes on disk; an append that
 //! would pass it fails with [`SpoolError::Full`] (the request gets 503). One process per dir.
+
+mod segment;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -20,10 +22,10 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use super::cloudevents::HttpSink;
-use super::segment::{self, Read};
+use self::segment::Read;
 use crate::receiver::event::CloudEvent;
 use crate::receiver::metrics::Metrics;
+use crate::receiver::sink::cloudevents::{self, HttpSink};
 
 const OFFSET_FILE: &str = "offset";
 const OFFSET_TMP: &str = "offset.tmp";
@@ -167,7 +169,7 @@ impl Spool {
 
     /// Appends one batch and fsyncs it. Returns once it is durable.
     pub async fn append(&self, events: &[CloudEvent]) -> Result<(), SpoolError> {
-        let payload = super::cloudevents::encode_batch(events).map_err(SpoolError::Encode)?;
+        let payload = cloudevents::encode_batch(events).map_err(SpoolError::Encode)?;
         let inner = self.0.clone();
         tokio::task::spawn_blocking(move || inner.append(&payload))
             .await
