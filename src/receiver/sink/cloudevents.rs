@@ -6,12 +6,13 @@
 //! delivery may have reached the sink for some events; the retry re-sends them with the same
 //! `ce-id`, so the sink can drop the copies.
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{StreamExt, stream};
 use reqwest::header::CONTENT_TYPE;
+use serde::Serialize;
 
 use crate::receiver::event::CloudEvent;
 
@@ -78,26 +79,50 @@ impl HttpSink {
 
     /// Delivers all `events`; `Ok` only if the sink took every one.
     pub async fn deliver(&self, events: &[CloudEvent]) -> Result<(), SinkError> {
-        if events.is_empty() {
+        self.deliver_remaining(events, &mut vec![false; events.len()])
+            .await
+    }
+
+    /// Delivers the `events` not marked in `delivered`, marking each one the sink took; `Ok`
+    /// once all are marked. Retrying with the same marks re-sends only what is not known to
+    /// have arrived (binary mode; a batched request is all or nothing). Stops at the first
+    /// failure, so a sink that is down costs one timeout, not one per event.
+    pub async fn deliver_remaining(
+        &self,
+        events: &[CloudEvent],
+        delivered: &mut [bool],
+    ) -> Result<(), SinkError> {
+        let pending: Vec<usize> = (0..events.len()).filter(|&i| !delivered[i]).collect();
+        if pending.is_empty() {
             return Ok(());
         }
         match self.mode {
             SinkMode::Batched => {
-                let body = encode_batch(events).map_err(SinkError::Encode)?;
+                let batch: Vec<&CloudEvent> = pending.iter().map(|&i| &events[i]).collect();
+                let body = encode_batch(&batch).map_err(SinkError::Encode)?;
                 let req = self
                     .client
                     .post(&self.url)
                     .header(CONTENT_TYPE, BATCH_CONTENT_TYPE)
                     .body(body);
-                send(req).await
+                send(req).await?;
+                for i in pending {
+                    delivered[i] = true;
+                }
+                Ok(())
             }
             SinkMode::Binary => {
-                let requests: Vec<_> = events.iter().map(|e| self.binary(e)).collect();
-                stream::iter(requests)
-                    .map(send)
-                    .buffer_unordered(BINARY_CONCURRENCY)
-                    .try_collect::<Vec<()>>()
-                    .await?;
+                let requests: Vec<_> = pending
+                    .into_iter()
+                    .map(|i| (i, self.binary(&events[i])))
+                    .collect();
+                let mut sent = stream::iter(requests)
+                    .map(|(i, req)| async move { (i, send(req).await) })
+                    .buffer_unordered(BINARY_CONCURRENCY);
+                while let Some((i, result)) = sent.next().await {
+                    result?;
+                    delivered[i] = true;
+                }
                 Ok(())
             }
         }
@@ -140,10 +165,16 @@ fn header_value(v: &str) -> Cow<'_, str> {
 }
 
 /// The events as one JSON array, in a buffer sized up front (batches reach megabytes).
-pub fn encode_batch(events: &[CloudEvent]) -> Result<Vec<u8>, serde_json::Error> {
+/// Takes events or references to them.
+pub fn encode_batch<E: Borrow<CloudEvent> + Serialize>(
+    events: &[E],
+) -> Result<Vec<u8>, serde_json::Error> {
     let estimate: usize = events
         .iter()
-        .map(|e| e.data.get().len() + e.ty.len() + e.source.len() + 192)
+        .map(|e| {
+            let e = e.borrow();
+            e.data.get().len() + e.ty.len() + e.source.len() + 192
+        })
         .sum();
     let mut out = Vec::with_capacity(estimate + 2);
     serde_json::to_writer(&mut out, events)?;

@@ -1,37 +1,46 @@
 //! The durable spool (design §4): accepted batches are appended to segment files and fsync'd
-//! before ENS gets its 200; a forwarder drains them to the HTTP sink with retries.
+//! before ENS gets its 200; a forwarder ([`forward`]) drains them to the HTTP sink.
 //!
-//! Layout of `--spool-dir`: `<seq>.seg` segment files (see [`segment`]) and `offset`,
-//! the position (`<seq> <byte>`) of the first record not yet delivered, replaced atomically
-//! (write, fsync, rename, fsync dir) after every delivery. After a restart delivery resumes at
-//! that position: acknowledged records are never lost, delivered ones are not sent again, except
-//! the one record in flight at the crash (its CloudEvent ids let the sink drop the copy).
-//! A restart never appends to an old segment, so torn tails exist only at the end of old
-//! segments; they fail their checksum and are skipped, never delivered. Fully drained segments
-//! are deleted. The bound (`--spool-max-bytes`) is on segment bytes on disk; an append that
-//! would pass it fails with [`SpoolError::Full`] (the request gets 503). One process per dir.
+//! Appends commit in groups: an appender writes its frame under the state lock, then waits until
+//! the frame is durable. One waiter at a time (the leader) runs `fdatasync` with the lock
+//! released, and that one call covers every frame written before it, so concurrent appends share
+//! fsyncs and neither other appenders nor the forwarder wait behind a disk flush. An append
+//! returns (and the batch gets its 200) only once a sync that started after its write succeeded.
+//! The durable length of the open segment is its `readable` watermark: the forwarder never reads
+//! past it, so it never delivers a record whose append could still fail.
+//!
+//! Layout of `--spool-dir`: `<seq>.seg` segment files (see [`segment`]) and `offset`, the
+//! position of the first record not yet delivered (see [`cursor`]), committed once per delivered
+//! group. After a restart delivery resumes there: acknowledged records are never lost, and
+//! delivered ones are not sent again, except the group in flight at the crash (its CloudEvent ids
+//! let the sink drop the copies). A restart never appends to an old segment, so torn tails exist
+//! only at the end of old segments; they fail their checksum and are skipped, never delivered.
+//! Drained segments are deleted; the open one once it is full. The bound (`--spool-max-bytes`)
+//! is on segment bytes on disk, delivered records of the open segment included (a quarter of
+//! the bound at most, the size at which segments roll); an append that would pass it fails with
+//! [`SpoolError::Full`] (the request gets 503). One process per directory.
 
+mod cursor;
+mod forward;
 mod segment;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, watch};
 
-use self::segment::Read;
+use self::cursor::{Cursor, Pos};
+use self::segment::{Read, Reader};
 use crate::receiver::event::CloudEvent;
 use crate::receiver::metrics::Metrics;
 use crate::receiver::sink::cloudevents::{self, HttpSink};
 
-const OFFSET_FILE: &str = "offset";
-const OFFSET_TMP: &str = "offset.tmp";
 const LOCK_FILE: &str = "lock";
-/// First and largest pause between delivery attempts of one record.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// Segments roll at a quarter of the bound, and at this size at most.
+const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Why the spool refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +60,9 @@ pub enum SpoolError {
         #[source]
         source: io::Error,
     },
+    /// A write or fsync shared with this append failed, so its record may not be on disk.
+    #[error("spool segment {0} could not be made durable")]
+    NotDurable(PathBuf),
     /// The events could not be encoded.
     #[error("cannot encode events: {0}")]
     Encode(#[source] serde_json::Error),
@@ -66,29 +78,93 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     }
 }
 
-/// A position in the spool: segment and byte offset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Pos {
+/// One segment file.
+struct Seg {
+    /// Bytes on disk (what the bound counts).
+    bytes: u64,
+    /// Bytes the forwarder may read: whole frames known to be durable.
+    readable: u64,
+}
+
+/// The segment being appended to.
+struct Writer {
     seq: u64,
-    at: u64,
+    file: Arc<File>,
+    /// End of the last whole frame written.
+    written: u64,
+    /// Frames written, and how many of them are durable (counted in the depth gauges).
+    records: u64,
+    synced_records: u64,
 }
 
 struct State {
-    /// Segment → bytes durably written (for the open segment: up to the last fsync).
-    segments: BTreeMap<u64, u64>,
-    /// The segment being appended to.
-    writer: Option<(u64, File)>,
+    segments: BTreeMap<u64, Seg>,
+    writer: Option<Writer>,
     next_seq: u64,
-    /// First record not yet delivered.
+    /// First record not yet delivered (as committed to the cursor).
     read: Pos,
+    /// A leader is syncing the open segment, without the lock.
+    syncing: bool,
+    /// Segments whose unsynced tail was lost to a failed write or fsync: appends waiting for it
+    /// fail rather than be acknowledged.
+    lost: BTreeSet<u64>,
     depth_records: i64,
     depth_bytes: i64,
 }
 
 impl State {
     fn disk_bytes(&self) -> u64 {
-        self.segments.values().sum()
+        self.segments.values().map(|s| s.bytes).sum()
     }
+
+    /// The open segment `seq` is durable up to `at` bytes, `records` frames.
+    fn mark_durable(&mut self, seq: u64, at: u64, records: u64) {
+        let Some(w) = self.writer.as_mut().filter(|w| w.seq == seq) else {
+            return;
+        };
+        let Some(seg) = self.segments.get_mut(&seq) else {
+            return;
+        };
+        if at > seg.readable {
+            self.depth_bytes += (at - seg.readable) as i64;
+            self.depth_records += records.saturating_sub(w.synced_records) as i64;
+            seg.readable = at;
+            w.synced_records = records;
+        }
+    }
+
+    /// Stops appending to the open segment, first making what was written to it durable (or
+    /// marking it lost, failing the appends that wait for it).
+    fn close_writer(&mut self) {
+        let Some(w) = &self.writer else {
+            return;
+        };
+        let (seq, written, records) = (w.seq, w.written, w.records);
+        if self
+            .segments
+            .get(&seq)
+            .is_some_and(|s| s.readable < written)
+        {
+            match w.file.sync_data() {
+                Ok(()) => self.mark_durable(seq, written, records),
+                Err(e) => {
+                    tracing::error!(segment = seq, error = %e, "cannot sync spool segment");
+                    self.lost.insert(seq);
+                }
+            }
+        }
+        self.writer = None;
+    }
+}
+
+/// Consecutive records read for one delivery, all from one segment.
+struct Group {
+    /// Their events, in order (records that do not parse contribute none).
+    events: Vec<CloudEvent>,
+    records: u64,
+    bytes: u64,
+    /// The position after the last record.
+    end: Pos,
 }
 
 struct Inner {
@@ -98,6 +174,10 @@ struct Inner {
     max_bytes: u64,
     segment_bytes: u64,
     state: Mutex<State>,
+    /// Signalled when a leader's sync ends.
+    synced: Condvar,
+    /// Taken after `state` when both are needed, never the other way round.
+    cursor: Mutex<Cursor>,
     appended: Notify,
     metrics: Arc<Metrics>,
 }
@@ -126,12 +206,19 @@ impl Spool {
         for entry in fs::read_dir(dir).map_err(io_err(dir))? {
             let entry = entry.map_err(io_err(dir))?;
             if let Some(seq) = entry.file_name().to_str().and_then(segment::parse_name) {
-                let len = entry.metadata().map_err(io_err(&entry.path()))?.len();
-                segments.insert(seq, len);
+                let bytes = entry.metadata().map_err(io_err(&entry.path()))?.len();
+                segments.insert(
+                    seq,
+                    Seg {
+                        bytes,
+                        readable: bytes,
+                    },
+                );
             }
         }
         let first = segments.keys().next().copied().unwrap_or(0);
-        let read = read_offset(dir)?.unwrap_or(Pos { seq: first, at: 0 });
+        let cursor = Cursor::open(dir, Pos { seq: first, at: 0 }).map_err(io_err(dir))?;
+        let read = cursor.pos();
         for seq in segments
             .keys()
             .copied()
@@ -151,6 +238,8 @@ impl Spool {
             writer: None,
             next_seq,
             read,
+            syncing: false,
+            lost: BTreeSet::new(),
             depth_records: 0,
             depth_bytes: 0,
         };
@@ -158,8 +247,10 @@ impl Spool {
             dir: dir.to_owned(),
             _lock: lock,
             max_bytes,
-            segment_bytes: (max_bytes / 4).clamp(64 * 1024, 64 * 1024 * 1024),
+            segment_bytes: (max_bytes / 4).clamp(1, MAX_SEGMENT_BYTES),
             state: Mutex::new(state),
+            synced: Condvar::new(),
+            cursor: Mutex::new(cursor),
             appended: Notify::new(),
             metrics,
         }));
@@ -167,7 +258,7 @@ impl Spool {
         Ok(spool)
     }
 
-    /// Appends one batch and fsyncs it. Returns once it is durable.
+    /// Appends one batch. Returns once it is durable.
     pub async fn append(&self, events: &[CloudEvent]) -> Result<(), SpoolError> {
         let payload = cloudevents::encode_batch(events).map_err(SpoolError::Encode)?;
         let inner = self.0.clone();
@@ -178,78 +269,9 @@ impl Spool {
         Ok(())
     }
 
-    /// Drains the spool to `sink` until `stop` turns true. Each record is retried with backoff
-    /// until the sink takes it; progress is committed durably after each delivery.
-    pub async fn forward(self, sink: HttpSink, mut stop: watch::Receiver<bool>) {
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            let inner = self.0.clone();
-            let next = match tokio::task::spawn_blocking(move || inner.next_record()).await {
-                Ok(Ok(next)) => next,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "cannot read spool");
-                    None
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "spool reader failed");
-                    None
-                }
-            };
-            let Some((payload, end)) = next else {
-                tokio::select! {
-                    _ = self.0.appended.notified() => {}
-                    _ = stop.changed() => {}
-                    // Also re-check now and then, in case a read failed transiently.
-                    _ = tokio::time::sleep(BACKOFF.1) => {}
-                }
-                continue;
-            };
-            match serde_json::from_slice::<Vec<CloudEvent>>(&payload) {
-                Ok(events) => {
-                    if !self.deliver(&sink, &events, &mut stop).await {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    // Checksummed but not ours to parse: nothing can ever deliver it.
-                    tracing::error!(error = %e, "skipping unreadable spool record");
-                    self.0.metrics.spool_corrupt_records.inc();
-                }
-            }
-            let inner = self.0.clone();
-            let len = payload.len() as u64 + segment::HEADER_LEN;
-            match tokio::task::spawn_blocking(move || inner.commit(end, len)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot commit spool offset"),
-                Err(e) => tracing::error!(error = %e, "spool commit failed"),
-            }
-        }
-    }
-
-    /// Retries until delivered (`true`) or asked to stop (`false`).
-    async fn deliver(
-        &self,
-        sink: &HttpSink,
-        events: &[CloudEvent],
-        stop: &mut watch::Receiver<bool>,
-    ) -> bool {
-        let mut pause = BACKOFF.0;
-        loop {
-            match sink.deliver(events).await {
-                Ok(()) => return true,
-                Err(e) => {
-                    self.0.metrics.sink_error(e.kind());
-                    tracing::warn!(error = %e, retry_in = ?pause, "spooled batch not delivered");
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = stop.changed() => return false,
-            }
-            pause = (pause * 2).min(BACKOFF.1);
-        }
+    /// Drains the spool to `sink` until `stop` turns true (see [`forward`]).
+    pub async fn forward(self, sink: HttpSink, stop: watch::Receiver<bool>) {
+        forward::run(self, sink, stop).await;
     }
 }
 
@@ -260,6 +282,10 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn cursor(&self) -> MutexGuard<'_, Cursor> {
+        self.cursor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn append(&self, payload: &[u8]) -> Result<(), SpoolError> {
         let frame = segment::encode(payload);
         let len = frame.len() as u64;
@@ -267,11 +293,42 @@ impl Inner {
         if st.disk_bytes() + len > self.max_bytes {
             return Err(SpoolError::Full);
         }
-        let roll = match &st.writer {
-            None => true,
-            Some((seq, _)) => st.segments.get(seq).copied().unwrap_or(0) >= self.segment_bytes,
+        let w = self.writer(&mut st)?;
+        let (seq, file) = (w.seq, w.file.clone());
+        if let Err(e) = (&*file).write_all(&frame) {
+            // The segment may now end in a partial frame: stop appending to it (the forwarder
+            // reads whole durable frames only) and count what is on disk.
+            let p = segment::path(&self.dir, seq);
+            if let (Ok(m), Some(seg)) = (fs::metadata(&p), st.segments.get_mut(&seq)) {
+                seg.bytes = m.len();
+            }
+            st.close_writer();
+            self.publish(&st);
+            return Err(io_err(&p)(e));
+        }
+        let end = {
+            let w = st.writer.as_mut().ok_or(SpoolError::Full)?;
+            w.written += len;
+            w.records += 1;
+            w.written
         };
-        if roll {
+        if let Some(seg) = st.segments.get_mut(&seq) {
+            seg.bytes += len;
+        }
+        self.await_durable(st, seq, end)
+    }
+
+    /// The open segment, rolling to a new one when there is none or it is full.
+    fn writer<'a>(&self, st: &'a mut State) -> Result<&'a Writer, SpoolError> {
+        if st
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.written >= self.segment_bytes)
+        {
+            st.close_writer();
+            self.publish(st);
+        }
+        if st.writer.is_none() {
             let seq = st.next_seq;
             let p = segment::path(&self.dir, seq);
             let file = OpenOptions::new()
@@ -279,89 +336,169 @@ impl Inner {
                 .append(true)
                 .open(&p)
                 .map_err(io_err(&p))?;
+            // The new name must be durable before any record in it is acknowledged.
             sync_dir(&self.dir)?;
-            st.writer = Some((seq, file));
-            st.segments.insert(seq, 0);
+            st.segments.insert(
+                seq,
+                Seg {
+                    bytes: 0,
+                    readable: 0,
+                },
+            );
             st.next_seq = seq + 1;
+            st.writer = Some(Writer {
+                seq,
+                file: Arc::new(file),
+                written: 0,
+                records: 0,
+                synced_records: 0,
+            });
         }
-        let Some((seq, file)) = st.writer.as_mut() else {
-            return Err(SpoolError::Full);
-        };
-        let seq = *seq;
-        let p = segment::path(&self.dir, seq);
-        if let Err(e) = file.write_all(&frame).and_then(|()| file.sync_data()) {
-            // The segment may now end in a partial frame: stop appending to it (readers skip
-            // the tail by checksum) and count what is on disk.
-            let on_disk = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-            st.writer = None;
-            st.segments.insert(seq, on_disk);
-            return Err(io_err(&p)(e));
-        }
-        *st.segments.entry(seq).or_insert(0) += len;
-        st.depth_records += 1;
-        st.depth_bytes += len as i64;
-        self.publish(&st);
-        Ok(())
+        st.writer.as_ref().ok_or(SpoolError::Full)
     }
 
-    /// The next undelivered record and the position after it. Skips corrupt tails.
-    fn next_record(&self) -> Result<Option<(Vec<u8>, Pos)>, SpoolError> {
+    /// Waits until segment `seq` is durable up to `end`, leading a sync when none is under way.
+    fn await_durable<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        seq: u64,
+        end: u64,
+    ) -> Result<(), SpoolError> {
         loop {
-            let (pos, limit) = {
+            if st.segments.get(&seq).is_some_and(|s| s.readable >= end) {
+                return Ok(());
+            }
+            if st.lost.contains(&seq) {
+                return Err(SpoolError::NotDurable(segment::path(&self.dir, seq)));
+            }
+            let Some(w) = st.writer.as_ref().filter(|w| w.seq == seq) else {
+                // Closed after a successful sync (else it would be lost), then delivered and
+                // deleted.
+                return Ok(());
+            };
+            if st.syncing {
+                st = self.synced.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let (file, at, records) = (w.file.clone(), w.written, w.records);
+            st.syncing = true;
+            drop(st);
+            let synced = file.sync_data();
+            st = self.lock();
+            st.syncing = false;
+            self.synced.notify_all();
+            if let Err(e) = synced {
+                // After a failed fsync the kernel may have dropped the dirty pages: nothing
+                // written to this segment and not yet durable can be acknowledged.
+                st.lost.insert(seq);
+                if st.writer.as_ref().is_some_and(|w| w.seq == seq) {
+                    st.writer = None;
+                }
+                return Err(io_err(&segment::path(&self.dir, seq))(e));
+            }
+            st.mark_durable(seq, at, records);
+            self.publish(&st);
+        }
+    }
+
+    /// Reads the next group from the read position: whole records, in order, from one segment,
+    /// up to `max_events` events or `max_bytes` bytes (at least one record, however large).
+    /// Finishes drained segments and skips corrupt tails on the way.
+    fn read_group(&self, max_events: usize, max_bytes: u64) -> Result<Option<Group>, SpoolError> {
+        loop {
+            let (start, limit) = {
                 let st = self.lock();
-                let Some((&seq, &limit)) = st.segments.range(st.read.seq..).next() else {
+                let Some((&seq, seg)) = st.segments.range(st.read.seq..).next() else {
                     return Ok(None);
                 };
                 let at = if seq == st.read.seq { st.read.at } else { 0 };
-                (Pos { seq, at }, limit)
+                (Pos { seq, at }, seg.readable)
             };
-            let p = segment::path(&self.dir, pos.seq);
-            let mut file = File::open(&p).map_err(io_err(&p))?;
-            match segment::read_at(&mut file, pos.at, limit).map_err(io_err(&p))? {
-                Read::Record { payload, next } => {
-                    return Ok(Some((
-                        payload,
-                        Pos {
-                            seq: pos.seq,
-                            at: next,
-                        },
-                    )));
+            let p = segment::path(&self.dir, start.seq);
+            let mut reader = Reader::open(&p, start.at, limit).map_err(io_err(&p))?;
+            let mut group = Group {
+                events: Vec::new(),
+                records: 0,
+                bytes: 0,
+                end: start,
+            };
+            loop {
+                let full = group.events.len() >= max_events || group.bytes >= max_bytes;
+                if full {
+                    return Ok(Some(group));
                 }
-                Read::End => {
-                    if !self.finish_segment(pos.seq, true)? {
-                        return Ok(None);
+                match reader.next().map_err(io_err(&p))? {
+                    Read::Record { payload, next } => {
+                        let len = next - group.end.at;
+                        let events = match serde_json::from_slice::<Vec<CloudEvent>>(&payload) {
+                            Ok(events) => events,
+                            Err(e) => {
+                                // Checksummed but not ours to parse: nothing can ever deliver
+                                // it. Counted once: it joins this group whatever its size.
+                                tracing::error!(error = %e, "skipping unreadable spool record");
+                                self.metrics.spool_corrupt_records.inc();
+                                Vec::new()
+                            }
+                        };
+                        let over = group.events.len() + events.len() > max_events
+                            || group.bytes + len > max_bytes;
+                        if group.records > 0 && over {
+                            // It starts the next group (read again from the committed end).
+                            return Ok(Some(group));
+                        }
+                        group.events.extend(events);
+                        group.records += 1;
+                        group.bytes += len;
+                        group.end.at = next;
                     }
-                }
-                Read::Corrupt => {
-                    tracing::warn!(
-                        segment = pos.seq,
-                        at = pos.at,
-                        "skipping torn or damaged spool tail"
-                    );
-                    self.metrics.spool_corrupt_records.inc();
-                    self.finish_segment(pos.seq, false)?;
+                    Read::End | Read::Corrupt if group.records > 0 => {
+                        // Deliver what was read first; the segment's end is handled next time.
+                        return Ok(Some(group));
+                    }
+                    Read::End => {
+                        if !self.finish_segment(start.seq, true)? {
+                            return Ok(None);
+                        }
+                        break;
+                    }
+                    Read::Corrupt => {
+                        tracing::warn!(
+                            segment = start.seq,
+                            at = start.at,
+                            "skipping torn or damaged spool tail"
+                        );
+                        self.metrics.spool_corrupt_records.inc();
+                        self.finish_segment(start.seq, false)?;
+                        break;
+                    }
                 }
             }
         }
     }
 
-    /// Moves past segment `seq` and deletes it; `true` if it did. With `at_end`, the segment
-    /// being appended to is finished only when it is non-empty and fully delivered (the next
-    /// append then opens a new one); without, it is closed regardless (damaged).
+    /// Moves past segment `seq` and deletes it; `true` if it did. With `at_end` (everything up to
+    /// its durable end is delivered) the open segment is finished only when it is full and
+    /// everything written to it is delivered: appending to it costs less than creating a new
+    /// one for each record. Without, it is closed regardless (damaged).
     fn finish_segment(&self, seq: u64, at_end: bool) -> Result<bool, SpoolError> {
         let mut st = self.lock();
-        if st.writer.as_ref().is_some_and(|(s, _)| *s == seq) {
-            let len = st.segments.get(&seq).copied().unwrap_or(0);
-            if at_end && (len == 0 || st.read != (Pos { seq, at: len })) {
+        if let Some(w) = st.writer.as_ref().filter(|w| w.seq == seq) {
+            let drained = st.read == (Pos { seq, at: w.written });
+            if at_end && !(drained && w.written >= self.segment_bytes) {
                 return Ok(false);
             }
-            st.writer = None;
+            st.close_writer();
+            self.publish(&st);
         }
         let next = Pos {
             seq: seq + 1,
             at: 0,
         };
-        write_offset(&self.dir, next)?;
+        // Durably past the segment before its file goes, so a restart never points into a
+        // deleted segment whose number a new one could reuse.
+        let mut cursor = self.cursor();
+        cursor.commit(next).map_err(|e| io_err(cursor.path())(e))?;
+        drop(cursor);
         st.read = next;
         st.segments.remove(&seq);
         let p = segment::path(&self.dir, seq);
@@ -372,13 +509,17 @@ impl Inner {
         }
     }
 
-    /// Records durably that everything before `end` is delivered.
-    fn commit(&self, end: Pos, len: u64) -> Result<(), SpoolError> {
-        write_offset(&self.dir, end)?;
+    /// Records durably that everything before `group.end` is delivered: one cursor commit for
+    /// the whole group.
+    fn commit(&self, end: Pos, records: u64, bytes: u64) -> Result<(), SpoolError> {
+        {
+            let mut cursor = self.cursor();
+            cursor.commit(end).map_err(|e| io_err(cursor.path())(e))?;
+        }
         let mut st = self.lock();
         st.read = end;
-        st.depth_records = (st.depth_records - 1).max(0);
-        st.depth_bytes = (st.depth_bytes - len as i64).max(0);
+        st.depth_records = (st.depth_records - records as i64).max(0);
+        st.depth_bytes = (st.depth_bytes - bytes as i64).max(0);
         self.publish(&st);
         Ok(())
     }
@@ -387,13 +528,11 @@ impl Inner {
     fn recount(&self) -> Result<(), SpoolError> {
         let mut st = self.lock();
         let (mut records, mut bytes) = (0i64, 0i64);
-        for (&seq, &limit) in st.segments.range(st.read.seq..) {
+        for (&seq, seg) in st.segments.range(st.read.seq..) {
             let p = segment::path(&self.dir, seq);
-            let mut file = File::open(&p).map_err(io_err(&p))?;
             let mut at = if seq == st.read.seq { st.read.at } else { 0 };
-            while let Read::Record { next, .. } =
-                segment::read_at(&mut file, at, limit).map_err(io_err(&p))?
-            {
+            let mut reader = Reader::open(&p, at, seg.readable).map_err(io_err(&p))?;
+            while let Read::Record { next, .. } = reader.next().map_err(io_err(&p))? {
                 records += 1;
                 bytes += (next - at) as i64;
                 at = next;
@@ -411,34 +550,6 @@ impl Inner {
     }
 }
 
-fn read_offset(dir: &Path) -> Result<Option<Pos>, SpoolError> {
-    let p = dir.join(OFFSET_FILE);
-    let text = match fs::read_to_string(&p) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(&p)(e)),
-    };
-    let mut parts = text.split_whitespace().map(str::parse::<u64>);
-    match (parts.next(), parts.next()) {
-        (Some(Ok(seq)), Some(Ok(at))) => Ok(Some(Pos { seq, at })),
-        _ => Err(io_err(&p)(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "offset file is not `<segment> <byte>`",
-        ))),
-    }
-}
-
-fn write_offset(dir: &Path, pos: Pos) -> Result<(), SpoolError> {
-    let tmp = dir.join(OFFSET_TMP);
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(format!("{} {}\n", pos.seq, pos.at).as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    let dst = dir.join(OFFSET_FILE);
-    fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
-    sync_dir(dir)
-}
-
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -446,83 +557,4 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp(name: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("ens-spool-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        p
-    }
-
-    fn segments(dir: &Path) -> usize {
-        fs::read_dir(dir)
-            .unwrap()
-            .filter(|e| {
-                let name = e.as_ref().unwrap().file_name();
-                segment::parse_name(name.to_str().unwrap()).is_some()
-            })
-            .count()
-    }
-
-    /// Delivers (reads and commits) one record, returning its payload.
-    fn drain_one(spool: &Spool) -> Option<Vec<u8>> {
-        let (payload, end) = spool.0.next_record().unwrap()?;
-        let len = payload.len() as u64 + segment::HEADER_LEN;
-        spool.0.commit(end, len).unwrap();
-        Some(payload)
-    }
-
-    #[test]
-    fn resumes_after_reopen_and_deletes_drained_segments() {
-        let dir = temp("resume");
-        let metrics = Arc::new(Metrics::new());
-        let spool = Spool::open(&dir, 1 << 20, metrics.clone()).unwrap();
-        for p in [&b"one"[..], b"two", b"three"] {
-            spool.0.append(p).unwrap();
-        }
-        assert_eq!(drain_one(&spool).as_deref(), Some(&b"one"[..]));
-        drop(spool);
-
-        let spool = Spool::open(&dir, 1 << 20, metrics.clone()).unwrap();
-        assert_eq!(metrics.spool_depth_records.get(), 2);
-        spool.0.append(b"four").unwrap();
-        assert_eq!(
-            segments(&dir),
-            2,
-            "a reopened spool appends to a new segment"
-        );
-        let mut rest = Vec::new();
-        while let Some(p) = drain_one(&spool) {
-            rest.push(p);
-        }
-        assert_eq!(rest, [&b"two"[..], b"three", b"four"]);
-        assert_eq!(metrics.spool_depth_records.get(), 0);
-        assert_eq!(segments(&dir), 0, "drained segments are deleted");
-        spool.0.append(b"five").unwrap();
-        assert_eq!(drain_one(&spool).as_deref(), Some(&b"five"[..]));
-    }
-
-    #[test]
-    fn one_spool_per_directory() {
-        let dir = temp("lock");
-        let first = Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())).unwrap();
-        assert!(matches!(
-            Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())),
-            Err(SpoolError::Locked(_))
-        ));
-        drop(first);
-        assert!(Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())).is_ok());
-    }
-
-    #[test]
-    fn refuses_beyond_the_bound() {
-        let dir = temp("bound");
-        let spool = Spool::open(&dir, 100, Arc::new(Metrics::new())).unwrap();
-        spool.0.append(&[b'x'; 60]).unwrap();
-        assert!(matches!(spool.0.append(&[b'y'; 60]), Err(SpoolError::Full)));
-        assert!(drain_one(&spool).is_some());
-        assert!(drain_one(&spool).is_none());
-        spool.0.append(&[b'y'; 60]).unwrap();
-    }
-}
+mod tests;
