@@ -189,6 +189,7 @@ struct SinkState {
     up: AtomicBool,
     started: std::sync::atomic::AtomicUsize,
     delay: Mutex<Duration>,
+    hold: Mutex<Duration>,
     accepted: Mutex<Vec<Delivery>>,
     refused: Mutex<usize>,
 }
@@ -212,6 +213,8 @@ impl TestSink {
                     tokio::time::sleep(delay).await;
                     if s.up.load(Ordering::SeqCst) {
                         s.accepted.lock().unwrap().push(Delivery { headers, body });
+                        let hold = *s.hold.lock().unwrap();
+                        tokio::time::sleep(hold).await;
                         StatusCode::OK
                     } else {
                         *s.refused.lock().unwrap() += 1;
@@ -234,6 +237,12 @@ impl TestSink {
     /// Makes the sink hold each request this long before answering.
     pub fn set_delay(&self, delay: Duration) {
         *self.state.delay.lock().unwrap() = delay;
+    }
+
+    /// Makes the sink take each request (it counts as accepted) and then hold the answer this
+    /// long: the sender does not know yet that it arrived.
+    pub fn set_hold(&self, hold: Duration) {
+        *self.state.hold.lock().unwrap() = hold;
     }
 
     /// How many requests reached the sink (answered or not yet).
