@@ -203,6 +203,45 @@ async fn a_backlog_goes_out_in_one_request_and_a_crash_before_its_commit_resends
 }
 
 #[tokio::test]
+async fn a_sink_that_refuses_large_requests_gets_smaller_groups() {
+    let dir = temp_dir("too-large");
+    let batched = ["--sink-mode", "batched"];
+    let sink = TestSink::start(false).await;
+    let rx = spawn(&dir, &sink, &batched);
+    let bodies: Vec<String> = (0..12).map(|i| batch(&format!("large-{i}"), 4)).collect();
+    for b in &bodies {
+        assert_eq!(rx.post(ROUTE, b, Some(&sig(KEY, b))).await.0, 200);
+    }
+    rx.kill9();
+    let sent: Vec<String> = bodies.iter().flat_map(|b| ids(b)).collect();
+
+    // Room for about three records per request: the 12-record backlog is refused first.
+    let one_record = sink_body_len(&bodies[0]);
+    sink.set_max_body(3 * one_record + one_record / 2);
+    sink.set_up(true);
+    let rx = spawn(&dir, &sink, &batched);
+    wait_until("every event delivered", Duration::from_secs(20), || {
+        sink.accepted()
+            .iter()
+            .map(|d| batched_ids(d).len())
+            .sum::<usize>()
+            >= sent.len()
+    })
+    .await;
+    wait_drained(&rx).await;
+    let got: Vec<String> = sink.accepted().iter().flat_map(batched_ids).collect();
+    assert_eq!(got, sent, "each once, in order");
+    assert!(sink.too_large() > 0, "the first group was too large");
+    assert!(sink.accepted().len() > 1);
+}
+
+/// The batched-mode body size of one record holding `body`'s events.
+fn sink_body_len(body: &str) -> usize {
+    let events = parse_batch(body.as_bytes(), ROUTE).unwrap();
+    serde_json::to_vec(&events).unwrap().len()
+}
+
+#[tokio::test]
 async fn a_full_spool_answers_503_until_it_drains() {
     let dir = temp_dir("full");
     let sink = TestSink::start(false).await;

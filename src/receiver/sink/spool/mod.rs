@@ -22,6 +22,7 @@
 
 mod cursor;
 mod forward;
+mod group;
 mod segment;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,10 +34,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use tokio::sync::{Notify, watch};
 
 use self::cursor::{Cursor, Pos};
+use self::group::Group;
 use self::segment::{Read, Reader};
 use crate::receiver::event::CloudEvent;
 use crate::receiver::metrics::Metrics;
-use crate::receiver::sink::cloudevents::{self, HttpSink};
+use crate::receiver::sink::cloudevents::{self, HttpSink, SinkMode};
 
 const LOCK_FILE: &str = "lock";
 /// Segments roll at a quarter of the bound, and at this size at most.
@@ -157,14 +159,14 @@ impl State {
     }
 }
 
-/// Consecutive records read for one delivery, all from one segment.
-struct Group {
-    /// Their events, in order (records that do not parse contribute none).
-    events: Vec<CloudEvent>,
-    records: u64,
-    bytes: u64,
-    /// The position after the last record.
-    end: Pos,
+/// What the forwarder finds at a read position.
+enum Next {
+    /// Records to deliver.
+    Group(Group),
+    /// Nothing durable to read there yet.
+    Idle,
+    /// The segment ends there, but groups before it are still being committed.
+    Behind,
 }
 
 struct Inner {
@@ -401,63 +403,65 @@ impl Inner {
         }
     }
 
-    /// Reads the next group from the read position: whole records, in order, from one segment,
-    /// up to `max_events` events or `max_bytes` bytes (at least one record, however large).
-    /// Finishes drained segments and skips corrupt tails on the way.
-    fn read_group(&self, max_events: usize, max_bytes: u64) -> Result<Option<Group>, SpoolError> {
+    /// Reads the group at `from` (the committed position, or the end of a group in flight):
+    /// whole durable records, in order, from one segment, up to `max_events` events or
+    /// `max_bytes` bytes (at least one record, however large), in the form `mode` sends.
+    /// Finishes drained segments and skips corrupt tails on the way, but only when `settled`
+    /// (every group before `from` is committed): that moves the cursor past them.
+    fn read_group(
+        &self,
+        mode: SinkMode,
+        from: Pos,
+        settled: bool,
+        limits: (usize, u64),
+    ) -> Result<Next, SpoolError> {
+        let (max_events, max_bytes) = limits;
         loop {
             let (start, limit) = {
                 let st = self.lock();
-                let Some((&seq, seg)) = st.segments.range(st.read.seq..).next() else {
-                    return Ok(None);
+                let Some((&seq, seg)) = st.segments.range(from.seq.max(st.read.seq)..).next()
+                else {
+                    return Ok(Next::Idle);
                 };
-                let at = if seq == st.read.seq { st.read.at } else { 0 };
+                let at = match seq {
+                    s if s == from.seq => from.at,
+                    s if s == st.read.seq => st.read.at,
+                    _ => 0,
+                };
                 (Pos { seq, at }, seg.readable)
             };
             let p = segment::path(&self.dir, start.seq);
             let mut reader = Reader::open(&p, start.at, limit).map_err(io_err(&p))?;
-            let mut group = Group {
-                events: Vec::new(),
-                records: 0,
-                bytes: 0,
-                end: start,
-            };
+            let mut group = Group::new(mode, start);
             loop {
-                let full = group.events.len() >= max_events || group.bytes >= max_bytes;
-                if full {
-                    return Ok(Some(group));
+                if group.is_full(max_events, max_bytes) {
+                    return Ok(Next::Group(group));
                 }
-                match reader.next().map_err(io_err(&p))? {
+                let read = reader.next().map_err(io_err(&p))?;
+                if group.records == 0 && !settled && !matches!(read, Read::Record { .. }) {
+                    return Ok(Next::Behind);
+                }
+                match read {
                     Read::Record { payload, next } => {
-                        let len = next - group.end.at;
-                        let events = match serde_json::from_slice::<Vec<CloudEvent>>(&payload) {
-                            Ok(events) => events,
+                        match group.add(&payload, next, max_events, max_bytes) {
+                            Ok(true) => {}
+                            // It starts the next group.
+                            Ok(false) => return Ok(Next::Group(group)),
                             Err(e) => {
                                 // Checksummed but not ours to parse: nothing can ever deliver
-                                // it. Counted once: it joins this group whatever its size.
+                                // it, so it joins the group without events.
                                 tracing::error!(error = %e, "skipping unreadable spool record");
                                 self.metrics.spool_corrupt_records.inc();
-                                Vec::new()
                             }
-                        };
-                        let over = group.events.len() + events.len() > max_events
-                            || group.bytes + len > max_bytes;
-                        if group.records > 0 && over {
-                            // It starts the next group (read again from the committed end).
-                            return Ok(Some(group));
                         }
-                        group.events.extend(events);
-                        group.records += 1;
-                        group.bytes += len;
-                        group.end.at = next;
                     }
                     Read::End | Read::Corrupt if group.records > 0 => {
                         // Deliver what was read first; the segment's end is handled next time.
-                        return Ok(Some(group));
+                        return Ok(Next::Group(group));
                     }
                     Read::End => {
                         if !self.finish_segment(start.seq, true)? {
-                            return Ok(None);
+                            return Ok(Next::Idle);
                         }
                         break;
                     }

@@ -32,23 +32,45 @@ fn record(tag: &str, n: usize) -> Vec<u8> {
     cloudevents::encode_batch(&parse_batch(body.as_bytes(), "/spool").unwrap()).unwrap()
 }
 
-/// The tag of each event, in order.
-fn tags(events: &[CloudEvent]) -> Vec<String> {
+/// The tag of each event, in order, decoding a batched group's body.
+fn tags(events: group::Outgoing) -> Vec<String> {
+    let events = match events {
+        group::Outgoing::Binary(events) => events,
+        group::Outgoing::Batched(body) => serde_json::from_slice(&body.into_bytes()).unwrap(),
+    };
     events
         .iter()
         .map(|e| e.ty.rsplit('.').next().unwrap().to_owned())
         .collect()
 }
 
+/// The next group at the committed position, as the forwarder reads it once settled.
+fn group(spool: &Spool, mode: SinkMode, max_events: usize, max_bytes: u64) -> Option<Group> {
+    let from = spool.0.lock().read;
+    match spool
+        .0
+        .read_group(mode, from, true, (max_events, max_bytes))
+        .unwrap()
+    {
+        Next::Group(g) => Some(g),
+        Next::Idle => None,
+        Next::Behind => panic!("settled, so never behind"),
+    }
+}
+
 fn read(spool: &Spool) -> Option<Group> {
-    spool.0.read_group(usize::MAX, u64::MAX).unwrap()
+    group(spool, SinkMode::Binary, usize::MAX, u64::MAX)
 }
 
 /// Delivers (reads and commits) one group, returning the tags of its events.
 fn drain_group(spool: &Spool, max_events: usize) -> Option<Vec<String>> {
-    let g = spool.0.read_group(max_events, u64::MAX).unwrap()?;
+    drain_as(spool, SinkMode::Binary, max_events)
+}
+
+fn drain_as(spool: &Spool, mode: SinkMode, max_events: usize) -> Option<Vec<String>> {
+    let g = group(spool, mode, max_events, u64::MAX)?;
     spool.0.commit(g.end, g.records, g.bytes).unwrap();
-    Some(tags(&g.events))
+    Some(tags(g.events))
 }
 
 fn commits(spool: &Spool) -> u64 {
@@ -98,16 +120,12 @@ fn groups_are_bounded_but_hold_at_least_one_record() {
     assert_eq!(drain_group(&spool, 7).unwrap(), ["e"]);
     assert!(drain_group(&spool, 7).is_none());
 
-    // The byte bound: one record's frame is just over 1 KiB here.
+    // The byte bound.
     let frame = segment::encode(&record("f", 3)).len() as u64;
     for _ in 0..3 {
         spool.0.append(&record("f", 3)).unwrap();
     }
-    let g = spool
-        .0
-        .read_group(usize::MAX, 2 * frame + 1)
-        .unwrap()
-        .unwrap();
+    let g = group(&spool, SinkMode::Batched, usize::MAX, 2 * frame + 1).unwrap();
     assert_eq!((g.records, g.bytes), (2, 2 * frame));
 }
 
@@ -126,12 +144,11 @@ fn a_group_not_committed_before_a_crash_is_read_again() {
     let spool = Spool::open(&dir, 1 << 20, metrics.clone()).unwrap();
     assert_eq!(metrics.spool_depth_records.get(), 2);
     let again = read(&spool).unwrap();
-    assert_eq!(tags(&again.events), ["a", "a", "b", "b"]);
     spool
         .0
         .commit(again.end, again.records, again.bytes)
         .unwrap();
-    drop(again);
+    assert_eq!(tags(again.events), ["a", "a", "b", "b"]);
     drop(spool);
     let spool = Spool::open(&dir, 1 << 20, metrics.clone()).unwrap();
     assert_eq!(metrics.spool_depth_records.get(), 0);
@@ -263,4 +280,65 @@ fn refuses_beyond_the_bound() {
     assert!(drain_group(&spool, 5000).is_some());
     assert!(drain_group(&spool, 5000).is_none());
     spool.0.append(&payload).unwrap();
+}
+
+#[test]
+fn an_unreadable_record_is_skipped_inside_its_group_and_counted_once() {
+    let dir = temp("unreadable");
+    let metrics = Arc::new(Metrics::new());
+    let spool = Spool::open(&dir, 1 << 20, metrics.clone()).unwrap();
+    for mode in [SinkMode::Binary, SinkMode::Batched] {
+        spool.0.append(&record("a", 1)).unwrap();
+        spool
+            .0
+            .append(b"checksummed, but not a JSON array")
+            .unwrap();
+        spool.0.append(&record("b", 1)).unwrap();
+        let before = metrics.spool_corrupt_records.get();
+        let g = group(&spool, mode, 5000, u64::MAX).unwrap();
+        assert_eq!(g.records, 3, "{mode:?}");
+        spool.0.commit(g.end, g.records, g.bytes).unwrap();
+        assert_eq!(tags(g.events), ["a", "b"], "{mode:?}");
+        assert_eq!(metrics.spool_corrupt_records.get(), before + 1, "{mode:?}");
+        assert_eq!(metrics.spool_depth_records.get(), 0);
+    }
+}
+
+#[test]
+fn reading_ahead_waits_for_commits_before_leaving_a_segment() {
+    let dir = temp("ahead");
+    let frame = segment::encode(&record("t1", 1)).len() as u64;
+    // Segments roll at a quarter of the bound: two records each here.
+    let spool = Spool::open(&dir, 8 * frame, Arc::new(Metrics::new())).unwrap();
+    for tag in ["t1", "t2", "t3"] {
+        spool.0.append(&record(tag, 1)).unwrap();
+    }
+    let limits = (1, u64::MAX);
+    let ahead = |from: Pos, settled: bool| match spool
+        .0
+        .read_group(SinkMode::Binary, from, settled, limits)
+        .unwrap()
+    {
+        Next::Group(g) => Ok(g),
+        Next::Idle => Err("idle"),
+        Next::Behind => Err("behind"),
+    };
+    let committed = spool.0.lock().read;
+    let first = ahead(committed, true).unwrap();
+    // While the first group is in flight, the next one in the same segment can be read.
+    let second = ahead(first.end, false).unwrap();
+    assert_eq!(tags(ahead(first.end, false).unwrap().events), ["t2"]);
+    // Past the segment's end is t3, but moving there commits the cursor past t1 and t2.
+    assert_eq!(ahead(second.end, false).err(), Some("behind"));
+    spool
+        .0
+        .commit(first.end, first.records, first.bytes)
+        .unwrap();
+    spool
+        .0
+        .commit(second.end, second.records, second.bytes)
+        .unwrap();
+    let third = ahead(second.end, true).unwrap();
+    assert_eq!(tags(third.events), ["t3"]);
+    assert_eq!(segments(&dir), 1, "the drained segment is deleted");
 }
