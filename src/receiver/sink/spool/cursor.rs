@@ -1,19 +1,22 @@
-//! The spool's cursor: the position of the first record not yet delivered, in the file `offset`,
-//! committed crash-safely with one `fdatasync` per commit.
+//! The spool's cursor: the position of the first record not yet delivered, in the file `offset`.
 //!
 //! The file has two slots, [`SLOT`] bytes apart (never in the same disk sector), each
-//! `generation | seq | at | checksum`. A commit overwrites the older slot in place and syncs it. A
-//! crash mid-write can tear only that slot: its checksum fails and the other slot, the previous
-//! commit, wins, so at worst the last delivered group is delivered again (at least once). The file
-//! is created whole (write, fsync, rename, fsync dir) and never changes size afterwards, so
-//! `fdatasync` has no metadata to flush. A legacy text file (`<seq> <byte>`, older receivers,
-//! which replaced it by rename after each record) is read and rewritten in this form on open.
+//! `generation | seq | at | checksum`. A write overwrites the older slot in place: 32 bytes into
+//! the page cache, which a killed process cannot lose; [`Cursor::commit`] also syncs it, and a
+//! sync of the file ([`Cursor::file`]) makes every earlier write durable. A power loss can tear
+//! only slots being written back: a torn slot fails its checksum and the other one, an earlier
+//! position, wins, so at worst delivered groups are delivered again (at least once); should both
+//! be torn, delivery restarts at `start`, the first segment on disk. The file is created whole
+//! (write, fsync, rename, fsync dir) and never changes size afterwards, so `fdatasync` has no
+//! metadata to flush. A legacy text file (`<seq> <byte>`, older receivers, which replaced it by
+//! rename after each record) is read and rewritten in this form on open.
 //! Blocking I/O: call from a blocking task.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -35,7 +38,7 @@ pub struct Pos {
 
 /// The committed delivery position of one spool directory.
 pub struct Cursor {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     /// Generation of the last commit; the next one goes to slot `(generation + 1) % 2`.
     generation: u64,
@@ -43,7 +46,7 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// Opens the cursor in `dir`; a new one (no file yet) starts at `start`.
+    /// Opens the cursor in `dir`; a new one (no file yet, or both slots torn) starts at `start`.
     pub fn open(dir: &Path, start: Pos) -> io::Result<Self> {
         let path = dir.join(FILE);
         let bytes = match fs::read(&path) {
@@ -53,17 +56,23 @@ impl Cursor {
         };
         let found = match &bytes {
             None => None,
-            Some(b) if b.len() as u64 == 2 * SLOT => Some(newest_slot(b).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, "both offset slots are damaged")
-            })?),
+            Some(b) if b.len() as u64 == 2 * SLOT => {
+                let newest = newest_slot(b);
+                if newest.is_none() {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "both spool offset slots are damaged; delivering the spool from its start"
+                    );
+                }
+                newest
+            }
             Some(b) => Some((0, parse_legacy(b)?)),
         };
-        let whole = bytes.as_ref().is_some_and(|b| b.len() as u64 == 2 * SLOT);
         let (generation, pos) = found.unwrap_or((0, start));
-        if !whole {
+        if found.is_none() || bytes.is_some_and(|b| b.len() as u64 != 2 * SLOT) {
             create(dir, &path, generation, pos)?;
         }
-        let file = OpenOptions::new().write(true).open(&path)?;
+        let file = Arc::new(OpenOptions::new().write(true).open(&path)?);
         Ok(Self {
             file,
             path,
@@ -88,15 +97,25 @@ impl Cursor {
         &self.path
     }
 
-    /// Commits `pos` durably: one slot write, one `fdatasync`.
-    pub fn commit(&mut self, pos: Pos) -> io::Result<()> {
+    /// Records `pos` in the older slot: survives the process, and the machine once synced.
+    pub fn write(&mut self, pos: Pos) -> io::Result<()> {
         let generation = self.generation + 1;
         self.file
             .write_all_at(&encode_slot(generation, pos), (generation % 2) * SLOT)?;
-        self.file.sync_data()?;
         self.generation = generation;
         self.pos = pos;
         Ok(())
+    }
+
+    /// Records `pos` durably: one slot write, one `fdatasync`.
+    pub fn commit(&mut self, pos: Pos) -> io::Result<()> {
+        self.write(pos)?;
+        self.file.sync_data()
+    }
+
+    /// The file, to sync without holding the cursor: a sync makes every earlier write durable.
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
     }
 }
 
@@ -212,11 +231,27 @@ mod tests {
     }
 
     #[test]
-    fn both_slots_damaged_is_an_error_not_a_restart_from_zero() {
+    fn both_slots_damaged_restart_at_the_given_start() {
         let dir = temp("damaged");
-        drop(Cursor::open(&dir, pos(0, 0)).unwrap());
+        let mut c = Cursor::open(&dir, pos(0, 0)).unwrap();
+        c.commit(pos(5, 100)).unwrap();
+        drop(c);
         fs::write(dir.join(FILE), vec![0xFFu8; 2 * SLOT as usize]).unwrap();
-        assert!(Cursor::open(&dir, pos(0, 0)).is_err());
+        let mut c = Cursor::open(&dir, pos(4, 0)).unwrap();
+        assert_eq!(c.pos(), pos(4, 0), "delivered again rather than lost");
+        c.commit(pos(4, 10)).unwrap();
+        assert_eq!(Cursor::open(&dir, pos(0, 0)).unwrap().pos(), pos(4, 10));
+    }
+
+    #[test]
+    fn writes_are_read_back_before_any_sync() {
+        let dir = temp("write");
+        let mut c = Cursor::open(&dir, pos(0, 0)).unwrap();
+        c.write(pos(2, 30)).unwrap();
+        c.write(pos(2, 60)).unwrap();
+        drop(c);
+        // A killed process loses nothing the kernel has: the last write wins.
+        assert_eq!(Cursor::open(&dir, pos(0, 0)).unwrap().pos(), pos(2, 60));
     }
 
     #[test]

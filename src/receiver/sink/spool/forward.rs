@@ -4,16 +4,15 @@
 //! [`MAX_GROUP_EVENTS`] events or [`MAX_GROUP_BYTES`] bytes (at least one record). All its events
 //! go out together (batched mode: one request; binary mode: one request per event, a few at a
 //! time), retried with backoff until the sink took every one, and then the position after the
-//! group is committed, once. So the costs of a request and of a commit are shared by many records
-//! when there is a backlog, which is when they matter. A crash between the sink's answer and the
-//! commit delivers the group again, with the same CloudEvent ids (at least once).
+//! group is committed, once: a cursor write that a killed process cannot lose. A background sync,
+//! one at a time and covering every write before it, makes those writes survive a power loss too,
+//! without delivery ever waiting for the disk. So a crash re-sends the group in flight (a power
+//! loss: also those delivered since the last sync), with the same CloudEvent ids (at least
+//! once), and the costs of a request and of a commit are shared by many records when there is a
+//! backlog, which is when they matter.
 //!
-//! Three things overlap: while a group is being delivered, the next one is read (and decoded)
-//! and earlier ones are committed. Commits coalesce like appends do: while one syncs, further
-//! groups are delivered, and the next commit covers all of them (at most [`MAX_UNCOMMITTED`];
-//! then delivery waits for the sync). A crash therefore re-sends at most the group in flight and
-//! the ones delivered since the last commit. Deliveries never overlap, so the sink sees groups
-//! in spool order; commits follow one another in order too.
+//! While a group is being delivered the next one is read (and decoded). Deliveries never
+//! overlap, so the sink sees groups in spool order.
 //!
 //! A sink that refuses a group of several records as too large (413) gets smaller groups from
 //! then on, halving down to one record per request, what it got before groups existed.
@@ -38,8 +37,6 @@ const MAX_GROUP_EVENTS: usize = 1000;
 const MAX_GROUP_BYTES: u64 = 1024 * 1024;
 /// First and largest pause between delivery attempts of one group, or between commit attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
-/// Most groups delivered but not yet covered by a finished commit.
-const MAX_UNCOMMITTED: u64 = 4;
 /// The HTTP status for a request body larger than the server takes.
 const TOO_LARGE: u16 = 413;
 
@@ -56,14 +53,14 @@ enum Delivery {
 /// Drains `spool` to `sink` until `stop` turns true.
 pub async fn run(spool: Spool, sink: HttpSink, mut stop: watch::Receiver<bool>) {
     let mut max_bytes = MAX_GROUP_BYTES;
-    // The end of the last delivered group: where the next one starts.
+    // The end of the last delivered (and committed) group: where the next one starts.
     let mut from = spool.0.lock().read;
-    let mut commits = Commits::default();
+    let mut sync = CursorSync::default();
     let mut ahead: Option<JoinHandle<Result<Next, SpoolError>>> = None;
     while !*stop.borrow() {
         let task = match ahead.take() {
             Some(task) => task,
-            None => read(&spool, &sink, from, commits.settled(), max_bytes),
+            None => read(&spool, &sink, from, true, max_bytes),
         };
         let next = match task.await {
             Ok(Ok(next)) => next,
@@ -78,16 +75,10 @@ pub async fn run(spool: Spool, sink: HttpSink, mut stop: watch::Receiver<bool>) 
         };
         let group = match next {
             Next::Group(group) => group,
-            Next::Behind => {
-                if !commits.settle(&spool, &mut stop).await {
-                    break;
-                }
-                continue;
-            }
+            // Read ahead to a segment's end: read again, now that the group before is committed.
+            Next::Behind => continue,
             Next::Idle => {
-                if !commits.settle(&spool, &mut stop).await {
-                    break;
-                }
+                sync.finish(&spool).await;
                 tokio::select! {
                     _ = spool.0.appended.notified() => {}
                     _ = stop.changed() => {}
@@ -106,10 +97,11 @@ pub async fn run(spool: Spool, sink: HttpSink, mut stop: watch::Receiver<bool>) 
         ahead = Some(read(&spool, &sink, end, false, max_bytes));
         match deliver(&spool, &sink, events, records, &mut stop).await {
             Delivery::Done => {
-                from = end;
-                if !commits.push(&spool, end, records, bytes, &mut stop).await {
+                if !commit(&spool, end, records, bytes, &mut stop).await {
                     break;
                 }
+                from = end;
+                sync.start(&spool);
             }
             Delivery::TooLarge => {
                 max_bytes = (bytes / 2).max(1);
@@ -129,76 +121,46 @@ pub async fn run(spool: Spool, sink: HttpSink, mut stop: watch::Receiver<bool>) 
     if let Some(task) = ahead.take() {
         let _ = task.await;
     }
-    // Commit what was delivered, so a restart does not deliver it again; but do not hold up
-    // shutdown for a failing disk (then it is delivered again: at least once).
-    let (_unchanged, mut never) = watch::channel(false);
-    let _ = tokio::time::timeout(BACKOFF.1, commits.settle(&spool, &mut never)).await;
+    // Make the last commits durable, but do not hold up shutdown for a failing disk.
+    let _ = tokio::time::timeout(BACKOFF.1, sync.finish(&spool)).await;
 }
 
-/// Delivered groups on their way into the cursor.
+/// The background sync of the cursor: one at a time, each covering every write before it.
 #[derive(Default)]
-struct Commits {
-    /// The commit being synced.
+struct CursorSync {
     running: Option<JoinHandle<()>>,
-    /// Delivered since that commit started: the end of the last one, records, bytes, groups.
-    waiting: Option<(Pos, u64, u64, u64)>,
+    /// Written since the running sync started.
+    dirty: bool,
 }
 
-impl Commits {
-    /// Whether every delivered group is committed.
-    fn settled(&self) -> bool {
-        self.waiting.is_none() && self.running.as_ref().is_none_or(JoinHandle::is_finished)
-    }
-
-    /// Adds a delivered group, and starts a commit unless one is syncing. Waits for that one
-    /// when [`MAX_UNCOMMITTED`] groups are waiting; `false` if asked to stop first.
-    async fn push(
-        &mut self,
-        spool: &Spool,
-        end: Pos,
-        records: u64,
-        bytes: u64,
-        stop: &mut watch::Receiver<bool>,
-    ) -> bool {
-        let (r, b, g) = self.waiting.map_or((0, 0, 0), |(_, r, b, g)| (r, b, g));
-        self.waiting = Some((end, r + records, b + bytes, g + 1));
-        let busy = self.running.as_ref().is_some_and(|t| !t.is_finished());
-        if busy && g + 1 < MAX_UNCOMMITTED {
-            return true;
-        }
-        self.next(spool, stop).await
-    }
-
-    /// Commits everything delivered and waits for it; `false` if asked to stop first.
-    async fn settle(&mut self, spool: &Spool, stop: &mut watch::Receiver<bool>) -> bool {
-        while !self.settled() {
-            if !self.next(spool, stop).await {
-                return false;
-            }
-            if self.waiting.is_none()
-                && let Some(task) = self.running.as_mut()
-            {
-                tokio::select! {
-                    _ = task => self.running = None,
-                    _ = stop.changed() => return false,
+impl CursorSync {
+    /// Notes a cursor write, and syncs it unless a sync is running (the next one covers it).
+    fn start(&mut self, spool: &Spool) {
+        self.dirty = true;
+        if self.running.as_ref().is_none_or(JoinHandle::is_finished) {
+            self.dirty = false;
+            let inner = spool.0.clone();
+            self.running = Some(tokio::task::spawn_blocking(move || {
+                if let Err(e) = inner.sync_cursor() {
+                    // The writes stay in the page cache and the next sync covers them; only a
+                    // power loss before that re-sends their groups.
+                    tracing::error!(error = %e, "cannot sync the spool offset");
                 }
-            }
+            }));
         }
-        true
     }
 
-    /// Waits for the running commit, then starts one for the waiting groups.
-    async fn next(&mut self, spool: &Spool, stop: &mut watch::Receiver<bool>) -> bool {
-        if let Some(task) = self.running.as_mut() {
-            tokio::select! {
-                _ = task => self.running = None,
-                _ = stop.changed() => return false,
+    /// Waits until every cursor write so far is synced.
+    async fn finish(&mut self, spool: &Spool) {
+        if let Some(task) = self.running.take() {
+            let _ = task.await;
+        }
+        if self.dirty {
+            self.start(spool);
+            if let Some(task) = self.running.take() {
+                let _ = task.await;
             }
         }
-        if let Some((end, records, bytes, _)) = self.waiting.take() {
-            self.running = Some(tokio::spawn(commit(spool.clone(), end, records, bytes)));
-        }
-        true
     }
 }
 
@@ -215,20 +177,30 @@ fn read(
     })
 }
 
-/// Commits the position after delivered groups, retrying with backoff: the next commit waits
-/// for this one, so a failure holds up progress rather than skipping it.
-async fn commit(spool: Spool, end: Pos, records: u64, bytes: u64) {
+/// Commits the position after a delivered group, retrying with backoff: a failure holds up
+/// progress rather than skipping it. `false` if asked to stop first (the group is then
+/// delivered again after a restart).
+async fn commit(
+    spool: &Spool,
+    end: Pos,
+    records: u64,
+    bytes: u64,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
     let mut pause = BACKOFF.0;
     loop {
         let inner = spool.0.clone();
         match tokio::task::spawn_blocking(move || inner.commit(end, records, bytes)).await {
-            Ok(Ok(())) => return,
+            Ok(Ok(())) => return true,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, retry_in = ?pause, "cannot commit spool offset")
             }
             Err(e) => tracing::error!(error = %e, retry_in = ?pause, "spool commit failed"),
         }
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => return false,
+        }
         pause = (pause * 2).min(BACKOFF.1);
     }
 }

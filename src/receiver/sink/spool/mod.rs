@@ -10,10 +10,12 @@
 //! past it, so it never delivers a record whose append could still fail.
 //!
 //! Layout of `--spool-dir`: `<seq>.seg` segment files (see [`segment`]) and `offset`, the
-//! position of the first record not yet delivered (see [`cursor`]), committed once per delivered
-//! group. After a restart delivery resumes there: acknowledged records are never lost, and
-//! delivered ones are not sent again, except the group in flight at the crash (its CloudEvent ids
-//! let the sink drop the copies). A restart never appends to an old segment, so torn tails exist
+//! position of the first record not yet delivered (see [`cursor`]), written after each delivered
+//! group and synced in the background. After a restart delivery resumes there: acknowledged
+//! records are never lost, and delivered ones are not sent again, except the group in flight at
+//! the crash (after a power loss: also those delivered since the cursor's last sync); their
+//! CloudEvent ids let the sink drop the copies. A segment is deleted only after a synced cursor
+//! points past it. A restart never appends to an old segment, so torn tails exist
 //! only at the end of old segments; they fail their checksum and are skipped, never delivered.
 //! Drained segments are deleted; the open one once it is full. The bound (`--spool-max-bytes`)
 //! is on segment bytes on disk, delivered records of the open segment included (a quarter of
@@ -165,7 +167,7 @@ enum Next {
     Group(Group),
     /// Nothing durable to read there yet.
     Idle,
-    /// The segment ends there, but groups before it are still being committed.
+    /// The segment ends there, but the group before it is not committed yet.
     Behind,
 }
 
@@ -513,12 +515,12 @@ impl Inner {
         }
     }
 
-    /// Records durably that everything before `group.end` is delivered: one cursor commit for
-    /// the whole group.
+    /// Records that everything before `end` is delivered: one cursor write for the whole group,
+    /// which a killed process cannot lose; [`Inner::sync_cursor`] makes it survive the machine.
     fn commit(&self, end: Pos, records: u64, bytes: u64) -> Result<(), SpoolError> {
         {
             let mut cursor = self.cursor();
-            cursor.commit(end).map_err(|e| io_err(cursor.path())(e))?;
+            cursor.write(end).map_err(|e| io_err(cursor.path())(e))?;
         }
         let mut st = self.lock();
         st.read = end;
@@ -526,6 +528,15 @@ impl Inner {
         st.depth_bytes = (st.depth_bytes - bytes as i64).max(0);
         self.publish(&st);
         Ok(())
+    }
+
+    /// Makes every cursor write so far durable, without holding the cursor meanwhile.
+    fn sync_cursor(&self) -> Result<(), SpoolError> {
+        let (file, path) = {
+            let cursor = self.cursor();
+            (cursor.file(), cursor.path().to_owned())
+        };
+        file.sync_data().map_err(io_err(&path))
     }
 
     /// Counts undelivered records from the read position (at startup).
