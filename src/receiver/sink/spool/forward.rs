@@ -78,10 +78,13 @@ pub async fn run(spool: Spool, sink: HttpSink, mut stop: watch::Receiver<bool>) 
             // Read ahead to a segment's end: read again, now that the group before is committed.
             Next::Behind => continue,
             Next::Idle => {
-                sync.finish(&spool).await;
+                // Caught up: sync what was written, without waiting for the disk (it may be busy
+                // with appends), and look again when the sync ends.
+                sync.start(&spool);
                 tokio::select! {
                     _ = spool.0.appended.notified() => {}
                     _ = stop.changed() => {}
+                    _ = sync.running() => {}
                     // Also re-check now and then, in case a read failed transiently.
                     _ = tokio::time::sleep(BACKOFF.1) => {}
                 }
@@ -101,6 +104,7 @@ pub async fn run(spool: Spool, sink: HttpSink, mut stop: watch::Receiver<bool>) 
                     break;
                 }
                 from = end;
+                sync.dirty = true;
                 sync.start(&spool);
             }
             Delivery::TooLarge => {
@@ -134,10 +138,13 @@ struct CursorSync {
 }
 
 impl CursorSync {
-    /// Notes a cursor write, and syncs it unless a sync is running (the next one covers it).
+    /// Starts a sync of the cursor writes not yet covered, unless one is running (the next one
+    /// covers them).
     fn start(&mut self, spool: &Spool) {
-        self.dirty = true;
-        if self.running.as_ref().is_none_or(JoinHandle::is_finished) {
+        if self.running.as_ref().is_some_and(JoinHandle::is_finished) {
+            self.running = None;
+        }
+        if self.dirty && self.running.is_none() {
             self.dirty = false;
             let inner = spool.0.clone();
             self.running = Some(tokio::task::spawn_blocking(move || {
@@ -150,16 +157,25 @@ impl CursorSync {
         }
     }
 
+    /// Ends when the running sync does; never if none is running.
+    async fn running(&mut self) {
+        match self.running.as_mut() {
+            Some(task) => {
+                let _ = task.await;
+                self.running = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
     /// Waits until every cursor write so far is synced.
     async fn finish(&mut self, spool: &Spool) {
         if let Some(task) = self.running.take() {
             let _ = task.await;
         }
-        if self.dirty {
-            self.start(spool);
-            if let Some(task) = self.running.take() {
-                let _ = task.await;
-            }
+        self.start(spool);
+        if let Some(task) = self.running.take() {
+            let _ = task.await;
         }
     }
 }
