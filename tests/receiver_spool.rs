@@ -1,5 +1,6 @@
 //! The durable spool against the real binary: kill -9 right after a 200 loses nothing and
-//! repeats nothing, a full spool answers 503, a torn tail record is skipped.
+//! repeats nothing, a backlog goes out in one request and a crash before its commit sends it
+//! again whole, a full spool answers 503, a torn tail record is skipped.
 
 mod receiver_support;
 
@@ -8,6 +9,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
+use ens_operator::receiver::event::parse_batch;
 use receiver_support::*;
 
 const ROUTE: &str = "/ens/spooled";
@@ -36,6 +38,24 @@ fn delivered(sink: &TestSink) -> BTreeMap<String, usize> {
             .or_insert(0) += 1;
     }
     out
+}
+
+/// The CloudEvent ids of a batch's events.
+fn ids(body: &str) -> Vec<String> {
+    parse_batch(body.as_bytes(), ROUTE)
+        .expect("a batch")
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
+}
+
+/// The ids in a batched-mode delivery, in order.
+fn batched_ids(d: &Delivery) -> Vec<String> {
+    serde_json::from_slice::<Vec<serde_json::Value>>(&d.body)
+        .expect("a CloudEvents batch")
+        .iter()
+        .map(|e| e["id"].as_str().expect("an id").to_owned())
+        .collect()
 }
 
 async fn spool_depth(rx: &Receiver) -> f64 {
@@ -109,6 +129,116 @@ async fn kill_9_after_the_200_then_restart_delivers_exactly_once() {
             <= 1
     })
     .await;
+}
+
+async fn wait_drained(rx: &Receiver) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while spool_depth(rx).await != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "spool never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_backlog_goes_out_in_one_request_and_a_crash_before_its_commit_resends_it() {
+    let dir = temp_dir("group");
+    let batched = ["--sink-mode", "batched"];
+    let sink = TestSink::start(false).await;
+    let rx = spawn(&dir, &sink, &batched);
+    let bodies: Vec<String> = (0..20).map(|i| batch(&format!("group-{i}"), 3)).collect();
+    for b in &bodies {
+        assert_eq!(rx.post(ROUTE, b, Some(&sig(KEY, b))).await.0, 200);
+    }
+    rx.kill9();
+    let sent: Vec<String> = bodies.iter().flat_map(|b| ids(b)).collect();
+
+    // The sink takes the backlog, but its answer has not reached the receiver when it dies.
+    sink.set_hold(Duration::from_secs(60));
+    sink.set_up(true);
+    let rx = spawn(&dir, &sink, &batched);
+    assert_eq!(spool_depth(&rx).await, 20.0);
+    wait_until(
+        "the backlog reaches the sink",
+        Duration::from_secs(10),
+        || sink.accepted_len() == 1,
+    )
+    .await;
+    assert_eq!(
+        batched_ids(&sink.accepted()[0]),
+        sent,
+        "20 records in one request, in spool order"
+    );
+    rx.kill9();
+
+    // Not committed: the restart sends the same events again, same ids, same order.
+    sink.set_hold(Duration::ZERO);
+    let rx = spawn(&dir, &sink, &batched);
+    wait_until("the group delivered again", Duration::from_secs(10), || {
+        sink.accepted_len() == 2
+    })
+    .await;
+    assert_eq!(batched_ids(&sink.accepted()[1]), sent);
+    wait_drained(&rx).await;
+    rx.kill9();
+
+    // Committed now: another restart sends nothing old, only what is new.
+    let rx = spawn(&dir, &sink, &batched);
+    assert_eq!(spool_depth(&rx).await, 0.0);
+    let c = batch("after-group", 1);
+    assert_eq!(rx.post(ROUTE, &c, Some(&sig(KEY, &c))).await.0, 200);
+    wait_until("the new event delivered", Duration::from_secs(10), || {
+        sink.accepted_len() == 3
+    })
+    .await;
+    assert_eq!(batched_ids(&sink.accepted()[2]), ids(&c));
+    wait_drained(&rx).await;
+    let (_, metrics) = rx.get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "ens_receiver_spool_forwarded_events_total"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_sink_that_refuses_large_requests_gets_smaller_groups() {
+    let dir = temp_dir("too-large");
+    let batched = ["--sink-mode", "batched"];
+    let sink = TestSink::start(false).await;
+    let rx = spawn(&dir, &sink, &batched);
+    let bodies: Vec<String> = (0..12).map(|i| batch(&format!("large-{i}"), 4)).collect();
+    for b in &bodies {
+        assert_eq!(rx.post(ROUTE, b, Some(&sig(KEY, b))).await.0, 200);
+    }
+    rx.kill9();
+    let sent: Vec<String> = bodies.iter().flat_map(|b| ids(b)).collect();
+
+    // Room for about three records per request: the 12-record backlog is refused first.
+    let one_record = sink_body_len(&bodies[0]);
+    sink.set_max_body(3 * one_record + one_record / 2);
+    sink.set_up(true);
+    let rx = spawn(&dir, &sink, &batched);
+    wait_until("every event delivered", Duration::from_secs(20), || {
+        sink.accepted()
+            .iter()
+            .map(|d| batched_ids(d).len())
+            .sum::<usize>()
+            >= sent.len()
+    })
+    .await;
+    wait_drained(&rx).await;
+    let got: Vec<String> = sink.accepted().iter().flat_map(batched_ids).collect();
+    assert_eq!(got, sent, "each once, in order");
+    assert!(sink.too_large() > 0, "the first group was too large");
+    assert!(sink.accepted().len() > 1);
+}
+
+/// The batched-mode body size of one record holding `body`'s events.
+fn sink_body_len(body: &str) -> usize {
+    let events = parse_batch(body.as_bytes(), ROUTE).unwrap();
+    serde_json::to_vec(&events).unwrap().len()
 }
 
 #[tokio::test]

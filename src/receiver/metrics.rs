@@ -54,6 +54,8 @@ pub struct Metrics {
     pub spool_depth_records: Gauge,
     /// Spool records skipped because their frame or checksum was bad (torn writes).
     pub spool_corrupt_records: Counter,
+    /// Spooled events the sink accepted from the forwarder (again after a redelivery).
+    pub spool_forwarded_events: Counter,
     /// Verification probes by outcome.
     pub probes: Family<OutcomeLabel, Counter>,
     /// Routes currently served.
@@ -73,6 +75,7 @@ impl Metrics {
             spool_depth_bytes: Gauge::default(),
             spool_depth_records: Gauge::default(),
             spool_corrupt_records: Counter::default(),
+            spool_forwarded_events: Counter::default(),
             probes: Family::default(),
             routes: Gauge::default(),
             registry: Registry::default(),
@@ -118,6 +121,11 @@ impl Metrics {
             "ens_receiver_spool_corrupt_records",
             "Spool records skipped for a bad frame or checksum",
             m.spool_corrupt_records.clone(),
+        );
+        registry.register(
+            "ens_receiver_spool_forwarded_events",
+            "Spooled events the sink accepted from the forwarder",
+            m.spool_forwarded_events.clone(),
         );
         registry.register(
             "ens_receiver_probes",

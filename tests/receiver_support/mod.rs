@@ -189,6 +189,9 @@ struct SinkState {
     up: AtomicBool,
     started: std::sync::atomic::AtomicUsize,
     delay: Mutex<Duration>,
+    hold: Mutex<Duration>,
+    max_body: Mutex<Option<usize>>,
+    too_large: std::sync::atomic::AtomicUsize,
     accepted: Mutex<Vec<Delivery>>,
     refused: Mutex<usize>,
 }
@@ -210,8 +213,15 @@ impl TestSink {
                     s.started.fetch_add(1, Ordering::SeqCst);
                     let delay = *s.delay.lock().unwrap();
                     tokio::time::sleep(delay).await;
+                    let max_body = *s.max_body.lock().unwrap();
+                    if max_body.is_some_and(|max| body.len() > max) {
+                        s.too_large.fetch_add(1, Ordering::SeqCst);
+                        return StatusCode::PAYLOAD_TOO_LARGE;
+                    }
                     if s.up.load(Ordering::SeqCst) {
                         s.accepted.lock().unwrap().push(Delivery { headers, body });
+                        let hold = *s.hold.lock().unwrap();
+                        tokio::time::sleep(hold).await;
                         StatusCode::OK
                     } else {
                         *s.refused.lock().unwrap() += 1;
@@ -234,6 +244,22 @@ impl TestSink {
     /// Makes the sink hold each request this long before answering.
     pub fn set_delay(&self, delay: Duration) {
         *self.state.delay.lock().unwrap() = delay;
+    }
+
+    /// Makes the sink take each request (it counts as accepted) and then hold the answer this
+    /// long: the sender does not know yet that it arrived.
+    pub fn set_hold(&self, hold: Duration) {
+        *self.state.hold.lock().unwrap() = hold;
+    }
+
+    /// Makes the sink answer 413 to bodies longer than `max` bytes.
+    pub fn set_max_body(&self, max: usize) {
+        *self.state.max_body.lock().unwrap() = Some(max);
+    }
+
+    /// How many requests it refused as too large.
+    pub fn too_large(&self) -> usize {
+        self.state.too_large.load(Ordering::SeqCst)
     }
 
     /// How many requests reached the sink (answered or not yet).

@@ -6,12 +6,15 @@
 //! delivery may have reached the sink for some events; the retry re-sends them with the same
 //! `ce-id`, so the sink can drop the copies.
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt, stream};
+use bytes::Bytes;
+use futures::{StreamExt, stream};
 use reqwest::header::CONTENT_TYPE;
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::receiver::event::CloudEvent;
 
@@ -78,29 +81,68 @@ impl HttpSink {
 
     /// Delivers all `events`; `Ok` only if the sink took every one.
     pub async fn deliver(&self, events: &[CloudEvent]) -> Result<(), SinkError> {
-        if events.is_empty() {
+        self.deliver_remaining(events, &mut vec![false; events.len()])
+            .await
+    }
+
+    /// Delivers the `events` not marked in `delivered`, marking each one the sink took; `Ok`
+    /// once all are marked. Retrying with the same marks re-sends only what is not known to
+    /// have arrived (binary mode; a batched request is all or nothing). Stops at the first
+    /// failure, so a sink that is down costs one timeout, not one per event.
+    pub async fn deliver_remaining(
+        &self,
+        events: &[CloudEvent],
+        delivered: &mut [bool],
+    ) -> Result<(), SinkError> {
+        let pending: Vec<usize> = (0..events.len()).filter(|&i| !delivered[i]).collect();
+        if pending.is_empty() {
             return Ok(());
         }
         match self.mode {
             SinkMode::Batched => {
-                let body = encode_batch(events).map_err(SinkError::Encode)?;
+                let batch: Vec<&CloudEvent> = pending.iter().map(|&i| &events[i]).collect();
+                let body = encode_batch(&batch).map_err(SinkError::Encode)?;
                 let req = self
                     .client
                     .post(&self.url)
                     .header(CONTENT_TYPE, BATCH_CONTENT_TYPE)
                     .body(body);
-                send(req).await
+                send(req).await?;
+                for i in pending {
+                    delivered[i] = true;
+                }
+                Ok(())
             }
             SinkMode::Binary => {
-                let requests: Vec<_> = events.iter().map(|e| self.binary(e)).collect();
-                stream::iter(requests)
-                    .map(send)
-                    .buffer_unordered(BINARY_CONCURRENCY)
-                    .try_collect::<Vec<()>>()
-                    .await?;
+                let requests: Vec<_> = pending
+                    .into_iter()
+                    .map(|i| (i, self.binary(&events[i])))
+                    .collect();
+                let mut sent = stream::iter(requests)
+                    .map(|(i, req)| async move { (i, send(req).await) })
+                    .buffer_unordered(BINARY_CONCURRENCY);
+                while let Some((i, result)) = sent.next().await {
+                    result?;
+                    delivered[i] = true;
+                }
                 Ok(())
             }
         }
+    }
+
+    /// How this sink puts events on the wire.
+    pub fn mode(&self) -> SinkMode {
+        self.mode
+    }
+
+    /// POSTs a batched-mode body assembled elsewhere (see [`BatchBody`]); `Ok` on 2xx.
+    pub async fn deliver_batch(&self, body: Bytes) -> Result<(), SinkError> {
+        let req = self
+            .client
+            .post(&self.url)
+            .header(CONTENT_TYPE, BATCH_CONTENT_TYPE)
+            .body(body);
+        send(req).await
     }
 
     fn binary(&self, e: &CloudEvent) -> reqwest::RequestBuilder {
@@ -140,14 +182,72 @@ fn header_value(v: &str) -> Cow<'_, str> {
 }
 
 /// The events as one JSON array, in a buffer sized up front (batches reach megabytes).
-pub fn encode_batch(events: &[CloudEvent]) -> Result<Vec<u8>, serde_json::Error> {
+/// Takes events or references to them.
+pub fn encode_batch<E: Borrow<CloudEvent> + Serialize>(
+    events: &[E],
+) -> Result<Vec<u8>, serde_json::Error> {
     let estimate: usize = events
         .iter()
-        .map(|e| e.data.get().len() + e.ty.len() + e.source.len() + 192)
+        .map(|e| {
+            let e = e.borrow();
+            e.data.get().len() + e.ty.len() + e.source.len() + 192
+        })
         .sum();
     let mut out = Vec::with_capacity(estimate + 2);
     serde_json::to_writer(&mut out, events)?;
     Ok(out)
+}
+
+/// A batched-mode body built from JSON arrays of CloudEvents encoded earlier (the spool's records,
+/// written by [`encode_batch`]) without decoding the events: their elements are copied as they are,
+/// which costs a fraction of decoding and encoding them again.
+pub struct BatchBody {
+    /// `[` and the elements so far, comma-separated; `]` is added by [`BatchBody::into_bytes`].
+    json: Vec<u8>,
+    events: usize,
+}
+
+impl BatchBody {
+    /// An empty body.
+    pub fn new() -> Self {
+        Self {
+            json: vec![b'['],
+            events: 0,
+        }
+    }
+
+    /// Appends events, each one element of an encoded JSON array.
+    pub fn push(&mut self, events: &[&RawValue]) {
+        for e in events {
+            if self.events > 0 {
+                self.json.push(b',');
+            }
+            self.json.extend_from_slice(e.get().as_bytes());
+            self.events += 1;
+        }
+    }
+
+    /// How many events it holds.
+    pub fn len(&self) -> usize {
+        self.events
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+
+    /// The finished JSON array.
+    pub fn into_bytes(mut self) -> Bytes {
+        self.json.push(b']');
+        Bytes::from(self.json)
+    }
+}
+
+impl Default for BatchBody {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 async fn send(req: reqwest::RequestBuilder) -> Result<(), SinkError> {
@@ -169,6 +269,29 @@ async fn send(req: reqwest::RequestBuilder) -> Result<(), SinkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_body_joins_encoded_arrays_without_decoding() {
+        let events = crate::receiver::event::parse_batch(
+            br#"[{"eventCategoryType":"A.B","mid":1},{"eventCategoryType":"C.D","mid":2}]"#,
+            "/x",
+        )
+        .unwrap();
+        let mut body = BatchBody::new();
+        assert!(body.is_empty());
+        for record in [&events[..1], &events[1..], &events[..]] {
+            let array = encode_batch(record).unwrap();
+            let items: Vec<&RawValue> = serde_json::from_slice(&array).unwrap();
+            body.push(&items);
+        }
+        assert_eq!(body.len(), 4);
+        let joined: Vec<CloudEvent> = serde_json::from_slice(&body.into_bytes()).unwrap();
+        let ids: Vec<&str> = joined.iter().map(|e| e.id.as_str()).collect();
+        let (a, b) = (events[0].id.as_str(), events[1].id.as_str());
+        assert_eq!(ids, [a, b, a, b]);
+        assert_eq!(joined[1].data.get(), events[1].data.get());
+        assert_eq!(&*BatchBody::new().into_bytes(), b"[]");
+    }
 
     #[test]
     fn header_values_are_percent_encoded_only_where_needed() {

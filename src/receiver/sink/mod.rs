@@ -3,7 +3,6 @@
 //! forwarder drains to that sink.
 
 pub mod cloudevents;
-pub mod segment;
 pub mod spool;
 
 use cloudevents::{HttpSink, SinkError};

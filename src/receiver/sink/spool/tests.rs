@@ -1,0 +1,344 @@
+//! The spool's disk logic, without the sink: group commit, the durable watermark, groups and
+//! their single commit, the bound, restarts.
+
+use super::*;
+use crate::receiver::event::parse_batch;
+
+fn temp(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("ens-spool-{}-{name}", std::process::id()));
+    let _ = fs::remove_dir_all(&p);
+    p
+}
+
+fn segments(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            segment::parse_name(name.to_str().unwrap()).is_some()
+        })
+        .count()
+}
+
+/// A record payload as `Spool::append` writes it: `n` events tagged `tag`.
+fn record(tag: &str, n: usize) -> Vec<u8> {
+    let body = format!(
+        "[{}]",
+        (0..n)
+            .map(|i| format!(r#"{{"eventCategoryType":"T.{tag}","mid":{i}}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    cloudevents::encode_batch(&parse_batch(body.as_bytes(), "/spool").unwrap()).unwrap()
+}
+
+/// The tag of each event, in order, decoding a batched group's body.
+fn tags(events: group::Outgoing) -> Vec<String> {
+    let events = match events {
+        group::Outgoing::Binary(events) => events,
+        group::Outgoing::Batched(body) => serde_json::from_slice(&body.into_bytes()).unwrap(),
+    };
+    events
+        .iter()
+        .map(|e| e.ty.rsplit('.').next().unwrap().to_owned())
+        .collect()
+}
+
+/// The next group at the committed position, as the forwarder reads it once settled.
+fn group(spool: &Spool, mode: SinkMode, max_events: usize, max_bytes: u64) -> Option<Group> {
+    let from = spool.0.lock().read;
+    match spool
+        .0
+        .read_group(mode, from, true, (max_events, max_bytes))
+        .unwrap()
+    {
+        Next::Group(g) => Some(g),
+        Next::Idle => None,
+        Next::Behind => panic!("settled, so never behind"),
+    }
+}
+
+fn read(spool: &Spool) -> Option<Group> {
+    group(spool, SinkMode::Binary, usize::MAX, u64::MAX)
+}
+
+/// Delivers (reads and commits) one group, returning the tags of its events.
+fn drain_group(spool: &Spool, max_events: usize) -> Option<Vec<String>> {
+    drain_as(spool, SinkMode::Binary, max_events)
+}
+
+fn drain_as(spool: &Spool, mode: SinkMode, max_events: usize) -> Option<Vec<String>> {
+    let g = group(spool, mode, max_events, u64::MAX)?;
+    spool.0.commit(g.end, g.records, g.bytes).unwrap();
+    Some(tags(g.events))
+}
+
+fn commits(spool: &Spool) -> u64 {
+    spool.0.cursor().generation()
+}
+
+#[test]
+fn many_records_are_one_group_and_one_commit() {
+    let dir = temp("group");
+    let metrics = Arc::new(Metrics::new());
+    let spool = Spool::open(&dir, 1 << 20, metrics.clone()).unwrap();
+    for tag in ["a", "b", "c", "d"] {
+        spool.0.append(&record(tag, 3)).unwrap();
+    }
+    assert_eq!(metrics.spool_depth_records.get(), 4);
+    let before = commits(&spool);
+    let got = drain_group(&spool, 5000).unwrap();
+    assert_eq!(
+        got,
+        ["a", "a", "a", "b", "b", "b", "c", "c", "c", "d", "d", "d"]
+    );
+    assert_eq!(commits(&spool), before + 1, "one cursor commit per group");
+    assert_eq!(metrics.spool_depth_records.get(), 0);
+    assert_eq!(metrics.spool_depth_bytes.get(), 0);
+    assert!(read(&spool).is_none());
+}
+
+#[test]
+fn groups_are_bounded_but_hold_at_least_one_record() {
+    let dir = temp("bounded");
+    let spool = Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())).unwrap();
+    for tag in ["a", "b", "c"] {
+        spool.0.append(&record(tag, 3)).unwrap();
+    }
+    spool.0.append(&record("big", 10)).unwrap();
+    spool.0.append(&record("e", 1)).unwrap();
+    assert_eq!(
+        drain_group(&spool, 7).unwrap(),
+        ["a", "a", "a", "b", "b", "b"]
+    );
+    assert_eq!(drain_group(&spool, 7).unwrap(), ["c", "c", "c"]);
+    assert_eq!(
+        drain_group(&spool, 7).unwrap(),
+        ["big"; 10],
+        "larger than the bound"
+    );
+    assert_eq!(drain_group(&spool, 7).unwrap(), ["e"]);
+    assert!(drain_group(&spool, 7).is_none());
+
+    // The byte bound.
+    let frame = segment::encode(&record("f", 3)).len() as u64;
+    for _ in 0..3 {
+        spool.0.append(&record("f", 3)).unwrap();
+    }
+    let g = group(&spool, SinkMode::Batched, usize::MAX, 2 * frame + 1).unwrap();
+    assert_eq!((g.records, g.bytes), (2, 2 * frame));
+}
+
+#[test]
+fn a_group_not_committed_before_a_crash_is_read_again() {
+    let dir = temp("redeliver");
+    let metrics = Arc::new(Metrics::new());
+    let spool = Spool::open(&dir, 1 << 20, metrics.clone()).unwrap();
+    for tag in ["a", "b"] {
+        spool.0.append(&record(tag, 2)).unwrap();
+    }
+    let first = read(&spool).unwrap();
+    // The sink took it; the process dies before the commit.
+    drop(first);
+    drop(spool);
+    let spool = Spool::open(&dir, 1 << 20, metrics.clone()).unwrap();
+    assert_eq!(metrics.spool_depth_records.get(), 2);
+    let again = read(&spool).unwrap();
+    spool
+        .0
+        .commit(again.end, again.records, again.bytes)
+        .unwrap();
+    assert_eq!(tags(again.events), ["a", "a", "b", "b"]);
+    drop(spool);
+    let spool = Spool::open(&dir, 1 << 20, metrics.clone()).unwrap();
+    assert_eq!(metrics.spool_depth_records.get(), 0);
+    assert!(read(&spool).is_none(), "committed: never sent again");
+}
+
+#[test]
+fn concurrent_appends_are_all_durable_whole_and_in_order() {
+    let dir = temp("concurrent");
+    let metrics = Arc::new(Metrics::new());
+    let spool = Spool::open(&dir, 1 << 30, metrics.clone()).unwrap();
+    let (threads, each) = (8, 40);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let spool = spool.clone();
+            s.spawn(move || {
+                for k in 0..each {
+                    spool.0.append(&record(&format!("t{t}x{k}"), 1)).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(metrics.spool_depth_records.get(), threads * each);
+    let mut got = Vec::new();
+    while let Some(tags) = drain_group(&spool, 50) {
+        got.extend(tags);
+    }
+    assert_eq!(got.len(), (threads * each) as usize);
+    for t in 0..threads {
+        let mine: Vec<&String> = got
+            .iter()
+            .filter(|g| g.starts_with(&format!("t{t}x")))
+            .collect();
+        let expected: Vec<String> = (0..each).map(|k| format!("t{t}x{k}")).collect();
+        assert_eq!(mine, expected.iter().collect::<Vec<_>>(), "thread {t}");
+    }
+    assert_eq!(metrics.spool_depth_records.get(), 0);
+}
+
+#[test]
+fn the_forwarder_reads_only_what_is_durable() {
+    let dir = temp("watermark");
+    let spool = Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())).unwrap();
+    spool.0.append(&record("a", 1)).unwrap();
+    // A frame written but not yet synced, as between an appender's write and its leader's
+    // fsync.
+    {
+        let mut st = spool.0.lock();
+        let frame = segment::encode(&record("b", 1));
+        let w = st.writer.as_mut().unwrap();
+        (&*w.file).write_all(&frame).unwrap();
+        w.written += frame.len() as u64;
+        w.records += 1;
+        let seq = w.seq;
+        st.segments.get_mut(&seq).unwrap().bytes += frame.len() as u64;
+    }
+    assert_eq!(drain_group(&spool, 5000).unwrap(), ["a"]);
+    assert!(read(&spool).is_none(), "b is not durable yet");
+    // The next append's sync covers b too.
+    spool.0.append(&record("c", 1)).unwrap();
+    assert_eq!(drain_group(&spool, 5000).unwrap(), ["b", "c"]);
+}
+
+#[test]
+fn resumes_after_reopen_and_deletes_drained_segments() {
+    let dir = temp("resume");
+    let metrics = Arc::new(Metrics::new());
+    // Segments roll at a quarter of the bound: two records each here.
+    let frame = segment::encode(&record("t1", 1)).len() as u64;
+    let open = || Spool::open(&dir, 8 * frame, metrics.clone()).unwrap();
+    let spool = open();
+    for tag in ["t1", "t2", "t3"] {
+        spool.0.append(&record(tag, 1)).unwrap();
+    }
+    assert_eq!(drain_group(&spool, 1).unwrap(), ["t1"]);
+    drop(spool);
+
+    let spool = open();
+    assert_eq!(metrics.spool_depth_records.get(), 2);
+    spool.0.append(&record("t4", 1)).unwrap();
+    assert_eq!(
+        segments(&dir),
+        3,
+        "a reopened spool appends to a new segment"
+    );
+    let mut rest = Vec::new();
+    while let Some(tags) = drain_group(&spool, 5000) {
+        rest.extend(tags);
+    }
+    assert_eq!(rest, ["t2", "t3", "t4"]);
+    assert_eq!(metrics.spool_depth_records.get(), 0);
+    assert_eq!(
+        segments(&dir),
+        1,
+        "drained segments are deleted, but the open one"
+    );
+    spool.0.append(&record("t5", 1)).unwrap();
+    assert_eq!(drain_group(&spool, 5000).unwrap(), ["t5"]);
+    assert!(drain_group(&spool, 5000).is_none());
+    assert_eq!(
+        segments(&dir),
+        0,
+        "the open segment goes once it is full and drained"
+    );
+    spool.0.append(&record("t6", 1)).unwrap();
+    assert_eq!(drain_group(&spool, 5000).unwrap(), ["t6"]);
+}
+
+#[test]
+fn one_spool_per_directory() {
+    let dir = temp("lock");
+    let first = Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())).unwrap();
+    assert!(matches!(
+        Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())),
+        Err(SpoolError::Locked(_))
+    ));
+    drop(first);
+    assert!(Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())).is_ok());
+}
+
+#[test]
+fn refuses_beyond_the_bound() {
+    let dir = temp("bound");
+    let payload = record("x", 1);
+    let frame = segment::encode(&payload).len() as u64;
+    let spool = Spool::open(&dir, frame + frame / 2, Arc::new(Metrics::new())).unwrap();
+    spool.0.append(&payload).unwrap();
+    assert!(matches!(spool.0.append(&payload), Err(SpoolError::Full)));
+    assert!(drain_group(&spool, 5000).is_some());
+    assert!(drain_group(&spool, 5000).is_none());
+    spool.0.append(&payload).unwrap();
+}
+
+#[test]
+fn an_unreadable_record_is_skipped_inside_its_group_and_counted_once() {
+    let dir = temp("unreadable");
+    let metrics = Arc::new(Metrics::new());
+    let spool = Spool::open(&dir, 1 << 20, metrics.clone()).unwrap();
+    for mode in [SinkMode::Binary, SinkMode::Batched] {
+        spool.0.append(&record("a", 1)).unwrap();
+        spool
+            .0
+            .append(b"checksummed, but not a JSON array")
+            .unwrap();
+        spool.0.append(&record("b", 1)).unwrap();
+        let before = metrics.spool_corrupt_records.get();
+        let g = group(&spool, mode, 5000, u64::MAX).unwrap();
+        assert_eq!(g.records, 3, "{mode:?}");
+        spool.0.commit(g.end, g.records, g.bytes).unwrap();
+        assert_eq!(tags(g.events), ["a", "b"], "{mode:?}");
+        assert_eq!(metrics.spool_corrupt_records.get(), before + 1, "{mode:?}");
+        assert_eq!(metrics.spool_depth_records.get(), 0);
+    }
+}
+
+#[test]
+fn reading_ahead_waits_for_commits_before_leaving_a_segment() {
+    let dir = temp("ahead");
+    let frame = segment::encode(&record("t1", 1)).len() as u64;
+    // Segments roll at a quarter of the bound: two records each here.
+    let spool = Spool::open(&dir, 8 * frame, Arc::new(Metrics::new())).unwrap();
+    for tag in ["t1", "t2", "t3"] {
+        spool.0.append(&record(tag, 1)).unwrap();
+    }
+    let limits = (1, u64::MAX);
+    let ahead = |from: Pos, settled: bool| match spool
+        .0
+        .read_group(SinkMode::Binary, from, settled, limits)
+        .unwrap()
+    {
+        Next::Group(g) => Ok(g),
+        Next::Idle => Err("idle"),
+        Next::Behind => Err("behind"),
+    };
+    let committed = spool.0.lock().read;
+    let first = ahead(committed, true).unwrap();
+    // While the first group is in flight, the next one in the same segment can be read.
+    let second = ahead(first.end, false).unwrap();
+    assert_eq!(tags(ahead(first.end, false).unwrap().events), ["t2"]);
+    // Past the segment's end is t3, but moving there commits the cursor past t1 and t2.
+    assert_eq!(ahead(second.end, false).err(), Some("behind"));
+    spool
+        .0
+        .commit(first.end, first.records, first.bytes)
+        .unwrap();
+    spool
+        .0
+        .commit(second.end, second.records, second.bytes)
+        .unwrap();
+    let third = ahead(second.end, true).unwrap();
+    assert_eq!(tags(third.events), ["t3"]);
+    assert_eq!(segments(&dir), 1, "the drained segment is deleted");
+}
