@@ -30,7 +30,7 @@ t0=$(date +%s)
 phase() { log "$* (+$(( $(date +%s) - t0 )) s)"; }
 
 run_dir=""
-cleanup() { [ -n "$run_dir" ] && scripts/control-plane.sh stop "$run_dir"; }
+cleanup() { if [ -n "$run_dir" ]; then scripts/control-plane.sh stop "$run_dir"; fi; }
 trap cleanup EXIT
 
 phase "building the release binary and the benchmarks"
