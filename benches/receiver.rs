@@ -837,14 +837,25 @@ async fn load(
     // The spool's forwarder reports the events the sink accepted from it (a request may carry
     // several records).
     let forwarded = async || {
-        metric(&scrape(addr).await, "ens_receiver_spool_forwarded_events_total")
+        metric(
+            &scrape(addr).await,
+            "ens_receiver_spool_forwarded_events_total",
+        )
     };
     tokio::time::sleep_until(m0.into()).await;
     let cpu0 = proc.cpu();
-    let fwd0 = if spool_dir.is_some() { forwarded().await } else { 0.0 };
+    let fwd0 = if spool_dir.is_some() {
+        forwarded().await
+    } else {
+        0.0
+    };
     tokio::time::sleep_until(m1.into()).await;
     let cpu1 = proc.cpu();
-    let fwd1 = if spool_dir.is_some() { forwarded().await } else { 0.0 };
+    let fwd1 = if spool_dir.is_some() {
+        forwarded().await
+    } else {
+        0.0
+    };
     let mut total = Tally::default();
     for w in workers {
         let t = match w.await {
