@@ -14,11 +14,19 @@
 //! Even so, a restarted API server can refuse watches for a while (its watch caches settle); the
 //! default backoff then grows to 30 s and more, so the controller could stay blind for half a
 //! minute after the API server was fine again. [`watch`] retries within 5 s at most.
+//!
+//! Worst of all, a `Controller` merges all its watches into one trigger stream behind its own
+//! backoff (`trigger_backoff`, client-go's 0.8 s doubling to 30 s): one failing watch pauses
+//! every watch of that controller, and each further error pauses them again, longer. After a
+//! restart the several watches fail one after another, and the controller saw nothing for
+//! minutes while its objects waited for the event of its own finalizer patch. So [`watch`] ends
+//! every error where it happens: logged, and retried by that watch alone after its own backoff;
+//! the stream it returns never yields one, and the controller's backoff never engages.
 
 use std::fmt::Debug;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt, stream};
+use futures::{Stream, StreamExt, future, stream};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::watcher::{self, Event, ExponentialBackoff, ListSemantic, watcher};
@@ -29,15 +37,17 @@ use serde::de::DeserializeOwned;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// `watcher(api, config)` with consistent lists and a backoff from 0.5 s to [`MAX_RETRY_DELAY`],
-/// listing again (a fresh watcher) whenever a watch start is refused with 410. For metadata
-/// only, pass an `Api<PartialObjectMeta<K>>`.
+/// listing again (a fresh watcher) whenever a watch start is refused with 410. Errors are logged
+/// and retried here, never yielded. For metadata only, pass an `Api<PartialObjectMeta<K>>`.
 pub fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
 ) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
 {
+    let kind = K::kind(&Default::default()).into_owned();
     let config = config.list_semantic(ListSemantic::MostRecent);
     let start = move || watcher(api.clone(), config.clone()).boxed();
     stream::unfold(start(), move |mut inner| {
@@ -62,6 +72,15 @@ where
         ),
         Duration::from_secs(120),
     ))
+    .filter_map(move |item| {
+        future::ready(match item {
+            Ok(event) => Some(Ok(event)),
+            Err(error) => {
+                tracing::warn!(%error, %kind, "watch failed; retrying");
+                None
+            }
+        })
+    })
 }
 
 /// Whether `item` is a watch start refused because its resourceVersion is gone.
@@ -92,5 +111,35 @@ mod tests {
         assert!(!start_gone(&Ok::<_, watcher::Error>(
             Event::<Secret>::InitDone
         )));
+    }
+
+    #[tokio::test]
+    async fn errors_are_retried_here_never_yielded() {
+        // Nothing listens on the port: every list fails at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
+        let api: Api<Secret> = Api::all(kube::Client::try_from(config).unwrap());
+        let mut stream = std::pin::pin!(watch(api, watcher::Config::default()));
+        // Each attempt starts with `Init`, then its list fails; the first retry comes after
+        // 0.5-1 s, so several attempts fit in this window.
+        let mut starts = 0;
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            while let Some(item) = stream.next().await {
+                assert!(
+                    matches!(item, Ok(Event::Init)),
+                    "the stream yielded {item:?}"
+                );
+                starts += 1;
+            }
+        })
+        .await;
+        assert!(
+            starts >= 2,
+            "the failed list was not retried ({starts} attempts)"
+        );
     }
 }
