@@ -51,6 +51,43 @@ pub struct Context {
     backoff: Mutex<HashMap<String, u32>>,
 }
 
+/// Per-object retry delays: the first, doubling with each failure in a row up to the longest,
+/// with ±10 % jitter (stable per object and attempt).
+#[derive(Clone, Copy, Debug)]
+pub struct Delays {
+    first: Duration,
+    max: Duration,
+}
+
+impl Delays {
+    /// After a failed reconcile: 1 s doubling to 5 min.
+    pub const FAILURE: Self = Self {
+        first: Duration::from_secs(1),
+        max: Duration::from_secs(300),
+    };
+    /// After an optimistic-concurrency conflict: 200 ms doubling to 5 s. Soon, since a newer
+    /// copy is usually in the cache already; bounded, since a cache that lags (a watch that
+    /// cannot resume) would otherwise draw a write every 200 ms, per object, until it recovers.
+    pub const CONFLICT: Self = Self {
+        first: Duration::from_millis(200),
+        max: Duration::from_secs(5),
+    };
+
+    /// The delay after the `n`th failure in a row (from 1) of `key`.
+    fn nth(self, n: u32, key: &str) -> Duration {
+        let base = self
+            .first
+            .saturating_mul(1 << (n.max(1) - 1).min(16))
+            .min(self.max);
+        let jitter = 0.9
+            + 0.2
+                * (crate::controller::names::short_hash(&[key, &n.to_string()]).as_bytes()[0]
+                    as f64
+                    / 255.0);
+        base.mul_f64(jitter)
+    }
+}
+
 impl Context {
     /// Builds the context.
     pub fn new(
@@ -128,18 +165,12 @@ impl Context {
         }
     }
 
-    /// The next backoff delay for `key` (1 s doubling to 5 min, ±10% jitter); counts the failure.
-    pub fn backoff(&self, key: &str) -> Duration {
+    /// The next delay before retrying `key` (see [`Delays`]); counts the failure.
+    pub fn backoff(&self, key: &str, delays: Delays) -> Duration {
         let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(key.to_owned()).or_insert(0);
         *n = (*n + 1).min(20);
-        let base = Duration::from_secs(1u64 << (*n - 1).min(9)).min(Duration::from_secs(300));
-        let jitter = 0.9
-            + 0.2
-                * (crate::controller::names::short_hash(&[key, &n.to_string()]).as_bytes()[0]
-                    as f64
-                    / 255.0);
-        base.mul_f64(jitter)
+        delays.nth(*n, key)
     }
 
     /// Forgets the failures of `key` after a successful reconcile.
@@ -148,5 +179,37 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn within(d: Duration, nominal: Duration) -> bool {
+        d >= nominal.mul_f64(0.9) && d <= nominal.mul_f64(1.1)
+    }
+
+    #[test]
+    fn delays_double_from_the_first_to_the_longest() {
+        let key = "EnsCallback/team/orders";
+        for (n, ms) in [
+            (1, 1_000),
+            (2, 2_000),
+            (3, 4_000),
+            (9, 256_000),
+            (10, 300_000),
+        ] {
+            let d = Delays::FAILURE.nth(n, key);
+            assert!(within(d, Duration::from_millis(ms)), "failure {n}: {d:?}");
+        }
+        assert!(within(
+            Delays::FAILURE.nth(20, key),
+            Duration::from_secs(300)
+        ));
+        for (n, ms) in [(1, 200), (2, 400), (5, 3_200), (6, 5_000), (20, 5_000)] {
+            let d = Delays::CONFLICT.nth(n, key);
+            assert!(within(d, Duration::from_millis(ms)), "conflict {n}: {d:?}");
+        }
     }
 }

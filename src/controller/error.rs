@@ -42,7 +42,8 @@ pub enum Retry {
     After(Duration),
     /// A person must change something; look again rarely (and on any change).
     OnChange,
-    /// Someone else changed the object first (409): look again at once, from fresh state.
+    /// Someone else changed the object first (409): look again soon, from fresh state (200 ms,
+    /// doubling to 5 s while conflicts go on).
     Soon,
 }
 

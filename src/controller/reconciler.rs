@@ -19,7 +19,7 @@ use crate::{
         conditions::Reason,
     },
     controller::{
-        context::Context,
+        context::{Context, Delays},
         error::{Error, Retry},
         metrics::ReconcileLabels,
     },
@@ -116,9 +116,9 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
         tracing::warn!(object = %key, error = %err, "reconcile failed");
     }
     match retry {
-        Retry::Soon => Action::requeue(Duration::from_millis(200)),
-        Retry::After(d) => Action::requeue(d.max(ctx.backoff(&key))),
+        Retry::Soon => Action::requeue(ctx.backoff(&key, Delays::CONFLICT)),
+        Retry::After(d) => Action::requeue(d.max(ctx.backoff(&key, Delays::FAILURE))),
         Retry::OnChange => Action::requeue(Duration::from_secs(300)),
-        Retry::Backoff => Action::requeue(ctx.backoff(&key)),
+        Retry::Backoff => Action::requeue(ctx.backoff(&key, Delays::FAILURE)),
     }
 }
