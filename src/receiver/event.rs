@@ -113,13 +113,21 @@ fn to_cloud_event(
     write_fields(fields, canonical);
     CloudEvent {
         specversion: "1.0".to_owned(),
-        id: hex::encode(Sha256::digest(canonical.as_slice())),
+        id: hex_digest(canonical),
         ty: format!("{TYPE_PREFIX}.{category}"),
         source: source.to_owned(),
         time,
         datacontenttype: "application/json".to_owned(),
         data: raw.to_owned(),
     }
+}
+
+/// Lowercase hex SHA-256 of `bytes` (the event id), encoded in one go rather than a character
+/// at a time as `hex::encode` does.
+fn hex_digest(bytes: &[u8]) -> String {
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(bytes), &mut out).expect("64 hex digits for 32 bytes");
+    std::str::from_utf8(&out).expect("hex is ASCII").to_owned()
 }
 
 #[cfg(test)]
