@@ -152,6 +152,9 @@ where
 {
     let (reader, writer) = reflector::store();
     let stream = watch::watch(scoped::<K>(client, ctx), watcher::Config::default())
+        // No decision reads managedFields, and with server-side apply they are a large part of
+        // each cached object (kube.rs, "Optimization").
+        .modify(|obj| obj.managed_fields_mut().clear())
         .reflect(writer)
         .applied_objects()
         .predicate_filter(meaningful, Default::default());
