@@ -73,6 +73,9 @@ pub enum SpoolError {
     /// The blocking task running the I/O died.
     #[error("spool task failed: {0}")]
     Task(#[source] tokio::task::JoinError),
+    /// The forwarder's thread or its runtime could not be started.
+    #[error("cannot start the spool forwarder: {0}")]
+    Start(#[source] io::Error),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
@@ -273,9 +276,14 @@ impl Spool {
         Ok(())
     }
 
-    /// Drains the spool to `sink` until `stop` turns true (see [`forward`]).
-    pub async fn forward(self, sink: HttpSink, stop: watch::Receiver<bool>) {
-        forward::run(self, sink, stop).await;
+    /// Starts draining the spool to `sink` on a thread of its own (see [`forward`]); the
+    /// returned future ends once the forwarder has stopped after `stop` turned true.
+    pub fn forward(
+        self,
+        sink: HttpSink,
+        stop: watch::Receiver<bool>,
+    ) -> Result<impl Future<Output = ()>, SpoolError> {
+        forward::start(self, sink, stop)
     }
 }
 
