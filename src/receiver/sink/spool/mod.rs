@@ -29,7 +29,7 @@ mod segment;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -299,15 +299,14 @@ impl Inner {
     }
 
     fn append(&self, payload: &[u8]) -> Result<(), SpoolError> {
-        let frame = segment::encode(payload);
-        let len = frame.len() as u64;
+        let len = segment::HEADER_LEN + payload.len() as u64;
         let mut st = self.lock();
         if st.disk_bytes() + len > self.max_bytes {
             return Err(SpoolError::Full);
         }
         let w = self.writer(&mut st)?;
         let (seq, file) = (w.seq, w.file.clone());
-        if let Err(e) = (&*file).write_all(&frame) {
+        if let Err(e) = segment::append(&file, payload) {
             // The segment may now end in a partial frame: stop appending to it (the forwarder
             // reads whole durable frames only) and count what is on disk.
             let p = segment::path(&self.dir, seq);
