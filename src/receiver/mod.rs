@@ -145,7 +145,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         match &args.spool_dir {
             Some(dir) => {
                 let spool = Spool::open(dir, args.spool_max_bytes, metrics.clone())?;
-                tasks.push(tokio::spawn(spool.clone().forward(sink, stop_rx.clone())));
+                tasks.push(tokio::spawn(spool.clone().forward(sink, stop_rx.clone())?));
                 Handoff::Spool(spool)
             }
             None => Handoff::Direct(sink),

@@ -14,13 +14,19 @@
 //! While a group is being delivered the next one is read (and decoded). Deliveries never
 //! overlap, so the sink sees groups in spool order.
 //!
+//! The forwarder runs on a thread of its own (`spool-forwarder`), with a single-threaded runtime
+//! that also drives the sink's connections and has its own threads for the disk (`spool-io`). On the request handlers' runtime it waited behind them at each of its
+//! await points (checking a batch of 1000 events takes milliseconds without yielding), and fell
+//! behind the acknowledgements (BENCHMARKS.md, finding 2); as a thread it gets its share of the
+//! CPU from the OS scheduler.
+//!
 //! A sink that refuses a group of several records as too large (413) gets smaller groups from
 //! then on, halving down to one record per request, what it got before groups existed.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::cursor::Pos;
@@ -50,8 +56,34 @@ enum Delivery {
     Stopped,
 }
 
+/// Starts [`run`] on its thread; the future ends when the thread does.
+pub fn start(
+    spool: Spool,
+    sink: HttpSink,
+    stop: watch::Receiver<bool>,
+) -> Result<impl Future<Output = ()>, SpoolError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("spool-io")
+        .build()
+        .map_err(SpoolError::Start)?;
+    let (done, finished) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("spool-forwarder".to_owned())
+        .spawn(move || {
+            runtime.block_on(run(spool, sink, stop));
+            // Without waiting for a cursor sync stuck on a failing disk: `run` let go of it.
+            runtime.shutdown_background();
+            let _ = done.send(());
+        })
+        .map_err(SpoolError::Start)?;
+    Ok(async move {
+        let _ = finished.await;
+    })
+}
+
 /// Drains `spool` to `sink` until `stop` turns true.
-pub async fn run(spool: Spool, sink: HttpSink, mut stop: watch::Receiver<bool>) {
+async fn run(spool: Spool, sink: HttpSink, mut stop: watch::Receiver<bool>) {
     let mut max_bytes = MAX_GROUP_BYTES;
     // The end of the last delivered (and committed) group: where the next one starts.
     let mut from = spool.0.lock().read;

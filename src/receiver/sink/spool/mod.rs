@@ -29,7 +29,7 @@ mod segment;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -73,6 +73,9 @@ pub enum SpoolError {
     /// The blocking task running the I/O died.
     #[error("spool task failed: {0}")]
     Task(#[source] tokio::task::JoinError),
+    /// The forwarder's thread or its runtime could not be started.
+    #[error("cannot start the spool forwarder: {0}")]
+    Start(#[source] io::Error),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
@@ -273,9 +276,14 @@ impl Spool {
         Ok(())
     }
 
-    /// Drains the spool to `sink` until `stop` turns true (see [`forward`]).
-    pub async fn forward(self, sink: HttpSink, stop: watch::Receiver<bool>) {
-        forward::run(self, sink, stop).await;
+    /// Starts draining the spool to `sink` on a thread of its own (see [`forward`]); the
+    /// returned future ends once the forwarder has stopped after `stop` turned true.
+    pub fn forward(
+        self,
+        sink: HttpSink,
+        stop: watch::Receiver<bool>,
+    ) -> Result<impl Future<Output = ()>, SpoolError> {
+        forward::start(self, sink, stop)
     }
 }
 
@@ -291,15 +299,14 @@ impl Inner {
     }
 
     fn append(&self, payload: &[u8]) -> Result<(), SpoolError> {
-        let frame = segment::encode(payload);
-        let len = frame.len() as u64;
+        let len = segment::HEADER_LEN + payload.len() as u64;
         let mut st = self.lock();
         if st.disk_bytes() + len > self.max_bytes {
             return Err(SpoolError::Full);
         }
         let w = self.writer(&mut st)?;
         let (seq, file) = (w.seq, w.file.clone());
-        if let Err(e) = (&*file).write_all(&frame) {
+        if let Err(e) = segment::append(&file, payload) {
             // The segment may now end in a partial frame: stop appending to it (the forwarder
             // reads whole durable frames only) and count what is on disk.
             let p = segment::path(&self.dir, seq);

@@ -6,7 +6,7 @@
 //! segment is trusted, because frame boundaries are lost. Blocking I/O: call from a blocking task.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read as _, Seek, SeekFrom};
+use std::io::{self, BufReader, IoSlice, Read as _, Seek, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -34,13 +34,31 @@ pub fn parse_name(name: &str) -> Option<u64> {
     name.strip_suffix(SUFFIX)?.parse().ok()
 }
 
-/// Frames `payload`.
-pub fn encode(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + HEADER_LEN as usize);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&checksum(payload));
-    out.extend_from_slice(payload);
-    out
+/// Appends the frame of `payload` to `file` (opened for appending), in one system call unless
+/// the kernel takes less. The payload is not copied into a frame first: at about 1 MiB per ENS
+/// batch of 1000 events, that copy was one more large allocation per append on whichever
+/// blocking thread ran it. Returns the frame's length.
+pub fn append(mut file: &File, payload: &[u8]) -> io::Result<u64> {
+    let header = header(payload);
+    let mut parts = [IoSlice::new(&header), IoSlice::new(payload)];
+    let mut rest = &mut parts[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(HEADER_LEN + payload.len() as u64)
+}
+
+/// The bytes before `payload` in its frame.
+fn header(payload: &[u8]) -> [u8; HEADER_LEN as usize] {
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[4..].copy_from_slice(&checksum(payload));
+    header
 }
 
 fn checksum(payload: &[u8]) -> [u8; 8] {
@@ -117,6 +135,11 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+
+    /// The frame [`append`] writes, in memory.
+    fn encode(payload: &[u8]) -> Vec<u8> {
+        [&header(payload)[..], payload].concat()
+    }
 
     fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ens-seg-{}-{name}", std::process::id()));

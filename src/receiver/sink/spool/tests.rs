@@ -121,7 +121,7 @@ fn groups_are_bounded_but_hold_at_least_one_record() {
     assert!(drain_group(&spool, 7).is_none());
 
     // The byte bound.
-    let frame = segment::encode(&record("f", 3)).len() as u64;
+    let frame = segment::HEADER_LEN + record("f", 3).len() as u64;
     for _ in 0..3 {
         spool.0.append(&record("f", 3)).unwrap();
     }
@@ -197,13 +197,12 @@ fn the_forwarder_reads_only_what_is_durable() {
     // fsync.
     {
         let mut st = spool.0.lock();
-        let frame = segment::encode(&record("b", 1));
         let w = st.writer.as_mut().unwrap();
-        (&*w.file).write_all(&frame).unwrap();
-        w.written += frame.len() as u64;
+        let frame = segment::append(&w.file, &record("b", 1)).unwrap();
+        w.written += frame;
         w.records += 1;
         let seq = w.seq;
-        st.segments.get_mut(&seq).unwrap().bytes += frame.len() as u64;
+        st.segments.get_mut(&seq).unwrap().bytes += frame;
     }
     assert_eq!(drain_group(&spool, 5000).unwrap(), ["a"]);
     assert!(read(&spool).is_none(), "b is not durable yet");
@@ -217,7 +216,7 @@ fn resumes_after_reopen_and_deletes_drained_segments() {
     let dir = temp("resume");
     let metrics = Arc::new(Metrics::new());
     // Segments roll at a quarter of the bound: two records each here.
-    let frame = segment::encode(&record("t1", 1)).len() as u64;
+    let frame = segment::HEADER_LEN + record("t1", 1).len() as u64;
     let open = || Spool::open(&dir, 8 * frame, metrics.clone()).unwrap();
     let spool = open();
     for tag in ["t1", "t2", "t3"] {
@@ -273,7 +272,7 @@ fn one_spool_per_directory() {
 fn refuses_beyond_the_bound() {
     let dir = temp("bound");
     let payload = record("x", 1);
-    let frame = segment::encode(&payload).len() as u64;
+    let frame = segment::HEADER_LEN + payload.len() as u64;
     let spool = Spool::open(&dir, frame + frame / 2, Arc::new(Metrics::new())).unwrap();
     spool.0.append(&payload).unwrap();
     assert!(matches!(spool.0.append(&payload), Err(SpoolError::Full)));
@@ -307,7 +306,7 @@ fn an_unreadable_record_is_skipped_inside_its_group_and_counted_once() {
 #[test]
 fn reading_ahead_waits_for_commits_before_leaving_a_segment() {
     let dir = temp("ahead");
-    let frame = segment::encode(&record("t1", 1)).len() as u64;
+    let frame = segment::HEADER_LEN + record("t1", 1).len() as u64;
     // Segments roll at a quarter of the bound: two records each here.
     let spool = Spool::open(&dir, 8 * frame, Arc::new(Metrics::new())).unwrap();
     for tag in ["t1", "t2", "t3"] {
