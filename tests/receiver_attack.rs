@@ -84,15 +84,6 @@ async fn post_signed(client: &reqwest::Client, url: &str, body: &str) -> reqwest
     Ok(resp.status().as_u16())
 }
 
-/// The CloudEvent ids of a batch's events.
-fn ids(body: &str) -> Vec<String> {
-    parse_batch(body.as_bytes(), ROUTE)
-        .expect("a batch")
-        .into_iter()
-        .map(|e| e.id)
-        .collect()
-}
-
 /// ce-id → how many times the sink accepted it (binary mode).
 fn delivered(sink: &TestSink) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();

@@ -40,15 +40,6 @@ fn delivered(sink: &TestSink) -> BTreeMap<String, usize> {
     out
 }
 
-/// The CloudEvent ids of a batch's events.
-fn ids(body: &str) -> Vec<String> {
-    parse_batch(body.as_bytes(), ROUTE)
-        .expect("a batch")
-        .into_iter()
-        .map(|e| e.id)
-        .collect()
-}
-
 /// The ids in a batched-mode delivery, in order.
 fn batched_ids(d: &Delivery) -> Vec<String> {
     serde_json::from_slice::<Vec<serde_json::Value>>(&d.body)
@@ -142,18 +133,35 @@ async fn wait_drained(rx: &Receiver) {
     }
 }
 
+/// With `sink` down, spools `records` batches of `events` events each (named `name-N`) in a
+/// receiver on `dir`, each acknowledged, then kills it: the backlog a restart finds. Returns the
+/// bodies and their events' ids in spool order.
+async fn spool_backlog(
+    dir: &Path,
+    sink: &TestSink,
+    args: &[&str],
+    name: &str,
+    records: usize,
+    events: usize,
+) -> (Vec<String>, Vec<String>) {
+    let rx = spawn(dir, sink, args);
+    let bodies: Vec<String> = (0..records)
+        .map(|i| batch(&format!("{name}-{i}"), events))
+        .collect();
+    for b in &bodies {
+        assert_eq!(rx.post(ROUTE, b, Some(&sig(KEY, b))).await.0, 200);
+    }
+    rx.kill9();
+    let sent = bodies.iter().flat_map(|b| ids(b)).collect();
+    (bodies, sent)
+}
+
 #[tokio::test]
 async fn a_backlog_goes_out_in_one_request_and_a_crash_before_its_commit_resends_it() {
     let dir = temp_dir("group");
     let batched = ["--sink-mode", "batched"];
     let sink = TestSink::start(false).await;
-    let rx = spawn(&dir, &sink, &batched);
-    let bodies: Vec<String> = (0..20).map(|i| batch(&format!("group-{i}"), 3)).collect();
-    for b in &bodies {
-        assert_eq!(rx.post(ROUTE, b, Some(&sig(KEY, b))).await.0, 200);
-    }
-    rx.kill9();
-    let sent: Vec<String> = bodies.iter().flat_map(|b| ids(b)).collect();
+    let (_, sent) = spool_backlog(&dir, &sink, &batched, "group", 20, 3).await;
 
     // The sink takes the backlog, but its answer has not reached the receiver when it dies.
     sink.set_hold(Duration::from_secs(60));
@@ -207,13 +215,7 @@ async fn a_sink_that_refuses_large_requests_gets_smaller_groups() {
     let dir = temp_dir("too-large");
     let batched = ["--sink-mode", "batched"];
     let sink = TestSink::start(false).await;
-    let rx = spawn(&dir, &sink, &batched);
-    let bodies: Vec<String> = (0..12).map(|i| batch(&format!("large-{i}"), 4)).collect();
-    for b in &bodies {
-        assert_eq!(rx.post(ROUTE, b, Some(&sig(KEY, b))).await.0, 200);
-    }
-    rx.kill9();
-    let sent: Vec<String> = bodies.iter().flat_map(|b| ids(b)).collect();
+    let (bodies, sent) = spool_backlog(&dir, &sink, &batched, "large", 12, 4).await;
 
     // Room for about three records per request: the 12-record backlog is refused first.
     let one_record = sink_body_len(&bodies[0]);

@@ -308,6 +308,16 @@ pub fn key_file(dir: &Path, name: &str, keys: &[&str]) -> String {
     p.display().to_string()
 }
 
+/// The CloudEvent ids of a batch's events, in order (an id depends on the event only, not on
+/// the route it came in on).
+pub fn ids(body: &str) -> Vec<String> {
+    ens_operator::receiver::event::parse_batch(body.as_bytes(), "/")
+        .expect("a batch")
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
+}
+
 /// A fresh temporary directory for one test.
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
     let nanos = std::time::SystemTime::now()
