@@ -223,7 +223,15 @@ fn sorted_unique<'a>(mut fields: Vec<(Text<'a>, Node<'a>)>) -> Vec<(Text<'a>, No
 pub fn event_id(event: &Value) -> String {
     let mut buf = Vec::with_capacity(512);
     write_value(event, &mut buf);
-    hex::encode(Sha256::digest(buf.as_slice()))
+    hex_digest(&buf)
+}
+
+/// Lowercase hex SHA-256 of a canonical form: the id. Encoded in one go rather than a character
+/// at a time as `hex::encode` does.
+pub fn hex_digest(canonical: &[u8]) -> String {
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(canonical), &mut out).expect("64 hex digits for 32 bytes");
+    std::str::from_utf8(&out).expect("hex is ASCII").to_owned()
 }
 
 fn write_value(v: &Value, out: &mut Vec<u8>) {

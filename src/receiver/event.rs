@@ -10,10 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
 
 pub use crate::receiver::canonical::event_id;
-use crate::receiver::canonical::{Node, Text, write_fields};
+use crate::receiver::canonical::{Node, Text, hex_digest, write_fields};
 
 /// Prefix of every CloudEvent `type`: `<prefix>.<eventCategoryType>`.
 pub const TYPE_PREFIX: &str = "com.salesforce.marketingcloud.ens";
@@ -120,14 +119,6 @@ fn to_cloud_event(
         datacontenttype: "application/json".to_owned(),
         data: raw.to_owned(),
     }
-}
-
-/// Lowercase hex SHA-256 of `bytes` (the event id), encoded in one go rather than a character
-/// at a time as `hex::encode` does.
-fn hex_digest(bytes: &[u8]) -> String {
-    let mut out = [0u8; 64];
-    hex::encode_to_slice(Sha256::digest(bytes), &mut out).expect("64 hex digits for 32 bytes");
-    std::str::from_utf8(&out).expect("hex is ASCII").to_owned()
 }
 
 #[cfg(test)]

@@ -15,10 +15,11 @@
 //! overlap, so the sink sees groups in spool order.
 //!
 //! The forwarder runs on a thread of its own (`spool-forwarder`), with a single-threaded runtime
-//! that also drives the sink's connections and has its own threads for the disk (`spool-io`). On the request handlers' runtime it waited behind them at each of its
-//! await points (checking a batch of 1000 events takes milliseconds without yielding), and fell
-//! behind the acknowledgements (BENCHMARKS.md, finding 2); as a thread it gets its share of the
-//! CPU from the OS scheduler.
+//! that also drives the sink's connections and has its own threads for the disk (`spool-io`).
+//! On the request handlers' runtime it waited behind them at each of its await points (checking
+//! a batch of 1000 events takes milliseconds without yielding), and fell behind the
+//! acknowledgements (BENCHMARKS.md, finding 2); as a thread it gets its share of the CPU from the
+//! OS scheduler.
 //!
 //! A sink that refuses a group of several records as too large (413) gets smaller groups from
 //! then on, halving down to one record per request, what it got before groups existed.
