@@ -451,7 +451,9 @@ async fn a_flapping_sink_gets_every_acknowledged_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_sink_behind_the_spool_gets_every_event_exactly_once() {
-    let sink = Arc::new(TestSink::start(true).await);
+    // Down at first: the forwarder, quick to drain, could otherwise deliver everything inside
+    // the flapper's first "up" window and never meet a refusal.
+    let sink = Arc::new(TestSink::start(false).await);
     let dir = temp_dir("flap-spool");
     let spool = dir.join("spool");
     let rx = spawn_in(
@@ -467,12 +469,19 @@ async fn a_flapping_sink_behind_the_spool_gets_every_event_exactly_once() {
     let batches: Vec<String> = (0..60)
         .map(|i| batch(&format!("spool-flap-{i}"), 3))
         .collect();
+    let mut attempts = post_until_acknowledged(&rx.url, &batches[..1], 1).await;
+    wait_until(
+        "the down sink refuses the first delivery",
+        Duration::from_secs(10),
+        || sink.refused() > 0,
+    )
+    .await;
     let (stop, flapper) = flap(
         sink.clone(),
         Duration::from_millis(12),
         Duration::from_millis(8),
     );
-    let attempts = post_until_acknowledged(&rx.url, &batches, 4).await;
+    attempts.extend(post_until_acknowledged(&rx.url, &batches[1..], 4).await);
     assert!(
         attempts.iter().all(|a| a == &[200]),
         "the spool acknowledges at fsync, whatever the sink does"
