@@ -57,6 +57,10 @@ enum Delivery {
     Stopped,
 }
 
+/// Disk threads of the forwarder's runtime: it has at most a group read, a commit and a cursor
+/// sync running at once, and each idle thread kept would be another mimalloc heap.
+const MAX_IO_THREADS: usize = 3;
+
 /// Starts [`run`] on its thread; the future ends when the thread does.
 pub fn start(
     spool: Spool,
@@ -66,6 +70,7 @@ pub fn start(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("spool-io")
+        .max_blocking_threads(MAX_IO_THREADS)
         .build()
         .map_err(SpoolError::Start)?;
     let (done, finished) = oneshot::channel::<()>();

@@ -2,10 +2,14 @@
 //! before ENS gets its 200; a forwarder ([`forward`]) drains them to the HTTP sink.
 //!
 //! Appends commit in groups: an appender writes its frame under the state lock, then waits until
-//! the frame is durable. One waiter at a time (the leader) runs `fdatasync` with the lock
-//! released, and that one call covers every frame written before it, so concurrent appends share
-//! fsyncs and neither other appenders nor the forwarder wait behind a disk flush. An append
-//! returns (and the batch gets its 200) only once a sync that started after its write succeeded.
+//! the frame is durable. One sync loop at a time, on a blocking thread started by the appender
+//! that found none running, runs `fdatasync` with the lock released while written frames are
+//! left unsynced; each call covers every frame written before it, so concurrent appends share
+//! fsyncs and neither appenders nor the forwarder wait behind a disk flush. Appenders wait for
+//! their turn to write and for the sync that covers them asynchronously (a `watch` of the
+//! durable watermark), holding no thread: a parked blocking thread each made every waiting
+//! appender a mimalloc thread heap (BENCHMARKS.md, finding 7). An append returns (and the batch
+//! gets its 200) only once a sync that started after its write succeeded.
 //! The durable length of the open segment is its `readable` watermark: the forwarder never reads
 //! past it, so it never delivers a record whose append could still fail.
 //!
@@ -31,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, watch};
 
@@ -110,7 +114,7 @@ struct State {
     next_seq: u64,
     /// First record not yet delivered (as committed to the cursor).
     read: Pos,
-    /// A leader is syncing the open segment, without the lock.
+    /// The sync loop is running (it syncs without the lock).
     syncing: bool,
     /// Segments whose unsynced tail was lost to a failed write or fsync: appends waiting for it
     /// fail rather than be acknowledged.
@@ -164,6 +168,34 @@ impl State {
     }
 }
 
+/// Where a frame ends: segment `seq`, `end` bytes in.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Frame {
+    seq: u64,
+    end: u64,
+}
+
+/// Where the syncs stand, as the appenders waiting for one see it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Synced {
+    /// The open segment's durable watermark after the last successful sync.
+    durable: Frame,
+    /// The sync loop is running.
+    running: bool,
+}
+
+/// Where an appended frame stands.
+enum Commit {
+    /// Durable: the batch may be acknowledged.
+    Durable,
+    /// Not yet: wait on `synced` until it [decides](Synced::decides) the frame, then settle
+    /// again unless it covers it. `lead`: no loop was running, so this appender starts one.
+    Pending {
+        synced: watch::Receiver<Synced>,
+        lead: bool,
+    },
+}
+
 /// What the forwarder finds at a read position.
 enum Next {
     /// Records to deliver.
@@ -181,11 +213,14 @@ struct Inner {
     max_bytes: u64,
     segment_bytes: u64,
     state: Mutex<State>,
-    /// Signalled when a leader's sync ends.
-    synced: Condvar,
+    /// Sent by the sync loop after each sync (also a failed one) and when it stops.
+    synced: watch::Sender<Synced>,
     /// Taken after `state` when both are needed, never the other way round.
     cursor: Mutex<Cursor>,
     appended: Notify,
+    /// Taken (asynchronously) for a frame's write, so appenders queue for the state lock
+    /// without holding a thread.
+    writing: Arc<tokio::sync::Mutex<()>>,
     metrics: Arc<Metrics>,
 }
 
@@ -256,9 +291,10 @@ impl Spool {
             max_bytes,
             segment_bytes: (max_bytes / 4).clamp(1, MAX_SEGMENT_BYTES),
             state: Mutex::new(state),
-            synced: Condvar::new(),
+            synced: watch::Sender::new(Synced::default()),
             cursor: Mutex::new(cursor),
             appended: Notify::new(),
+            writing: Arc::default(),
             metrics,
         }));
         spool.0.recount()?;
@@ -269,9 +305,27 @@ impl Spool {
     pub async fn append(&self, events: &[CloudEvent]) -> Result<(), SpoolError> {
         let payload = cloudevents::encode_batch(events).map_err(SpoolError::Encode)?;
         let inner = self.0.clone();
-        tokio::task::spawn_blocking(move || inner.append(&payload))
-            .await
-            .map_err(SpoolError::Task)??;
+        let turn = self.0.writing.clone().lock_owned().await;
+        let (frame, mut commit) = blocking(move || {
+            let frame = inner.write(&payload);
+            drop(turn);
+            let frame = frame?;
+            Ok((frame, inner.settle(frame)?))
+        })
+        .await?;
+        while let Commit::Pending { mut synced, lead } = commit {
+            if lead {
+                let inner = self.0.clone();
+                tokio::task::spawn_blocking(move || inner.sync_loop());
+            }
+            // The sender lives as long as the spool.
+            let _ = synced.wait_for(|s| s.decides(frame)).await;
+            if synced.borrow().durable.covers(frame) {
+                break;
+            }
+            let inner = self.0.clone();
+            commit = blocking(move || inner.settle(frame)).await?;
+        }
         self.0.appended.notify_one();
         Ok(())
     }
@@ -287,6 +341,31 @@ impl Spool {
     }
 }
 
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(SpoolError::Task)?
+}
+
+impl Frame {
+    /// Whether a sync that reached `self` made `frame` durable.
+    fn covers(self, frame: Frame) -> bool {
+        self.seq == frame.seq && self.end >= frame.end
+    }
+}
+
+impl Synced {
+    /// Whether an appender waiting for `frame` can stop waiting: a sync covered it, or the
+    /// loop stopped (short of it, after a failed sync), or the loop moved on to a later
+    /// segment (rolling synced or lost the frame's segment under the lock). Then it settles
+    /// again, unless covered.
+    fn decides(self, frame: Frame) -> bool {
+        self.durable.covers(frame) || !self.running || self.durable.seq > frame.seq
+    }
+}
+
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves consistent data (every field is updated after
@@ -298,7 +377,8 @@ impl Inner {
         self.cursor.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn append(&self, payload: &[u8]) -> Result<(), SpoolError> {
+    /// Writes `payload` as a frame of the open segment, not yet durable.
+    fn write(&self, payload: &[u8]) -> Result<Frame, SpoolError> {
         let len = segment::HEADER_LEN + payload.len() as u64;
         let mut st = self.lock();
         if st.disk_bytes() + len > self.max_bytes {
@@ -326,7 +406,7 @@ impl Inner {
         if let Some(seg) = st.segments.get_mut(&seq) {
             seg.bytes += len;
         }
-        self.await_durable(st, seq, end)
+        Ok(Frame { seq, end })
     }
 
     /// The open segment, rolling to a new one when there is none or it is full.
@@ -368,47 +448,71 @@ impl Inner {
         st.writer.as_ref().ok_or(SpoolError::Full)
     }
 
-    /// Waits until segment `seq` is durable up to `end`, leading a sync when none is under way.
-    fn await_durable<'a>(
-        &'a self,
-        mut st: MutexGuard<'a, State>,
-        seq: u64,
-        end: u64,
-    ) -> Result<(), SpoolError> {
-        loop {
-            if st.segments.get(&seq).is_some_and(|s| s.readable >= end) {
-                return Ok(());
-            }
-            if st.lost.contains(&seq) {
-                return Err(SpoolError::NotDurable(segment::path(&self.dir, seq)));
-            }
-            let Some(w) = st.writer.as_ref().filter(|w| w.seq == seq) else {
-                // Closed after a successful sync (else it would be lost), then delivered and
-                // deleted.
-                return Ok(());
-            };
-            if st.syncing {
-                st = self.synced.wait(st).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            let (file, at, records) = (w.file.clone(), w.written, w.records);
+    /// Whether `frame` is durable, and if not what to wait for.
+    fn settle(&self, frame: Frame) -> Result<Commit, SpoolError> {
+        let mut st = self.lock();
+        let seq = frame.seq;
+        if st
+            .segments
+            .get(&seq)
+            .is_some_and(|s| s.readable >= frame.end)
+        {
+            return Ok(Commit::Durable);
+        }
+        if st.lost.contains(&seq) {
+            return Err(SpoolError::NotDurable(segment::path(&self.dir, seq)));
+        }
+        if st.writer.as_ref().is_none_or(|w| w.seq != seq) {
+            // Closed after a successful sync (else it would be lost), then delivered and deleted.
+            return Ok(Commit::Durable);
+        }
+        let lead = !st.syncing;
+        if lead {
             st.syncing = true;
+            self.synced.send_modify(|s| s.running = true);
+        }
+        // Subscribed under the lock, so the loop cannot stop unseen before this waits.
+        let synced = self.synced.subscribe();
+        Ok(Commit::Pending { synced, lead })
+    }
+
+    /// Syncs the open segment until no written frame is left unsynced, publishing each
+    /// watermark; run by the appender that found no loop running.
+    fn sync_loop(&self) {
+        let mut st = self.lock();
+        loop {
+            let unsynced = st.writer.as_ref().filter(|w| {
+                st.segments
+                    .get(&w.seq)
+                    .is_some_and(|s| s.readable < w.written)
+            });
+            let Some(w) = unsynced else {
+                st.syncing = false;
+                self.synced.send_modify(|s| s.running = false);
+                return;
+            };
+            let (seq, file, at, records) = (w.seq, w.file.clone(), w.written, w.records);
             drop(st);
-            let synced = file.sync_data();
+            let result = file.sync_data();
             st = self.lock();
-            st.syncing = false;
-            self.synced.notify_all();
-            if let Err(e) = synced {
-                // After a failed fsync the kernel may have dropped the dirty pages: nothing
-                // written to this segment and not yet durable can be acknowledged.
-                st.lost.insert(seq);
-                if st.writer.as_ref().is_some_and(|w| w.seq == seq) {
-                    st.writer = None;
+            match result {
+                Ok(()) => {
+                    st.mark_durable(seq, at, records);
+                    self.synced
+                        .send_modify(|s| s.durable = Frame { seq, end: at });
+                    self.publish(&st);
                 }
-                return Err(io_err(&segment::path(&self.dir, seq))(e));
+                Err(e) => {
+                    // After a failed fsync the kernel may have dropped the dirty pages: nothing
+                    // written to this segment and not yet durable can be acknowledged.
+                    tracing::error!(segment = seq, error = %e, "cannot sync spool segment");
+                    st.lost.insert(seq);
+                    if st.writer.as_ref().is_some_and(|w| w.seq == seq) {
+                        st.writer = None;
+                    }
+                    self.synced.send_modify(|_| {});
+                }
             }
-            st.mark_durable(seq, at, records);
-            self.publish(&st);
         }
     }
 

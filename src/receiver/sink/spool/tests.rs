@@ -32,6 +32,20 @@ fn record(tag: &str, n: usize) -> Vec<u8> {
     cloudevents::encode_batch(&parse_batch(body.as_bytes(), "/spool").unwrap()).unwrap()
 }
 
+/// Appends `payload` and returns once it is durable, as `Spool::append` does, on this thread.
+fn append(spool: &Spool, payload: &[u8]) -> Result<(), SpoolError> {
+    let frame = spool.0.write(payload)?;
+    while let Commit::Pending { mut synced, lead } = spool.0.settle(frame)? {
+        if lead {
+            spool.0.sync_loop();
+        } else {
+            let until = synced.wait_for(|s| s.decides(frame));
+            let _ = futures::executor::block_on(until);
+        }
+    }
+    Ok(())
+}
+
 /// The tag of each event, in order, decoding a batched group's body.
 fn tags(events: group::Outgoing) -> Vec<String> {
     let events = match events {
@@ -83,7 +97,7 @@ fn many_records_are_one_group_and_one_commit() {
     let metrics = Arc::new(Metrics::new());
     let spool = Spool::open(&dir, 1 << 20, metrics.clone()).unwrap();
     for tag in ["a", "b", "c", "d"] {
-        spool.0.append(&record(tag, 3)).unwrap();
+        append(&spool, &record(tag, 3)).unwrap();
     }
     assert_eq!(metrics.spool_depth_records.get(), 4);
     let before = commits(&spool);
@@ -103,10 +117,10 @@ fn groups_are_bounded_but_hold_at_least_one_record() {
     let dir = temp("bounded");
     let spool = Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())).unwrap();
     for tag in ["a", "b", "c"] {
-        spool.0.append(&record(tag, 3)).unwrap();
+        append(&spool, &record(tag, 3)).unwrap();
     }
-    spool.0.append(&record("big", 10)).unwrap();
-    spool.0.append(&record("e", 1)).unwrap();
+    append(&spool, &record("big", 10)).unwrap();
+    append(&spool, &record("e", 1)).unwrap();
     assert_eq!(
         drain_group(&spool, 7).unwrap(),
         ["a", "a", "a", "b", "b", "b"]
@@ -123,7 +137,7 @@ fn groups_are_bounded_but_hold_at_least_one_record() {
     // The byte bound.
     let frame = segment::HEADER_LEN + record("f", 3).len() as u64;
     for _ in 0..3 {
-        spool.0.append(&record("f", 3)).unwrap();
+        append(&spool, &record("f", 3)).unwrap();
     }
     let g = group(&spool, SinkMode::Batched, usize::MAX, 2 * frame + 1).unwrap();
     assert_eq!((g.records, g.bytes), (2, 2 * frame));
@@ -135,7 +149,7 @@ fn a_group_not_committed_before_a_crash_is_read_again() {
     let metrics = Arc::new(Metrics::new());
     let spool = Spool::open(&dir, 1 << 20, metrics.clone()).unwrap();
     for tag in ["a", "b"] {
-        spool.0.append(&record(tag, 2)).unwrap();
+        append(&spool, &record(tag, 2)).unwrap();
     }
     let first = read(&spool).unwrap();
     // The sink took it; the process dies before the commit.
@@ -166,7 +180,7 @@ fn concurrent_appends_are_all_durable_whole_and_in_order() {
             let spool = spool.clone();
             s.spawn(move || {
                 for k in 0..each {
-                    spool.0.append(&record(&format!("t{t}x{k}"), 1)).unwrap();
+                    append(&spool, &record(&format!("t{t}x{k}"), 1)).unwrap();
                 }
             });
         }
@@ -189,10 +203,65 @@ fn concurrent_appends_are_all_durable_whole_and_in_order() {
 }
 
 #[test]
+fn appends_wait_for_the_sync_loop_and_one_sync_covers_them() {
+    let dir = temp("pending");
+    let spool = Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())).unwrap();
+    append(&spool, &record("a", 1)).unwrap();
+    // A sync loop is running: these wait for it.
+    spool.0.lock().syncing = true;
+    let pending = |tag| {
+        let frame = spool.0.write(&record(tag, 1)).unwrap();
+        match spool.0.settle(frame).unwrap() {
+            Commit::Pending { synced, lead } => (frame, synced, lead),
+            Commit::Durable => panic!("{tag}: durable before a sync"),
+        }
+    };
+    let (b, mut b_synced, b_leads) = pending("b");
+    let (c, _, c_leads) = pending("c");
+    assert!(!b_leads && !c_leads && b.end < c.end);
+    assert!(
+        read(&spool).is_some_and(|g| g.records == 1),
+        "b and c not durable"
+    );
+    // That loop stops short of them (as after a failed sync); c settles again and leads the
+    // next one, whose one sync covers b too.
+    spool.0.lock().syncing = false;
+    let Commit::Pending { lead: true, .. } = spool.0.settle(c).unwrap() else {
+        panic!("c must lead")
+    };
+    spool.0.sync_loop();
+    assert!(b_synced.has_changed().unwrap());
+    let seen = *b_synced.borrow_and_update();
+    assert!(seen.durable.covers(b) && !seen.running);
+    assert!(!spool.0.lock().syncing);
+    assert_eq!(drain_group(&spool, 5000).unwrap(), ["a", "b", "c"]);
+}
+
+#[test]
+fn waiting_ends_when_covered_when_the_loop_stops_or_moves_to_a_later_segment() {
+    let frame = Frame { seq: 3, end: 100 };
+    let at = |seq, end, running| Synced {
+        durable: Frame { seq, end },
+        running,
+    };
+    assert!(!at(3, 99, true).decides(frame));
+    assert!(
+        !at(2, 500, true).decides(frame),
+        "an earlier segment's sync"
+    );
+    assert!(at(3, 100, true).decides(frame));
+    assert!(
+        at(3, 99, false).decides(frame),
+        "stopped short: settle again"
+    );
+    assert!(at(4, 0, true).decides(frame), "rolled: settle again");
+}
+
+#[test]
 fn the_forwarder_reads_only_what_is_durable() {
     let dir = temp("watermark");
     let spool = Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())).unwrap();
-    spool.0.append(&record("a", 1)).unwrap();
+    append(&spool, &record("a", 1)).unwrap();
     // A frame written but not yet synced, as between an appender's write and its leader's
     // fsync.
     {
@@ -207,7 +276,7 @@ fn the_forwarder_reads_only_what_is_durable() {
     assert_eq!(drain_group(&spool, 5000).unwrap(), ["a"]);
     assert!(read(&spool).is_none(), "b is not durable yet");
     // The next append's sync covers b too.
-    spool.0.append(&record("c", 1)).unwrap();
+    append(&spool, &record("c", 1)).unwrap();
     assert_eq!(drain_group(&spool, 5000).unwrap(), ["b", "c"]);
 }
 
@@ -220,14 +289,14 @@ fn resumes_after_reopen_and_deletes_drained_segments() {
     let open = || Spool::open(&dir, 8 * frame, metrics.clone()).unwrap();
     let spool = open();
     for tag in ["t1", "t2", "t3"] {
-        spool.0.append(&record(tag, 1)).unwrap();
+        append(&spool, &record(tag, 1)).unwrap();
     }
     assert_eq!(drain_group(&spool, 1).unwrap(), ["t1"]);
     drop(spool);
 
     let spool = open();
     assert_eq!(metrics.spool_depth_records.get(), 2);
-    spool.0.append(&record("t4", 1)).unwrap();
+    append(&spool, &record("t4", 1)).unwrap();
     assert_eq!(
         segments(&dir),
         3,
@@ -244,7 +313,7 @@ fn resumes_after_reopen_and_deletes_drained_segments() {
         1,
         "drained segments are deleted, but the open one"
     );
-    spool.0.append(&record("t5", 1)).unwrap();
+    append(&spool, &record("t5", 1)).unwrap();
     assert_eq!(drain_group(&spool, 5000).unwrap(), ["t5"]);
     assert!(drain_group(&spool, 5000).is_none());
     assert_eq!(
@@ -252,7 +321,7 @@ fn resumes_after_reopen_and_deletes_drained_segments() {
         0,
         "the open segment goes once it is full and drained"
     );
-    spool.0.append(&record("t6", 1)).unwrap();
+    append(&spool, &record("t6", 1)).unwrap();
     assert_eq!(drain_group(&spool, 5000).unwrap(), ["t6"]);
 }
 
@@ -274,11 +343,11 @@ fn refuses_beyond_the_bound() {
     let payload = record("x", 1);
     let frame = segment::HEADER_LEN + payload.len() as u64;
     let spool = Spool::open(&dir, frame + frame / 2, Arc::new(Metrics::new())).unwrap();
-    spool.0.append(&payload).unwrap();
-    assert!(matches!(spool.0.append(&payload), Err(SpoolError::Full)));
+    append(&spool, &payload).unwrap();
+    assert!(matches!(append(&spool, &payload), Err(SpoolError::Full)));
     assert!(drain_group(&spool, 5000).is_some());
     assert!(drain_group(&spool, 5000).is_none());
-    spool.0.append(&payload).unwrap();
+    append(&spool, &payload).unwrap();
 }
 
 #[test]
@@ -287,12 +356,9 @@ fn an_unreadable_record_is_skipped_inside_its_group_and_counted_once() {
     let metrics = Arc::new(Metrics::new());
     let spool = Spool::open(&dir, 1 << 20, metrics.clone()).unwrap();
     for mode in [SinkMode::Binary, SinkMode::Batched] {
-        spool.0.append(&record("a", 1)).unwrap();
-        spool
-            .0
-            .append(b"checksummed, but not a JSON array")
-            .unwrap();
-        spool.0.append(&record("b", 1)).unwrap();
+        append(&spool, &record("a", 1)).unwrap();
+        append(&spool, b"checksummed, but not a JSON array").unwrap();
+        append(&spool, &record("b", 1)).unwrap();
         let before = metrics.spool_corrupt_records.get();
         let g = group(&spool, mode, 5000, u64::MAX).unwrap();
         assert_eq!(g.records, 3, "{mode:?}");
@@ -310,7 +376,7 @@ fn reading_ahead_waits_for_commits_before_leaving_a_segment() {
     // Segments roll at a quarter of the bound: two records each here.
     let spool = Spool::open(&dir, 8 * frame, Arc::new(Metrics::new())).unwrap();
     for tag in ["t1", "t2", "t3"] {
-        spool.0.append(&record(tag, 1)).unwrap();
+        append(&spool, &record(tag, 1)).unwrap();
     }
     let limits = (1, u64::MAX);
     let ahead = |from: Pos, settled: bool| match spool
