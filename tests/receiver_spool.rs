@@ -1,6 +1,7 @@
 //! The durable spool against the real binary: kill -9 right after a 200 loses nothing and
 //! repeats nothing, a backlog goes out in one request and a crash before its commit sends it
-//! again whole, a full spool answers 503, a torn tail record is skipped.
+//! again whole, a full spool answers 503, a torn tail record is skipped, clients hanging up mid
+//! append leave it working.
 
 mod receiver_support;
 
@@ -9,6 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
+use ens_operator::ens::signing::SIGNATURE_HEADER;
 use ens_operator::receiver::event::parse_batch;
 use receiver_support::*;
 
@@ -339,4 +341,43 @@ async fn a_torn_tail_record_is_skipped_never_delivered() {
             .all(|d| serde_json::from_slice::<serde_json::Value>(&d.body).is_ok()),
         "only whole events reach the sink"
     );
+}
+
+/// ENS hangs up on a slow answer (its 3 s deadline), which drops the request's handler midway
+/// through its spool append: later batches must still be acknowledged. (An appender chosen to
+/// start the sync loop once started it from its handler, so a hang-up at that moment left every
+/// later append waiting for a loop that never ran.)
+#[tokio::test]
+async fn clients_hanging_up_mid_append_leave_the_spool_working() {
+    use tokio::io::AsyncWriteExt;
+    let dir = temp_dir("hangups");
+    let sink = TestSink::start(true).await;
+    let rx = spawn(&dir, &sink, &[]);
+    let addr = rx.url.trim_start_matches("http://").to_owned();
+    for i in 0..100 {
+        let body = batch(&format!("gone{i}"), 100);
+        let request = format!(
+            "POST {ROUTE} HTTP/1.1\r\nhost: receiver\r\ncontent-type: application/json\r\n\
+             {SIGNATURE_HEADER}: {}\r\ncontent-length: {}\r\n\r\n{body}",
+            sig(KEY, &body),
+            body.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        // Gone before the answer.
+        drop(stream);
+    }
+    let kept = batch("kept", 1);
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.post(ROUTE, &kept, Some(&sig(KEY, &kept))),
+    )
+    .await
+    .expect("a batch after the hang-ups waited over 10 s: the spool is stuck");
+    assert_eq!(answer.0, 200);
+    let id = ids(&kept).remove(0);
+    wait_until("the kept event delivered", Duration::from_secs(10), || {
+        delivered(&sink).contains_key(&id)
+    })
+    .await;
 }

@@ -189,7 +189,8 @@ enum Commit {
     /// Durable: the batch may be acknowledged.
     Durable,
     /// Not yet: wait on `synced` until it [decides](Synced::decides) the frame, then settle
-    /// again unless it covers it. `lead`: no loop was running, so this appender starts one.
+    /// again unless it covers it. `lead`: no loop was running, so this appender starts one
+    /// ([`Inner::settle_leading`]).
     Pending {
         synced: watch::Receiver<Synced>,
         lead: bool,
@@ -310,21 +311,17 @@ impl Spool {
             let frame = inner.write(&payload);
             drop(turn);
             let frame = frame?;
-            Ok((frame, inner.settle(frame)?))
+            Ok((frame, inner.settle_leading(frame)?))
         })
         .await?;
-        while let Commit::Pending { mut synced, lead } = commit {
-            if lead {
-                let inner = self.0.clone();
-                tokio::task::spawn_blocking(move || inner.sync_loop());
-            }
+        while let Commit::Pending { mut synced, .. } = commit {
             // The sender lives as long as the spool.
             let _ = synced.wait_for(|s| s.decides(frame)).await;
             if synced.borrow().durable.covers(frame) {
                 break;
             }
             let inner = self.0.clone();
-            commit = blocking(move || inner.settle(frame)).await?;
+            commit = blocking(move || inner.settle_leading(frame)).await?;
         }
         self.0.appended.notify_one();
         Ok(())
@@ -474,6 +471,19 @@ impl Inner {
         // Subscribed under the lock, so the loop cannot stop unseen before this waits.
         let synced = self.synced.subscribe();
         Ok(Commit::Pending { synced, lead })
+    }
+
+    /// [`settle`](Self::settle), starting the sync loop on a blocking thread of its own when this
+    /// appender leads. Run on the appender's blocking thread, never in its future: that future
+    /// is dropped when ENS hangs up, and a loop it was to start would never run, leaving every
+    /// later append waiting for it.
+    fn settle_leading(self: &Arc<Self>, frame: Frame) -> Result<Commit, SpoolError> {
+        let commit = self.settle(frame)?;
+        if let Commit::Pending { lead: true, .. } = commit {
+            let inner = self.clone();
+            tokio::task::spawn_blocking(move || inner.sync_loop());
+        }
+        Ok(commit)
     }
 
     /// Syncs the open segment until no written frame is left unsynced, publishing each

@@ -237,6 +237,37 @@ fn appends_wait_for_the_sync_loop_and_one_sync_covers_them() {
     assert_eq!(drain_group(&spool, 5000).unwrap(), ["a", "b", "c"]);
 }
 
+/// ENS hanging up drops the handler, and with it an append future that may have just been
+/// chosen to start the sync loop: the loop must start anyway, or every later append waits for
+/// a loop that never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_dropped_midway_leaves_later_appends_unblocked() {
+    use futures::FutureExt;
+    let dir = temp("dropped");
+    let spool = Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())).unwrap();
+    let batch = |tag: &str| {
+        parse_batch(
+            format!(r#"[{{"eventCategoryType":"T.{tag}"}}]"#).as_bytes(),
+            "/spool",
+        )
+        .unwrap()
+    };
+    for i in 0..20 {
+        // Polled once (its write starts on a blocking thread), then dropped.
+        assert!(
+            spool
+                .append(&batch(&format!("gone{i}")))
+                .now_or_never()
+                .is_none()
+        );
+        let kept = batch(&format!("kept{i}"));
+        tokio::time::timeout(std::time::Duration::from_secs(10), spool.append(&kept))
+            .await
+            .unwrap_or_else(|_| panic!("append {i} waited for a sync loop that never started"))
+            .unwrap();
+    }
+}
+
 #[test]
 fn waiting_ends_when_covered_when_the_loop_stops_or_moves_to_a_later_segment() {
     let frame = Frame { seq: 3, end: 100 };
