@@ -1052,3 +1052,57 @@ async fn spec_changes_are_sent_once_each_and_shown() {
         "{actions}"
     );
 }
+
+/// Subscription names are account-wide in ENS: a name another callback uses draws a 304 on
+/// create. That is a person's to fix: Stalled with the reason, not a create every 200 ms.
+#[tokio::test]
+async fn a_subscription_name_used_on_another_callback_stalls_without_a_create_storm() {
+    let stack = Stack::start("names", &[], &[]).await;
+    let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    let subs: Api<EnsSubscription> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    for cb in ["first", "second"] {
+        stack
+            .apply::<EnsCallback>(cb, callback_doc(cb, &format!("/ens/{cb}")))
+            .await;
+    }
+    for cb in ["first", "second"] {
+        wait_for(&cbs, cb, T, cb_ready).await;
+    }
+    let named = |name: &str, callback: &str| {
+        let mut doc = subscription_doc(name, callback, &["TransactionalSendEvents.EmailSent"]);
+        doc["spec"]["subscriptionName"] = json!("shared");
+        doc
+    };
+    stack
+        .apply::<EnsSubscription>("a", named("a", "first"))
+        .await;
+    wait_for(&subs, "a", T, sub_ready).await;
+    stack
+        .emulator_send(reqwest::Method::POST, "reset-stats", json!({}))
+        .await;
+
+    stack
+        .apply::<EnsSubscription>("b", named("b", "second"))
+        .await;
+    let b = wait_for(&subs, "b", T, |s| {
+        s.status
+            .as_ref()
+            .and_then(|st| find(&st.conditions, ConditionType::Stalled))
+            .is_some_and(|c| c.status == "True" && c.reason == "NameInUse")
+    })
+    .await;
+    let stalled = find(&b.status.unwrap().conditions, ConditionType::Stalled)
+        .unwrap()
+        .message
+        .clone();
+    assert!(stalled.contains("\"shared\""), "{stalled}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = stack.calls().await;
+    assert_eq!(
+        count(&calls, "POST /platform/v1/ens-subscriptions"),
+        1,
+        "{calls}"
+    );
+    // The first keeps its subscription.
+    assert!(sub_ready(&subs.get("a").await.unwrap()));
+}

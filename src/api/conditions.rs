@@ -112,6 +112,9 @@ reasons! {
     Paused,
     /// The desired state was sent; ENS may take up to two minutes to apply it.
     ChangePending,
+    /// ENS has a subscription of this name on another callback of the account (names are
+    /// account-wide).
+    NameInUse,
     /// An event type is not in the documented ENS catalogue.
     UnknownEventType,
     /// The object is being deleted.
@@ -138,6 +141,20 @@ pub fn condition(
         message: message.into(),
         observed_generation,
         last_transition_time: now.clone(),
+    }
+}
+
+/// Builds a condition whose status is `Unknown`: not observed this time.
+pub fn unknown(
+    type_: ConditionType,
+    reason: Reason,
+    message: impl Into<String>,
+    observed_generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    Condition {
+        status: "Unknown".to_owned(),
+        ..condition(type_, false, reason, message, observed_generation, now)
     }
 }
 

@@ -35,8 +35,9 @@ pub struct ControllerArgs {
     /// sharing one Marketing Cloud account never collide.
     #[arg(long, env = "ENS_CLUSTER_NAME", default_value = "k8s")]
     pub cluster_name: String,
-    /// Timeout of each ENS call.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    /// Timeout of each ENS call. Keep it above ENS's 30 s wait for the ownership probe, so a
+    /// create whose probe is slow ends with ENS's answer rather than an ambiguous timeout.
+    #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
     pub ens_timeout: Duration,
     /// Most ENS calls per second per set of credentials (a Marketing Cloud tenant).
     #[arg(long, default_value_t = 10)]
@@ -62,4 +63,23 @@ pub struct ControllerArgs {
     /// Lease duration: a new leader takes over at most this long after the old one dies.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    /// ENS waits up to 30 s for the probe inside the create call (`ens-api.md` §3.1): a shorter
+    /// timeout turns every slow probe into an ambiguous create.
+    #[test]
+    fn the_default_ens_timeout_outlasts_the_probe() {
+        let parsed = <Command as clap::Parser>::parse_from(["controller"]);
+        assert!(parsed.args.ens_timeout > Duration::from_secs(30));
+    }
 }

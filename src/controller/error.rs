@@ -31,6 +31,12 @@ pub enum Error {
         "ENS refused the verification key for callback {0}; waiting for a new probe or the deadline"
     )]
     VerificationRefused(String),
+    /// ENS answered a create "already exists" (304) but the callback has no subscription of
+    /// that name: another callback of the account uses it.
+    #[error(
+        "ENS already has a subscription named {0:?} on another callback of this account (names are account-wide); set spec.subscriptionName to an unused name"
+    )]
+    NameInUse(String),
 }
 
 /// What to do after an error.
@@ -63,6 +69,7 @@ impl Error {
         match self {
             Self::Kube { .. } => Reason::KubernetesError,
             Self::VerificationRefused(_) => Reason::AwaitingVerification,
+            Self::NameInUse(_) => Reason::NameInUse,
             Self::Ens { source, .. } => ens_reason(source),
         }
     }
@@ -77,6 +84,7 @@ impl Error {
     pub fn retry(&self) -> Retry {
         match self {
             _ if self.is_conflict() => Retry::Soon,
+            Self::NameInUse(_) => Retry::OnChange,
             Self::Ens { source, .. } if source.is_throttled() => {
                 Retry::After(source.retry_after().unwrap_or(Duration::from_secs(5)))
             }

@@ -60,8 +60,22 @@ pub async fn act(
                     ctx.event(obj, false, Reason::Active, "CreateSubscription", note)
                         .await;
                 }
-                // 304: the name exists already; the next reconcile finds it by name and records it.
-                Created::AlreadyExists => {}
+                // 304: the name exists already. On this callback the next reconcile finds it by
+                // name and records it; on another one, creating again would only draw another
+                // 304, so that needs a person.
+                Created::AlreadyExists => {
+                    ctx.ens_permit(c).await;
+                    let here = ctx
+                        .ens
+                        .list_subscriptions(c, &new.callback_id)
+                        .await
+                        .map_err(Error::ens("listing the callback's subscriptions"))?
+                        .iter()
+                        .any(|s| s.subscription_name == new.subscription_name);
+                    if !here {
+                        return Err(Error::NameInUse(new.subscription_name));
+                    }
+                }
             }
         }
         Step::Record(id) => {

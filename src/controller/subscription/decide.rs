@@ -8,7 +8,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use crate::{
     api::{
-        conditions::{ConditionType as C, Reason, condition, set},
+        conditions::{ConditionType as C, Reason, condition, set, unknown},
         subscription::{EnsSubscriptionSpec, EnsSubscriptionStatus},
     },
     ens::{NewSubscription, Subscription, SubscriptionState, SubscriptionUpdate},
@@ -109,6 +109,32 @@ fn as_set(v: &[String]) -> BTreeSet<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// The Active condition of every plan but the in-sync one (which words its own), from this
+/// reconcile's look at ENS: what ENS reported, False when it has no such subscription, Unknown
+/// when it was not asked (no verified callback, unusable credentials). Never carried over.
+fn observed_active(
+    remote: &Remote,
+    reason: Reason,
+    msg: &str,
+    g: Option<i64>,
+    now: &Time,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    match remote {
+        Remote::Found(sub) => {
+            let active = sub.status == SubscriptionState::Active;
+            let (reason, state) = if active {
+                (Reason::Active, "active")
+            } else {
+                (Reason::Paused, sub.status.as_str())
+            };
+            let msg = format!("ENS reports subscription {} {state}", sub.subscription_id);
+            condition(C::Active, active, reason, msg, g, now)
+        }
+        Remote::Gone | Remote::Absent => condition(C::Active, false, reason, msg, g, now),
+        Remote::Unknown => unknown(C::Active, reason, msg, g, now),
+    }
+}
+
 /// Chooses the next step.
 pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -> Plan {
     let now = Time(now);
@@ -125,6 +151,9 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
                 requeue: Duration| {
         let c = &mut status.conditions;
         set(c, condition(C::Ready, ready, reason, &msg, g, &now));
+        if !ready {
+            set(c, observed_active(&seen.remote, reason, &msg, g, &now));
+        }
         set(
             c,
             condition(
@@ -321,4 +350,81 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
         Reason::UnknownEventType
     };
     plan(status, None, true, false, reason, ready_msg, drift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::conditions::find;
+
+    fn now() -> Timestamp {
+        "2026-11-24T10:00:00Z".parse().unwrap()
+    }
+
+    fn remote(status: SubscriptionState) -> Subscription {
+        Subscription {
+            subscription_id: "sub-1".into(),
+            subscription_name: "c-team-sent".into(),
+            callback_id: "cb-1".into(),
+            event_category_types: vec!["TransactionalSendEvents.EmailSent".into()],
+            filters: vec![],
+            status,
+            status_reason: None,
+        }
+    }
+
+    fn ready() -> Observed {
+        Observed {
+            generation: Some(1),
+            namespace: "team".into(),
+            name: "sent".into(),
+            spec: serde_json::from_value(serde_json::json!({
+                "callbackRef": {"name": "orders"},
+                "eventCategoryTypes": ["TransactionalSendEvents.EmailSent"]
+            }))
+            .unwrap(),
+            status: EnsSubscriptionStatus::default(),
+            recorded_id: Some("sub-1".into()),
+            callback: CallbackView::Verified("cb-1".into()),
+            credentials_error: None,
+            remote: Remote::Found(remote(SubscriptionState::Active)),
+        }
+    }
+
+    /// Active's status after `seen` is decided from a Ready, active status.
+    fn active_after(change: impl FnOnce(&mut Observed)) -> String {
+        let mut seen = ready();
+        seen.status = decide(&seen, "c", Duration::from_secs(600), now()).status;
+        change(&mut seen);
+        let plan = decide(&seen, "c", Duration::from_secs(600), now());
+        find(&plan.status.conditions, C::Active)
+            .unwrap()
+            .status
+            .clone()
+    }
+
+    #[test]
+    fn active_follows_what_ens_was_seen_to_hold_never_the_last_status() {
+        assert_eq!(active_after(|_| {}), "True");
+        // The EnsCallback was deleted, and its cleanup deleted every ENS subscription of it.
+        let gone = |s: &mut Observed| {
+            s.callback = CallbackView::Missing;
+            s.remote = Remote::Unknown;
+        };
+        assert_eq!(active_after(gone), "Unknown");
+        let unusable = |s: &mut Observed| {
+            s.credentials_error = Some("no such Secret".into());
+            s.remote = Remote::Unknown;
+        };
+        assert_eq!(active_after(unusable), "Unknown");
+        assert_eq!(active_after(|s| s.remote = Remote::Gone), "False");
+        // Paused in ENS while the spec wants it active: an update is due, and Active says
+        // what ENS holds until then.
+        let paused = |s: &mut Observed| {
+            s.remote = Remote::Found(remote(SubscriptionState::Paused));
+        };
+        assert_eq!(active_after(paused), "False");
+        let filtered = |s: &mut Observed| s.spec.filters = vec!["definitionKey=x".into()];
+        assert_eq!(active_after(filtered), "True");
+    }
 }
