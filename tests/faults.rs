@@ -416,3 +416,33 @@ async fn invalid_specs_are_refused_and_never_reach_ens() {
     );
     assert!(accepted.len() >= 2 && refused_urls.len() >= 8);
 }
+
+/// A subscription created just before a crash, its id never recorded, and its object deleted
+/// while the controller is down: the restarted controller finds it by name and deletes it,
+/// instead of letting the object go and the subscription deliver on.
+#[tokio::test]
+async fn a_subscription_deleted_before_its_id_was_recorded_is_not_left_in_ens() {
+    let mut stack = Stack::start("k-sub-delete", &[], &[]).await;
+    let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    let subs: Api<EnsSubscription> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    stack
+        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
+        .await;
+    wait_for(&cbs, "orders", T, cb_ready).await;
+    stack
+        .crash_controller_at("after-subscription-post", async |s: &Stack| {
+            s.apply::<EnsSubscription>("sent", subscription_doc("sent", "orders", &[SENT]))
+                .await;
+        })
+        .await;
+    let remote_subs = async |s: &Stack| {
+        s.remote_callbacks().await[0]["subscriptions"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(remote_subs(&stack).await, 1, "created before the crash");
+    subs.delete("sent", &DeleteParams::default()).await.unwrap();
+    stack.start_controller();
+    common::wait_gone(&subs, "sent", T).await;
+    assert_eq!(remote_subs(&stack).await, 0, "left in ENS");
+}

@@ -379,3 +379,32 @@ async fn discard_sink_acknowledges_verified_batches_and_still_refuses_forgeries(
         1.0
     );
 }
+
+/// Two callbacks subscribed to the same event type each get it, on their own routes, with the
+/// same content and so the same id: each route hands it off (a CloudEvent is identified by its
+/// source and id), and a redelivery on either is still dropped.
+#[tokio::test]
+async fn the_same_event_on_two_routes_is_handed_off_once_per_route() {
+    let sink = TestSink::start(true).await;
+    let dir = temp_dir("two-routes");
+    let keys = key_file(&dir, "key", &[KEY]);
+    let (a, b) = ("/ens/team-a", "/ens/team-b");
+    let (ra, rb) = (format!("{a}={keys}"), format!("{b}={keys}"));
+    let rx = Receiver::spawn(&["--route", &ra, "--route", &rb, "--sink", &sink.url], &[]);
+    let body = batch("same", 1);
+    let signature = sig(KEY, &body);
+    for route in [a, b, a, b] {
+        assert_eq!(rx.post(route, &body, Some(&signature)).await.0, 200);
+    }
+    let mut sources: Vec<String> = sink
+        .accepted()
+        .iter()
+        .map(|d| d.header("ce-source").unwrap().to_owned())
+        .collect();
+    sources.sort();
+    assert_eq!(sources.len(), 2, "{sources:?}");
+    assert!(
+        sources[0].ends_with(a) && sources[1].ends_with(b),
+        "{sources:?}"
+    );
+}

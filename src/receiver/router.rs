@@ -194,7 +194,9 @@ async fn accept_batch(
 ) -> Response {
     let total = events.len();
     // Drop events acknowledged recently and repeats within the batch.
-    let keep = app.recent.fresh_each(events.iter().map(|e| e.id.as_str()));
+    let keep = app
+        .recent
+        .fresh_each(path, events.iter().map(|e| e.id.as_str()));
     let fresh: Vec<CloudEvent> = events
         .into_iter()
         .zip(keep)
@@ -212,7 +214,8 @@ async fn accept_batch(
             "events not accepted, retry",
         );
     }
-    app.recent.insert_all(fresh.iter().map(|e| e.id.as_str()));
+    app.recent
+        .insert_all(path, fresh.iter().map(|e| e.id.as_str()));
     count_events(&app.metrics, "accepted", fresh.len());
     count_events(&app.metrics, "duplicate", duplicates);
     app.metrics.batch("accepted");

@@ -92,9 +92,14 @@ const STALLED_RECHECK: Duration = Duration::from_secs(300);
 
 /// The deterministic ENS name.
 pub fn subscription_name(seen: &Observed, cluster: &str) -> String {
-    seen.spec.subscription_name.clone().unwrap_or_else(|| {
-        crate::controller::names::subscription_name(cluster, &seen.namespace, &seen.name)
-    })
+    ens_name(&seen.spec, cluster, &seen.namespace, &seen.name)
+}
+
+/// The ENS name of the EnsSubscription `namespace/name`: `spec.subscriptionName`, else derived.
+pub fn ens_name(spec: &EnsSubscriptionSpec, cluster: &str, namespace: &str, name: &str) -> String {
+    spec.subscription_name
+        .clone()
+        .unwrap_or_else(|| crate::controller::names::subscription_name(cluster, namespace, name))
 }
 
 fn desired_state(spec: &EnsSubscriptionSpec) -> SubscriptionState {

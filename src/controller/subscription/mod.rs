@@ -8,7 +8,7 @@ pub mod observe;
 use std::sync::Arc;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{Resource, runtime::controller::Action};
+use kube::{Resource, ResourceExt, runtime::controller::Action};
 
 use crate::{
     api::{EnsSubscription, common::DeletionPolicy, conditions::Reason},
@@ -78,37 +78,81 @@ async fn apply(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// Deletes the remote subscription (404 = gone); without usable credentials releases with a
-/// Warning naming the id.
+/// Warning naming the id. With no id recorded, finds it by name on the callback first: a create
+/// may have gone through without its id being recorded (a crash, a failed patch).
 async fn cleanup(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
     act::forget(ctx, obj);
-    let Some(id) = observe::recorded_id(obj) else {
-        return Ok(Action::await_change());
-    };
+    let recorded = observe::recorded_id(obj);
     if obj.spec.deletion_policy == DeletionPolicy::Retain {
-        ctx.event(
-            obj,
-            false,
-            Reason::Deleting,
-            "RetainSubscription",
-            format!("deletionPolicy Retain: left ENS subscription {id} in place"),
-        )
-        .await;
+        if let Some(id) = recorded {
+            ctx.event(
+                obj,
+                false,
+                Reason::Deleting,
+                "RetainSubscription",
+                format!("deletionPolicy Retain: left ENS subscription {id} in place"),
+            )
+            .await;
+        }
         return Ok(Action::await_change());
     }
     let cb = observe::callback(ctx, obj).await?;
+    let callback_id = cb
+        .as_ref()
+        .and_then(|cb| cb.status.as_ref()?.callback_id.clone());
+    if recorded.is_none() && callback_id.is_none() {
+        // No callback in ENS, so no subscription on it.
+        return Ok(Action::await_change());
+    }
     let creds = match observe::load_credentials(ctx, obj, cb.as_ref()).await? {
         Ok(c) => c,
         Err(why) => {
-            ctx.event(
-                obj,
-                true,
-                Reason::CredentialsNotFound,
-                "DeleteSubscription",
-                format!("{why}; ENS subscription {id} was NOT deleted: delete it by hand"),
-            )
-            .await;
+            if let Some(id) = &recorded {
+                ctx.event(
+                    obj,
+                    true,
+                    Reason::CredentialsNotFound,
+                    "DeleteSubscription",
+                    format!("{why}; ENS subscription {id} was NOT deleted: delete it by hand"),
+                )
+                .await;
+            }
             return Ok(Action::await_change());
         }
+    };
+    let id = match (recorded, callback_id) {
+        (Some(id), _) => id,
+        (None, Some(cb_id)) => {
+            let name = decide::ens_name(
+                &obj.spec,
+                &ctx.settings.cluster_name,
+                &obj.namespace().unwrap_or_default(),
+                &obj.name_any(),
+            );
+            ctx.ens_permit(&creds).await;
+            match ctx.ens.list_subscriptions(&creds, &cb_id).await {
+                Ok(subs) => match subs.into_iter().find(|s| s.subscription_name == name) {
+                    Some(s) => s.subscription_id,
+                    None => return Ok(Action::await_change()),
+                },
+                // The callback is gone from ENS, and its subscriptions with it.
+                Err(EnsError::NotFound { .. }) => return Ok(Action::await_change()),
+                Err(
+                    e @ (EnsError::TokenRefused { .. }
+                    | EnsError::Unauthorized { .. }
+                    | EnsError::Forbidden { .. }),
+                ) => {
+                    let note = format!(
+                        "{e}; could not look for ENS subscription {name:?} on callback {cb_id}: if it exists, delete it by hand"
+                    );
+                    ctx.event(obj, true, ens_reason(&e), "DeleteSubscription", note)
+                        .await;
+                    return Ok(Action::await_change());
+                }
+                Err(e) => return Err(Error::ens("listing the callback's subscriptions")(e)),
+            }
+        }
+        (None, None) => return Ok(Action::await_change()),
     };
     ctx.ens_permit(&creds).await;
     match ctx.ens.delete_subscription(&creds, &id).await {
