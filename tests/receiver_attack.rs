@@ -712,3 +712,51 @@ async fn an_event_type_with_control_characters_does_not_block_the_spool() {
         Some("com.salesforce.marketingcloud.ens.Odd%01Type%20%22x%22")
     );
 }
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    // utime and stime: fields 14 and 15 of stat(5), 12 and 13 after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Idle connections beyond the receiver's file-descriptor limit (nothing caps connections):
+/// accept fails until some close. The receiver backs off instead of retrying at once, which
+/// spun a worker thread at 100 % and flooded the log, and serves again once they are gone.
+#[tokio::test]
+async fn running_out_of_file_descriptors_backs_off_and_recovers() {
+    let sink = TestSink::start(true).await;
+    let rx = spawn(&sink, &[]);
+    let limited = std::process::Command::new("prlimit")
+        .args([&format!("--pid={}", rx.pid()), "--nofile=40:40"])
+        .status()
+        .expect("run prlimit (util-linux)");
+    assert!(limited.success());
+    let addr = host(&rx);
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_ticks(rx.pid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = cpu_ticks(rx.pid()) - before;
+    // Spinning costs the whole 2 s (200 ticks at the usual 100 Hz); backing off, next to none.
+    assert!(
+        spent < 50,
+        "{spent} ticks of CPU in 2 s while out of descriptors"
+    );
+    drop(idle);
+    let body = batch("after", 1);
+    let mut status = 0;
+    for _ in 0..50 {
+        status = rx.post(ROUTE, &body, Some(&sig(KEY, &body))).await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "served again once the connections closed");
+}

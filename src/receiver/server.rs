@@ -56,6 +56,18 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// How long to wait after an accept failed for want of resources.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Whether an accept error concerns only the connection being accepted.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
 /// Serves `router` on `listener` until `stop` turns true, then drains for at most `drain`.
 pub async fn serve(
     listener: TcpListener,
@@ -72,8 +84,16 @@ pub async fn serve(
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
+            // That one connection failed; the next may be fine.
+            Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                // Out of file descriptors or memory: that lasts until connections close, and
+                // retrying at once would spin a worker thread and flood the log.
+                tracing::warn!(error = %e, "accept failed; retrying in {ACCEPT_BACKOFF:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    _ = stop.changed() => break,
+                }
                 continue;
             }
         };

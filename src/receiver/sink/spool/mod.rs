@@ -56,6 +56,10 @@ pub enum SpoolError {
     /// Accepting the batch would pass `--spool-max-bytes`.
     #[error("spool is full")]
     Full,
+    /// The batch encodes to more than one record may hold (a reader takes a longer one for
+    /// damage).
+    #[error("batch encodes to {0} bytes, more than a spool record holds")]
+    TooLarge(u64),
     /// Another process holds the spool directory.
     #[error("spool directory {0} is in use by another receiver")]
     Locked(PathBuf),
@@ -376,6 +380,9 @@ impl Inner {
 
     /// Writes `payload` as a frame of the open segment, not yet durable.
     fn write(&self, payload: &[u8]) -> Result<Frame, SpoolError> {
+        if payload.len() as u64 > segment::MAX_PAYLOAD {
+            return Err(SpoolError::TooLarge(payload.len() as u64));
+        }
         let len = segment::HEADER_LEN + payload.len() as u64;
         let mut st = self.lock();
         if st.disk_bytes() + len > self.max_bytes {
@@ -418,6 +425,9 @@ impl Inner {
         }
         if st.writer.is_none() {
             let seq = st.next_seq;
+            // Used up even if this attempt fails: the next one must not trip over a file this
+            // one left (`create_new`).
+            st.next_seq = seq + 1;
             let p = segment::path(&self.dir, seq);
             let file = OpenOptions::new()
                 .create_new(true)
@@ -425,7 +435,11 @@ impl Inner {
                 .open(&p)
                 .map_err(io_err(&p))?;
             // The new name must be durable before any record in it is acknowledged.
-            sync_dir(&self.dir)?;
+            if let Err(e) = sync_dir(&self.dir) {
+                // Empty: a restart would find it and drop it as drained anyway.
+                let _ = fs::remove_file(&p);
+                return Err(e);
+            }
             st.segments.insert(
                 seq,
                 Seg {
@@ -433,7 +447,6 @@ impl Inner {
                     readable: 0,
                 },
             );
-            st.next_seq = seq + 1;
             st.writer = Some(Writer {
                 seq,
                 file: Arc::new(file),
@@ -505,23 +518,34 @@ impl Inner {
             drop(st);
             let result = file.sync_data();
             st = self.lock();
-            match result {
-                Ok(()) => {
-                    st.mark_durable(seq, at, records);
-                    self.synced
-                        .send_modify(|s| s.durable = Frame { seq, end: at });
-                    self.publish(&st);
+            self.after_sync(&mut st, Frame { seq, end: at }, records, result);
+        }
+    }
+
+    /// Records the outcome of the loop's sync of the open segment up to `upto` (`records`
+    /// records), taken with the lock released, and tells the waiting appenders.
+    fn after_sync(&self, st: &mut State, upto: Frame, records: u64, result: io::Result<()>) {
+        let seq = upto.seq;
+        match result {
+            // Meanwhile an appender may have rolled the segment, and the closing sync failed:
+            // the error is reported to one fsync of the file only, so this Ok proves nothing.
+            Ok(()) if st.lost.contains(&seq) => {
+                self.synced.send_modify(|_| {});
+            }
+            Ok(()) => {
+                st.mark_durable(seq, upto.end, records);
+                self.synced.send_modify(|s| s.durable = upto);
+                self.publish(st);
+            }
+            Err(e) => {
+                // After a failed fsync the kernel may have dropped the dirty pages: nothing
+                // written to this segment and not yet durable can be acknowledged.
+                tracing::error!(segment = seq, error = %e, "cannot sync spool segment");
+                st.lost.insert(seq);
+                if st.writer.as_ref().is_some_and(|w| w.seq == seq) {
+                    st.writer = None;
                 }
-                Err(e) => {
-                    // After a failed fsync the kernel may have dropped the dirty pages: nothing
-                    // written to this segment and not yet durable can be acknowledged.
-                    tracing::error!(segment = seq, error = %e, "cannot sync spool segment");
-                    st.lost.insert(seq);
-                    if st.writer.as_ref().is_some_and(|w| w.seq == seq) {
-                        st.writer = None;
-                    }
-                    self.synced.send_modify(|_| {});
-                }
+                self.synced.send_modify(|_| {});
             }
         }
     }

@@ -268,6 +268,64 @@ async fn an_append_dropped_midway_leaves_later_appends_unblocked() {
     }
 }
 
+/// The loop syncs with the lock released; meanwhile an appender may roll the segment and the
+/// closing sync fail. The loop's own Ok then proves nothing (Linux reports a write error to one
+/// fsync of the file only): the appends it would have covered fail instead of being acknowledged.
+#[test]
+fn a_sync_that_succeeds_after_its_segment_was_lost_acknowledges_nothing() {
+    let dir = temp("lost-meanwhile");
+    let spool = Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())).unwrap();
+    let frame = spool.0.write(&record("a", 1)).unwrap();
+    let Commit::Pending { synced, lead: true } = spool.0.settle(frame).unwrap() else {
+        panic!("the first append leads")
+    };
+    // What the loop takes before it unlocks to sync.
+    let records = spool.0.lock().writer.as_ref().unwrap().records;
+    // Meanwhile the segment is rolled and its closing sync fails.
+    {
+        let mut st = spool.0.lock();
+        st.lost.insert(frame.seq);
+        st.writer = None;
+    }
+    // Then the loop's sync returns Ok.
+    spool
+        .0
+        .after_sync(&mut spool.0.lock(), frame, records, Ok(()));
+    assert!(!synced.borrow().durable.covers(frame));
+    assert!(matches!(
+        spool.0.settle(frame),
+        Err(SpoolError::NotDurable(_))
+    ));
+}
+
+/// A segment whose creation failed halfway (its directory sync, after the file was made) must
+/// not make every later append trip over the file it left.
+#[test]
+fn a_failed_segment_creation_does_not_block_later_appends() {
+    let dir = temp("stray");
+    let spool = Spool::open(&dir, 1 << 20, Arc::new(Metrics::new())).unwrap();
+    let next = spool.0.lock().next_seq;
+    fs::write(segment::path(&dir, next), b"").unwrap();
+    assert!(append(&spool, &record("a", 1)).is_err());
+    append(&spool, &record("b", 1)).unwrap();
+    assert_eq!(drain_group(&spool, 5000).unwrap(), ["b"]);
+}
+
+/// A record longer than a reader accepts would be acknowledged, then skipped as damaged.
+#[test]
+fn a_batch_longer_than_a_record_holds_is_refused_not_written() {
+    let dir = temp("too-large");
+    let spool = Spool::open(&dir, u64::MAX / 4, Arc::new(Metrics::new())).unwrap();
+    // Zeroed pages are only mapped, not touched.
+    let payload = vec![0u8; segment::MAX_PAYLOAD as usize + 1];
+    assert!(matches!(
+        spool.0.write(&payload),
+        Err(SpoolError::TooLarge(_))
+    ));
+    append(&spool, &record("a", 1)).unwrap();
+    assert_eq!(drain_group(&spool, 5000).unwrap(), ["a"]);
+}
+
 #[test]
 fn waiting_ends_when_covered_when_the_loop_stops_or_moves_to_a_later_segment() {
     let frame = Frame { seq: 3, end: 100 };
