@@ -446,3 +446,37 @@ async fn a_subscription_deleted_before_its_id_was_recorded_is_not_left_in_ens() 
     common::wait_gone(&subs, "sent", T).await;
     assert_eq!(remote_subs(&stack).await, 0, "left in ENS");
 }
+
+/// A callback deleted while a create was pending (no id recorded) and the credentials are
+/// refused: the look-up by URL fails like the delete would, and must not hold the finalizer
+/// forever either.
+#[tokio::test]
+async fn a_pending_callback_with_refused_credentials_is_still_deletable() {
+    let mut stack = Stack::start("k-pending-creds", &[], &[]).await;
+    stack
+        .crash_controller_at("before-create-post", async |s: &Stack| {
+            s.apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
+                .await;
+        })
+        .await;
+    stack.set_client_secret("wrong").await;
+    stack.start_controller();
+    let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    cbs.delete("orders", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::wait_gone(&cbs, "orders", T).await;
+    let out = common::kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &stack.team.name,
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    let messages = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        messages.contains("may be left in ENS"),
+        "a Warning says what may be left: {messages}"
+    );
+}

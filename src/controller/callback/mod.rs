@@ -129,39 +129,49 @@ async fn cleanup(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
                 }
             }
             Ok(creds) => {
-                if id.is_none() && obj.annotations().contains_key(CREATE_PENDING) {
-                    // A create may have happened without being recorded: find it by URL.
-                    ctx.ens_permit(&creds).await;
-                    let all = ctx
-                        .ens
-                        .list_callbacks(&creds)
-                        .await
-                        .map_err(Error::ens("listing callbacks"))?;
-                    id = all
-                        .into_iter()
-                        .find(|c| c.url == obj.spec.url)
-                        .map(|c| c.callback_id);
-                }
-                if let Some(id) = &id {
-                    match delete_remote(ctx, obj, &creds, id).await {
-                        Ok(()) => {}
-                        // Refused credentials must not block deletion forever (anchors §4.5).
-                        Err(Error::Ens { source, op })
-                            if matches!(
-                                source,
-                                EnsError::TokenRefused { .. }
-                                    | EnsError::Unauthorized { .. }
-                                    | EnsError::Forbidden { .. }
-                            ) =>
-                        {
-                            let note = format!(
-                                "{op}: {source}; ENS callback {id} was NOT deleted: delete it by hand"
-                            );
-                            ctx.event(obj, true, ens_reason(&source), "DeleteCallback", note)
-                                .await;
-                        }
-                        Err(e) => return Err(e),
+                let deleted = async {
+                    if id.is_none() && obj.annotations().contains_key(CREATE_PENDING) {
+                        // A create may have happened without being recorded: find it by URL.
+                        ctx.ens_permit(&creds).await;
+                        let all = ctx
+                            .ens
+                            .list_callbacks(&creds)
+                            .await
+                            .map_err(Error::ens("listing callbacks"))?;
+                        id = all
+                            .into_iter()
+                            .find(|c| c.url == obj.spec.url)
+                            .map(|c| c.callback_id);
                     }
+                    match &id {
+                        Some(id) => delete_remote(ctx, obj, &creds, id).await,
+                        None => Ok(()),
+                    }
+                }
+                .await;
+                match deleted {
+                    Ok(()) => {}
+                    // Refused credentials must not block deletion forever (anchors §4.5).
+                    Err(Error::Ens { source, op })
+                        if matches!(
+                            source,
+                            EnsError::TokenRefused { .. }
+                                | EnsError::Unauthorized { .. }
+                                | EnsError::Forbidden { .. }
+                        ) =>
+                    {
+                        let left = match &id {
+                            Some(id) => format!("ENS callback {id} was NOT deleted"),
+                            None => format!(
+                                "a callback for {} may be left in ENS (a create was pending)",
+                                obj.spec.url
+                            ),
+                        };
+                        let note = format!("{op}: {source}; {left}: delete it by hand");
+                        ctx.event(obj, true, ens_reason(&source), "DeleteCallback", note)
+                            .await;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
