@@ -6,6 +6,7 @@ mod receiver_support;
 
 use std::time::Duration;
 
+use ens_operator::ens::signing::SIGNATURE_HEADER;
 use receiver_support::*;
 
 const ROUTE: &str = "/ens/team-a/orders";
@@ -406,5 +407,53 @@ async fn the_same_event_on_two_routes_is_handed_off_once_per_route() {
     assert!(
         sources[0].ends_with(a) && sources[1].ends_with(b),
         "{sources:?}"
+    );
+}
+
+/// Direct binary mode, a sink slow enough (30 ms per event, 8 at a time) that a batch of 1000
+/// outlasts ENS's 3 s deadline: ENS hangs up and retries. Each event the sink took is
+/// remembered at once, so the retry sends only the rest and the batch is acknowledged; before,
+/// every retry started from the first event and none ever got its 200.
+#[tokio::test]
+async fn a_batch_that_outlasts_ens_deadline_gets_through_on_a_retry() {
+    let sink = TestSink::start(true).await;
+    sink.set_delay(Duration::from_millis(30));
+    let (rx, _dir) = standalone(&sink, &[]).await;
+    let body = batch("slow", 1000);
+    let signature = sig(KEY, &body);
+    // ENS waits 3 s for an answer (`http()` installs the TLS provider reqwest needs).
+    let _ = http();
+    let ens = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let mut acknowledged_on = None;
+    for attempt in 1..=4 {
+        let answer = ens
+            .post(format!("{}{ROUTE}", rx.url))
+            .header("content-type", "application/json")
+            .header(SIGNATURE_HEADER, &signature)
+            .body(body.clone())
+            .send()
+            .await;
+        if answer.is_ok_and(|a| a.status() == 200) {
+            acknowledged_on = Some(attempt);
+            break;
+        }
+    }
+    let tries = acknowledged_on.expect("no 200 in 4 tries");
+    let mut got: Vec<String> = sink
+        .accepted()
+        .iter()
+        .map(|d| d.header("ce-id").unwrap().to_owned())
+        .collect();
+    let sent = got.len();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 1000, "every event reached the sink");
+    // Re-sent: only what was in flight when ENS hung up (8 at a time).
+    assert!(
+        sent <= 1000 + 8 * (tries - 1),
+        "{sent} deliveries in {tries} tries"
     );
 }

@@ -203,8 +203,11 @@ async fn accept_batch(
         .filter_map(|(e, keep)| keep.then_some(e))
         .collect();
     let duplicates = total - fresh.len();
+    // Each event the sink takes is remembered at once: when a slow sink makes ENS hang up
+    // (dropping this handler), its retry then sends only the rest, and gets through.
+    let taken = |e: &CloudEvent| app.recent.insert_all(path, [e.id.as_str()]);
     if !fresh.is_empty()
-        && let Err(e) = app.handoff.hand_off(&fresh).await
+        && let Err(e) = app.handoff.hand_off(&fresh, &taken).await
     {
         tracing::warn!(route = %path, events = total, error = %e, "batch not handed off; answering 503");
         return refuse(

@@ -94,20 +94,27 @@ impl HttpSink {
         Ok(Self { client, url, mode })
     }
 
-    /// Delivers all `events`; `Ok` only if the sink took every one.
-    pub async fn deliver(&self, events: &[CloudEvent]) -> Result<(), SinkError> {
-        self.deliver_remaining(events, &mut vec![false; events.len()])
+    /// Delivers all `events`; `Ok` only if the sink took every one. `taken` hears of each event
+    /// the sink took as soon as it did, so it is known even when this future is dropped midway
+    /// (ENS hanging up on a slow batch).
+    pub async fn deliver(
+        &self,
+        events: &[CloudEvent],
+        taken: &(dyn Fn(&CloudEvent) + Sync),
+    ) -> Result<(), SinkError> {
+        self.deliver_remaining(events, &mut vec![false; events.len()], taken)
             .await
     }
 
-    /// Delivers the `events` not marked in `delivered`, marking each one the sink took; `Ok`
-    /// once all are marked. Retrying with the same marks re-sends only what is not known to
-    /// have arrived (binary mode; a batched request is all or nothing). Stops at the first
-    /// failure, so a sink that is down costs one timeout, not one per event.
+    /// Delivers the `events` not marked in `delivered`, marking each one the sink took (and
+    /// telling `taken`); `Ok` once all are marked. Retrying with the same marks re-sends only
+    /// what is not known to have arrived (binary mode; a batched request is all or nothing).
+    /// Stops at the first failure, so a sink that is down costs one timeout, not one per event.
     pub async fn deliver_remaining(
         &self,
         events: &[CloudEvent],
         delivered: &mut [bool],
+        taken: &(dyn Fn(&CloudEvent) + Sync),
     ) -> Result<(), SinkError> {
         let pending: Vec<usize> = (0..events.len()).filter(|&i| !delivered[i]).collect();
         if pending.is_empty() {
@@ -125,6 +132,7 @@ impl HttpSink {
                 send(req).await?;
                 for i in pending {
                     delivered[i] = true;
+                    taken(&events[i]);
                 }
                 Ok(())
             }
@@ -139,6 +147,7 @@ impl HttpSink {
                 while let Some((i, result)) = sent.next().await {
                     result?;
                     delivered[i] = true;
+                    taken(&events[i]);
                 }
                 Ok(())
             }

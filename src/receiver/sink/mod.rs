@@ -48,10 +48,15 @@ impl HandoffError {
 }
 
 impl Handoff {
-    /// Hands `events` off durably; `Ok` means they may be acknowledged.
-    pub async fn hand_off(&self, events: &[CloudEvent]) -> Result<(), HandoffError> {
+    /// Hands `events` off durably; `Ok` means they may be acknowledged. `taken` hears of each
+    /// event the sink took before the whole hand-off ended (direct mode, event by event).
+    pub async fn hand_off(
+        &self,
+        events: &[CloudEvent],
+        taken: &(dyn Fn(&CloudEvent) + Sync),
+    ) -> Result<(), HandoffError> {
         match self {
-            Self::Direct(sink) => Ok(sink.deliver(events).await?),
+            Self::Direct(sink) => Ok(sink.deliver(events, taken).await?),
             Self::Spool(spool) => Ok(spool.append(events).await?),
             Self::Discard => Ok(()),
         }

@@ -329,7 +329,7 @@ impl Attempt {
         match self {
             Self::Each(events, delivered) => {
                 let before = delivered.iter().filter(|d| **d).count();
-                let result = sink.deliver_remaining(events, delivered).await;
+                let result = sink.deliver_remaining(events, delivered, &|_| {}).await;
                 (delivered.iter().filter(|d| **d).count() - before, result)
             }
             // Only unreadable records: nothing to send.
