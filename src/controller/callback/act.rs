@@ -56,6 +56,7 @@ pub async fn act(
         | Step::RegenerateKey { .. }
         | Step::Verify { .. }
         | Step::DeleteRemote { .. }
+        | Step::DeleteUnprobed { .. }
         | Step::Update(_) => forget(ctx, obj),
     }
     match step {
@@ -277,6 +278,17 @@ pub async fn act(
             }
         }
         Step::DiscardProbe => discard_probe(ctx, seen).await?,
+        Step::DeleteUnprobed { callback_id } => {
+            let c = creds()?;
+            ctx.ens_permit(c).await;
+            let res = ctx.ens.delete_callback(c, &callback_id).await;
+            res.map_err(Error::ens("deleting the unprobed callback"))?;
+            let note = format!(
+                "ENS callback {callback_id}, left by a create whose probe never reached the receiver, could never be verified; deleted it to create a fresh one"
+            );
+            ctx.event(obj, true, Reason::ReceiverNotReady, "DeleteCallback", note)
+                .await;
+        }
         Step::DeleteRemote { callback_id } => {
             let c = creds()?;
             ctx.ens_permit(c).await;

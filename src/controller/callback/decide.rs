@@ -111,6 +111,12 @@ pub enum Step {
         /// The callback.
         callback_id: String,
     },
+    /// Delete a callback an ambiguous create left without a probe: ENS probes only during the
+    /// create, so it can never be verified. The create is then retried.
+    DeleteUnprobed {
+        /// The callback.
+        callback_id: String,
+    },
     /// Bring name and batch size in line with the spec.
     Update(CallbackUpdate),
 }
@@ -152,6 +158,19 @@ pub fn drift_interval(seen: &Observed, s: &Settings) -> Duration {
     let h = crate::controller::names::short_hash(&[&seen.namespace, &seen.name]);
     let frac = u64::from_str_radix(&h[..4], 16).unwrap_or(0) as f64 / 65535.0; // 0..1
     s.drift_interval.mul_f64(0.9 + 0.2 * frac)
+}
+
+/// Whether ENS's probe of `cb` reached the receiver: its hand-off names it (or names no
+/// callback), or the key Secret holds its key, which ENS returns only after a probe succeeded.
+fn probed(seen: &Observed, cb: &Callback) -> bool {
+    let id = cb.callback_id.as_str();
+    seen.probe
+        .as_ref()
+        .is_some_and(|p| p.callback_id.as_deref().is_none_or(|p| p == id))
+        || seen
+            .keys
+            .as_ref()
+            .is_some_and(|k| k.key_callback_id.as_deref() == Some(id))
 }
 
 /// Chooses the next step.
@@ -258,6 +277,23 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
                 .registered(false, Reason::CreatePending, "creating the callback in ENS")
                 .progressing(Reason::CreatePending, "creating the callback in ENS")
                 .plan(Some(step), AFTER_STEP);
+        }
+        (Remote::Found(cb), None)
+            if seen.create_pending && managed && !cb.is_verified() && !probed(seen, cb) =>
+        {
+            let why = format!(
+                "ENS has callback {} from a create whose probe never reached the receiver, and probes only during a create; deleting it to create a fresh one",
+                cb.callback_id
+            );
+            return b
+                .registered(false, Reason::CreatePending, &why)
+                .progressing(Reason::ReceiverNotReady, &why)
+                .plan(
+                    Some(Step::DeleteUnprobed {
+                        callback_id: cb.callback_id.clone(),
+                    }),
+                    AFTER_STEP,
+                );
         }
         (Remote::Found(cb), None) => {
             if seen.create_pending || seen.spec.adoption != AdoptionPolicy::Create {
@@ -680,6 +716,45 @@ mod tests {
         seen.keys.as_mut().unwrap().signature_key = Some(SignatureKey::new("k1"));
         let plan = decide(&seen, &settings(), now());
         assert_eq!(plan.step, Some(Step::Record(remote("cb-1", "unverified"))));
+    }
+
+    #[test]
+    fn an_unprobed_leftover_of_an_ambiguous_create_is_deleted_not_adopted() {
+        // The create's outcome was lost (a timeout, a failed clean-up after a probe failure):
+        // pending set, no id, no key, and ENS keeps an unverified callback it will never probe
+        // again.
+        let mut seen = fresh();
+        seen.create_pending = true;
+        seen.remote = Remote::Found(remote("cb-1", "unverified"));
+        assert_eq!(
+            decide(&seen, &settings(), now()).step,
+            Some(Step::DeleteUnprobed {
+                callback_id: "cb-1".into()
+            })
+        );
+        // A hand-off for another callback says nothing about this one.
+        let probe = |id: Option<&str>| Probe {
+            callback_id: id.map(str::to_owned),
+            verification_key: "vk".into(),
+        };
+        seen.probe = Some(probe(Some("cb-0")));
+        assert!(matches!(
+            decide(&seen, &settings(), now()).step,
+            Some(Step::DeleteUnprobed { .. })
+        ));
+        // Its probe reached the receiver (a crash after the POST): adopted.
+        seen.probe = Some(probe(Some("cb-1")));
+        assert!(matches!(
+            decide(&seen, &settings(), now()).step,
+            Some(Step::Record(_))
+        ));
+        // An external receiver's probe is the person's: adopted, as before.
+        seen.probe = None;
+        seen.spec.receiver = ReceiverMode::External;
+        assert!(!matches!(
+            decide(&seen, &settings(), now()).step,
+            Some(Step::DeleteUnprobed { .. })
+        ));
     }
 
     #[test]

@@ -93,6 +93,7 @@ fn step_name(step: &decide::Step) -> &'static str {
         Verify { .. } => "verify",
         DiscardProbe => "discard-probe",
         DeleteRemote { .. } => "delete-remote",
+        DeleteUnprobed { .. } => "delete-unprobed",
         Update(_) => "update",
     }
 }
