@@ -486,15 +486,7 @@ async fn no_finalizer_stays_stuck_when_credentials_are_gone() {
         .await
         .unwrap();
     common::wait_gone(&cbs, "orders", T).await;
-    let out = common::kubectl(&[
-        "get",
-        "events",
-        "-n",
-        &stack.team.name,
-        "-o",
-        "jsonpath={.items[*].message}",
-    ]);
-    let messages = String::from_utf8_lossy(&out.stdout);
+    let messages = stack.event_messages();
     assert!(
         messages.contains(&id) && messages.contains("NOT deleted"),
         "the Warning names the remote id: {messages}"

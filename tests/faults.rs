@@ -466,15 +466,7 @@ async fn a_pending_callback_with_refused_credentials_is_still_deletable() {
         .await
         .unwrap();
     common::wait_gone(&cbs, "orders", T).await;
-    let out = common::kubectl(&[
-        "get",
-        "events",
-        "-n",
-        &stack.team.name,
-        "-o",
-        "jsonpath={.items[*].message}",
-    ]);
-    let messages = String::from_utf8_lossy(&out.stdout);
+    let messages = stack.event_messages();
     assert!(
         messages.contains("may be left in ENS"),
         "a Warning says what may be left: {messages}"

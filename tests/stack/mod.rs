@@ -305,6 +305,19 @@ impl Stack {
         .await
     }
 
+    /// The messages of the Events in the team's namespace, space-separated.
+    pub fn event_messages(&self) -> String {
+        let out = crate::common::kubectl(&[
+            "get",
+            "events",
+            "-n",
+            &self.team.name,
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The controller's `/metrics` text.
     pub async fn controller_metrics(&self) -> String {
         let url = &self.controller.as_ref().expect("controller running").url;
