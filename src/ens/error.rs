@@ -102,6 +102,15 @@ impl EnsError {
         matches!(self, Self::Throttled { .. } | Self::Unavailable { .. })
     }
 
+    /// Whether the credentials were refused (token, 401 or 403): retrying will not help, and a
+    /// deletion must not wait on them forever.
+    pub fn refuses_credentials(&self) -> bool {
+        matches!(
+            self,
+            Self::TokenRefused { .. } | Self::Unauthorized { .. } | Self::Forbidden { .. }
+        )
+    }
+
     /// Whether ENS asked us to slow down.
     pub fn is_throttled(&self) -> bool {
         matches!(self, Self::Throttled { .. })

@@ -153,14 +153,7 @@ async fn cleanup(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
                 match deleted {
                     Ok(()) => {}
                     // Refused credentials must not block deletion forever (anchors §4.5).
-                    Err(Error::Ens { source, op })
-                        if matches!(
-                            source,
-                            EnsError::TokenRefused { .. }
-                                | EnsError::Unauthorized { .. }
-                                | EnsError::Forbidden { .. }
-                        ) =>
-                    {
+                    Err(Error::Ens { source, op }) if source.refuses_credentials() => {
                         let left = match &id {
                             Some(id) => format!("ENS callback {id} was NOT deleted"),
                             None => format!(

@@ -137,11 +137,7 @@ async fn cleanup(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> 
                 },
                 // The callback is gone from ENS, and its subscriptions with it.
                 Err(EnsError::NotFound { .. }) => return Ok(Action::await_change()),
-                Err(
-                    e @ (EnsError::TokenRefused { .. }
-                    | EnsError::Unauthorized { .. }
-                    | EnsError::Forbidden { .. }),
-                ) => {
+                Err(e) if e.refuses_credentials() => {
                     let note = format!(
                         "{e}; could not look for ENS subscription {name:?} on callback {cb_id}: if it exists, delete it by hand"
                     );
@@ -167,11 +163,7 @@ async fn cleanup(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> 
             .await
         }
         Ok(Deleted::NotFound) => {}
-        Err(
-            e @ (EnsError::TokenRefused { .. }
-            | EnsError::Unauthorized { .. }
-            | EnsError::Forbidden { .. }),
-        ) => {
+        Err(e) if e.refuses_credentials() => {
             ctx.event(
                 obj,
                 true,
