@@ -35,13 +35,20 @@ fn fingerprint(id: &str) -> Option<u128> {
     Some(u128::from_be_bytes(bits))
 }
 
-/// What a route's fingerprints are XORed with: a bijection within the route, and a collision
-/// across two routes needs two ids differing by a given 128-bit mask.
-fn route_mask(route: &str) -> u128 {
-    let digest = Sha256::digest(route.as_bytes());
-    let mut bits = [0u8; 16];
-    bits.copy_from_slice(&digest[..16]);
-    u128::from_be_bytes(bits)
+/// A route's part of the memory: the mask its fingerprints are XORed with, a bijection within
+/// the route; a collision across two routes needs two ids differing by a given 128-bit mask.
+/// Computed once per request.
+#[derive(Clone, Copy, Debug)]
+pub struct Scope(u128);
+
+impl Scope {
+    /// The scope of the route served at `path`.
+    pub fn of(path: &str) -> Self {
+        let digest = Sha256::digest(path.as_bytes());
+        let mut bits = [0u8; 16];
+        bits.copy_from_slice(&digest[..16]);
+        Self(u128::from_be_bytes(bits))
+    }
 }
 
 impl RecentIds {
@@ -53,15 +60,15 @@ impl RecentIds {
         }
     }
 
-    /// For each id of a batch on `route`, whether it is new: neither recorded recently on that
+    /// For each id of a batch in `scope`, whether it is new: neither recorded recently on that
     /// route nor earlier in the same batch (one lock for the whole batch).
     pub fn fresh_each<'a>(
         &self,
-        route: &str,
+        scope: Scope,
         ids: impl ExactSizeIterator<Item = &'a str>,
     ) -> Vec<bool> {
         let mut in_batch = HashSet::with_capacity_and_hasher(ids.len(), Default::default());
-        let mask = route_mask(route);
+        let mask = scope.0;
         let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         ids.map(|id| match fingerprint(id).map(|f| f ^ mask) {
             Some(f) => !guard.0.contains(&f) && in_batch.insert(f),
@@ -70,12 +77,12 @@ impl RecentIds {
         .collect()
     }
 
-    /// Records ids that were handed off on `route`.
-    pub fn insert_all<'a>(&self, route: &str, ids: impl IntoIterator<Item = &'a str>) {
+    /// Records ids that were handed off in `scope`.
+    pub fn insert_all<'a>(&self, scope: Scope, ids: impl IntoIterator<Item = &'a str>) {
         if self.capacity == 0 {
             return;
         }
-        let mask = route_mask(route);
+        let mask = scope.0;
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (set, order) = &mut *guard;
         for f in ids.into_iter().filter_map(fingerprint).map(|f| f ^ mask) {
@@ -95,7 +102,9 @@ impl RecentIds {
 mod tests {
     use super::*;
 
-    const R: &str = "/ens/a";
+    fn scope() -> Scope {
+        Scope::of("/ens/a")
+    }
 
     fn id(c: char) -> String {
         c.to_string().repeat(64)
@@ -103,20 +112,20 @@ mod tests {
 
     /// Whether `r` remembers `id` (a batch of one that is not fresh).
     fn remembers(r: &RecentIds, id: &str) -> bool {
-        !r.fresh_each(R, std::iter::once(id))[0]
+        !r.fresh_each(scope(), std::iter::once(id))[0]
     }
 
     #[test]
     fn evicts_oldest_beyond_capacity() {
         let (a, b, c) = (id('a'), id('b'), id('c'));
         let r = RecentIds::new(2);
-        r.insert_all(R, [a.as_str(), &b, &a]);
+        r.insert_all(scope(), [a.as_str(), &b, &a]);
         assert!(remembers(&r, &a) && remembers(&r, &b));
-        r.insert_all(R, [c.as_str()]);
+        r.insert_all(scope(), [c.as_str()]);
         assert!(!remembers(&r, &a));
         assert!(remembers(&r, &b) && remembers(&r, &c));
         let off = RecentIds::new(0);
-        off.insert_all(R, [a.as_str()]);
+        off.insert_all(scope(), [a.as_str()]);
         assert!(!remembers(&off, &a));
     }
 
@@ -124,17 +133,17 @@ mod tests {
     fn fresh_means_neither_remembered_nor_repeated_in_the_batch() {
         let (a, b, c) = (id('a'), id('b'), id('c'));
         let r = RecentIds::new(10);
-        r.insert_all(R, [b.as_str()]);
+        r.insert_all(scope(), [b.as_str()]);
         let batch = [a.as_str(), &b, &a, &c, "not-hex", "not-hex"];
         assert_eq!(
-            r.fresh_each(R, batch.into_iter()),
+            r.fresh_each(scope(), batch.into_iter()),
             [true, false, false, true, true, true]
         );
         // Only the first 128 bits count.
         let mut b2 = b.clone();
         b2.replace_range(40.., &"0".repeat(24));
         assert!(remembers(&r, &b2));
-        r.insert_all(R, ["not-hex"]);
+        r.insert_all(scope(), ["not-hex"]);
         assert!(!remembers(&r, "not-hex"));
     }
 
@@ -142,12 +151,15 @@ mod tests {
     fn ids_are_remembered_per_route() {
         let (a, b) = (id('a'), id('b'));
         let r = RecentIds::new(10);
-        r.insert_all(R, [a.as_str()]);
+        r.insert_all(scope(), [a.as_str()]);
         // The same event on another callback's route is new there.
         assert_eq!(
-            r.fresh_each("/ens/b", [a.as_str(), &b].into_iter()),
+            r.fresh_each(Scope::of("/ens/b"), [a.as_str(), &b].into_iter()),
             [true, true]
         );
-        assert_eq!(r.fresh_each(R, [a.as_str(), &b].into_iter()), [false, true]);
+        assert_eq!(
+            r.fresh_each(scope(), [a.as_str(), &b].into_iter()),
+            [false, true]
+        );
     }
 }

@@ -18,7 +18,7 @@ use axum::routing::get;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::ens::signing::SIGNATURE_HEADER;
-use crate::receiver::dedupe::RecentIds;
+use crate::receiver::dedupe::{RecentIds, Scope};
 use crate::receiver::event::CloudEvent;
 use crate::receiver::metrics::{KeyMatchLabel, Metrics, OutcomeLabel};
 use crate::receiver::probe::{Probe, ProbeSink};
@@ -193,19 +193,24 @@ async fn accept_batch(
     started: Instant,
 ) -> Response {
     let total = events.len();
+    let scope = Scope::of(path);
     // Drop events acknowledged recently and repeats within the batch.
     let keep = app
         .recent
-        .fresh_each(path, events.iter().map(|e| e.id.as_str()));
+        .fresh_each(scope, events.iter().map(|e| e.id.as_str()));
     let fresh: Vec<CloudEvent> = events
         .into_iter()
         .zip(keep)
         .filter_map(|(e, keep)| keep.then_some(e))
         .collect();
     let duplicates = total - fresh.len();
-    // Each event the sink takes is remembered at once: when a slow sink makes ENS hang up
-    // (dropping this handler), its retry then sends only the rest, and gets through.
-    let taken = |e: &CloudEvent| app.recent.insert_all(path, [e.id.as_str()]);
+    // Events are remembered as they are handed off, in direct mode each as soon as the sink
+    // took it: when a slow sink makes ENS hang up (dropping this handler), its retry then sends
+    // only the rest, and gets through.
+    let taken = |handed: &[CloudEvent]| {
+        app.recent
+            .insert_all(scope, handed.iter().map(|e| e.id.as_str()));
+    };
     if !fresh.is_empty()
         && let Err(e) = app.handoff.hand_off(&fresh, &taken).await
     {
@@ -217,8 +222,6 @@ async fn accept_batch(
             "events not accepted, retry",
         );
     }
-    app.recent
-        .insert_all(path, fresh.iter().map(|e| e.id.as_str()));
     count_events(&app.metrics, "accepted", fresh.len());
     count_events(&app.metrics, "duplicate", duplicates);
     app.metrics.batch("accepted");

@@ -100,7 +100,7 @@ impl HttpSink {
     pub async fn deliver(
         &self,
         events: &[CloudEvent],
-        taken: &(dyn Fn(&CloudEvent) + Sync),
+        taken: &(dyn Fn(&[CloudEvent]) + Sync),
     ) -> Result<(), SinkError> {
         self.deliver_remaining(events, &mut vec![false; events.len()], taken)
             .await
@@ -114,7 +114,7 @@ impl HttpSink {
         &self,
         events: &[CloudEvent],
         delivered: &mut [bool],
-        taken: &(dyn Fn(&CloudEvent) + Sync),
+        taken: &(dyn Fn(&[CloudEvent]) + Sync),
     ) -> Result<(), SinkError> {
         let pending: Vec<usize> = (0..events.len()).filter(|&i| !delivered[i]).collect();
         if pending.is_empty() {
@@ -130,9 +130,16 @@ impl HttpSink {
                     .header(CONTENT_TYPE, BATCH_CONTENT_TYPE)
                     .body(body);
                 send(req).await?;
+                // One report for the whole batch when it was all pending, as it mostly is.
+                let whole = pending.len() == events.len();
                 for i in pending {
                     delivered[i] = true;
-                    taken(&events[i]);
+                    if !whole {
+                        taken(std::slice::from_ref(&events[i]));
+                    }
+                }
+                if whole {
+                    taken(events);
                 }
                 Ok(())
             }
@@ -147,7 +154,7 @@ impl HttpSink {
                 while let Some((i, result)) = sent.next().await {
                     result?;
                     delivered[i] = true;
-                    taken(&events[i]);
+                    taken(std::slice::from_ref(&events[i]));
                 }
                 Ok(())
             }

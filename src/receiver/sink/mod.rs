@@ -48,17 +48,22 @@ impl HandoffError {
 }
 
 impl Handoff {
-    /// Hands `events` off durably; `Ok` means they may be acknowledged. `taken` hears of each
-    /// event the sink took before the whole hand-off ended (direct mode, event by event).
+    /// Hands `events` off durably; `Ok` means they may be acknowledged. `taken` hears of every
+    /// event handed off, as soon as it is: in direct mode as the sink takes it (so even when
+    /// the hand-off as a whole fails or is dropped), else once the batch is spooled or dropped.
     pub async fn hand_off(
         &self,
         events: &[CloudEvent],
-        taken: &(dyn Fn(&CloudEvent) + Sync),
+        taken: &(dyn Fn(&[CloudEvent]) + Sync),
     ) -> Result<(), HandoffError> {
         match self {
-            Self::Direct(sink) => Ok(sink.deliver(events, taken).await?),
-            Self::Spool(spool) => Ok(spool.append(events).await?),
-            Self::Discard => Ok(()),
+            Self::Direct(sink) => sink.deliver(events, taken).await?,
+            Self::Spool(spool) => {
+                spool.append(events).await?;
+                taken(events);
+            }
+            Self::Discard => taken(events),
         }
+        Ok(())
     }
 }
