@@ -43,6 +43,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tower::ServiceExt;
 
 use receiver_support::{KEY, TestSink, temp_dir};
@@ -569,8 +570,15 @@ fn expected(case: &Case, routes: &[Route], signatures: &[HeaderValue]) -> Expect
     if signing::verify(&route.keys, first, body).is_err() {
         return Expect::Refused(StatusCode::UNAUTHORIZED);
     }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(events)) if events.iter().all(Value::is_object) => Expect::Batch(events),
+    // Each event is parsed on its own: serde_json's limit of 128 nesting levels counts per
+    // event (the event object included), not for the whole body.
+    let events = serde_json::from_slice::<Vec<Box<RawValue>>>(body).map(|raws| {
+        raws.iter()
+            .map(|raw| serde_json::from_str::<Value>(raw.get()))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    match events {
+        Ok(Ok(events)) if events.iter().all(Value::is_object) => Expect::Batch(events),
         _ => Expect::Refused(StatusCode::BAD_REQUEST),
     }
 }

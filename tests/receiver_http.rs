@@ -457,3 +457,35 @@ async fn a_batch_that_outlasts_ens_deadline_gets_through_on_a_retry() {
         "{sent} deliveries in {tries} tries"
     );
 }
+
+/// Nesting is bounded per event, by serde_json's recursion limit: an event nesting 127 levels
+/// (the event object counted) is accepted, though the body as a whole nests 128, which
+/// serde_json would refuse in one parse; one level more in the event is refused with 400.
+#[tokio::test]
+async fn nesting_is_bounded_per_event() {
+    let sink = TestSink::start(true).await;
+    let (rx, _dir) = standalone(&sink, &[]).await;
+    let nested = |levels: usize| {
+        format!(
+            r#"[{{"deep":{}{}}}]"#,
+            "[".repeat(levels - 1),
+            "]".repeat(levels - 1)
+        )
+    };
+    let deepest = nested(127);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&deepest).is_err(),
+        "the whole body is past serde_json's limit"
+    );
+    assert_eq!(
+        rx.post(ROUTE, &deepest, Some(&sig(KEY, &deepest))).await.0,
+        200
+    );
+    assert_eq!(sink.accepted_len(), 1);
+    let deeper = nested(128);
+    assert_eq!(
+        rx.post(ROUTE, &deeper, Some(&sig(KEY, &deeper))).await.0,
+        400
+    );
+    assert_eq!(sink.accepted_len(), 1);
+}
