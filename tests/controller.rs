@@ -109,7 +109,7 @@ async fn callback_and_two_subscriptions_become_ready_and_events_flow() {
     );
 
     // Steady state (drift interval 1 h): no ENS calls and no API-server writes at all.
-    let route = format!("ens-route-{}-orders", stack.team.name);
+    let route = ens_operator::controller::names::route_secret(&stack.team.name, "orders");
     let rvs = || async {
         let cb = cbs.get("orders").await.unwrap().metadata.resource_version;
         let s1 = subs.get("sent").await.unwrap().metadata.resource_version;
@@ -581,7 +581,7 @@ async fn a_standby_takes_over_when_the_leader_dies_without_duplicates() {
 
 /// The route Secret's `key` entry, as text.
 async fn route_key(stack: &Stack, cb: &str, key: &str) -> Option<String> {
-    let route = format!("ens-route-{}-{cb}", stack.team.name);
+    let route = ens_operator::controller::names::route_secret(&stack.team.name, cb);
     let secret = Api::<Secret>::namespaced(stack.client.clone(), &stack.rx.name)
         .get(&route)
         .await
@@ -799,7 +799,7 @@ async fn a_second_callback_for_the_same_url_is_refused_not_merged() {
         first.status.unwrap().callback_id.unwrap().as_str()
     );
     assert_eq!(route_key(&stack, "first", "signatureKey").await, Some(key));
-    let second_route = format!("ens-route-{}-second", stack.team.name);
+    let second_route = ens_operator::controller::names::route_secret(&stack.team.name, "second");
     assert!(
         Api::<Secret>::namespaced(stack.client.clone(), &stack.rx.name)
             .get_opt(&second_route)

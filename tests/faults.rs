@@ -109,7 +109,10 @@ async fn converged(stack: &Stack) -> Value {
         .collect();
     assert_eq!(
         names,
-        vec![format!("ens-route-{}-orders", stack.team.name)],
+        vec![ens_operator::controller::names::route_secret(
+            &stack.team.name,
+            "orders"
+        )],
         "receiver namespace Secrets"
     );
 

@@ -564,18 +564,32 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
         kstatus: Some("Failed"),
         message_has: "missing",
     });
-    let frozen = live("enscallback", "frozen", ns);
-    assert!(
-        frozen
-            .get("status")
-            .is_none_or(|s| s.get("conditions").is_none()),
-        "paused objects are left alone: {frozen:#}"
+    // A paused object is left alone, and its status says so: nothing but Reconciling and
+    // Stalled, both False with reason ReconcilePaused.
+    let frozen = wait_for(&cbs, "frozen", T, |cb| {
+        cb_reason(cb, ConditionType::Reconciling) == "ReconcilePaused"
+    })
+    .await;
+    let conditions = frozen.status.clone().unwrap_or_default().conditions;
+    let seen: Vec<_> = conditions
+        .iter()
+        .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("Reconciling", "False", "ReconcilePaused"),
+            ("Stalled", "False", "ReconcilePaused")
+        ],
+        "paused objects are left alone"
     );
+    let frozen = live("enscallback", "frozen", ns);
     let mut fresh = frozen.clone();
     fresh["metadata"]["annotations"]
         .as_object_mut()
         .unwrap()
         .remove("ens-operator.io/paused");
+    fresh.as_object_mut().unwrap().remove("status");
     cases.push(Case {
         what: "paused callback",
         obj: frozen,

@@ -29,6 +29,18 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "ens-operator";
 /// Label on receiver route Secrets, so the receiver watches only those.
 pub const ROUTE_LABEL: &str = "ens-operator.io/route";
+/// Label on every Secret the controller writes for an object: a hash of the owner's kind,
+/// namespace and name. A Secret whose label names another owner (or that has none) is never
+/// written or deleted for this object.
+pub const OWNER_LABEL: &str = "ens-operator.io/owner";
+/// Label naming the owner's namespace, so a team's Secrets can be listed by selector.
+pub const OWNER_NAMESPACE_LABEL: &str = "ens-operator.io/owner-namespace";
+/// Annotation spelling out the owner (`Kind/namespace/name`) for people.
+pub const OWNER_ANNOTATION: &str = "ens-operator.io/owner";
+/// Annotation a person with rights on a Secret sets to let the EnsCallback of that name (same
+/// namespace) write its signature key into a Secret the operator did not create. Such a Secret
+/// is written but never owned or deleted.
+pub const ALLOW_KEY_WRITE: &str = "ens-operator.io/allow-signature-key-from";
 
 /// Route Secret data key: the URL path the receiver serves (e.g. `/ens/team-a/orders`).
 pub const ROUTE_PATH_KEY: &str = "path";

@@ -151,4 +151,12 @@ pub struct EnsCallbackStatus {
     /// The value of the `ens-operator.io/regenerate-key` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_rotation: Option<String>,
+    /// Fingerprint of the ENS account (credentials) `callbackId` lives in. A change of
+    /// credentials to another account is refused rather than read as a deletion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Set with the `ens-operator.io/create-pending` annotation before a create: status is the
+    /// controller's alone, so only the pair proves the pending create is this object's own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create_pending: bool,
 }

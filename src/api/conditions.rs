@@ -121,6 +121,13 @@ reasons! {
     Deleting,
     /// Reconciliation is paused by annotation.
     ReconcilePaused,
+    /// A recorded or annotated id names an ENS object that is not this object's (another URL,
+    /// callback or owner's name): nothing is changed in ENS.
+    ForeignObject,
+    /// The credentials now reach another ENS account than the one the recorded id lives in.
+    CredentialsChanged,
+    /// The Secret the key would go to is not this object's to write.
+    SecretNotOwned,
     /// A Kubernetes API call failed; retried with backoff.
     KubernetesError,
 }

@@ -106,4 +106,7 @@ pub struct EnsSubscriptionStatus {
     /// When the desired state was last sent to ENS (ENS may take up to 2 minutes to apply it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sent_time: Option<Time>,
+    /// Fingerprint of the ENS account (credentials) `subscriptionId` lives in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }

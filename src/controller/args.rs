@@ -11,6 +11,11 @@ pub struct ControllerArgs {
     /// namespaces for very large fleets, each with its own Lease name.
     #[arg(long, env = "ENS_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+    /// Only reconcile EnsCallbacks and EnsSubscriptions with these labels (a label selector,
+    /// e.g. `ens-operator.io/shard=a`): shards a fleet across controllers, each with its own
+    /// Lease name. URLs and subscription names are checked for a first claimant within a shard.
+    #[arg(long, env = "ENS_WATCH_SELECTOR")]
+    pub watch_selector: Option<String>,
     /// Namespace of the companion receiver: route Secrets for `Managed` callbacks go there.
     #[arg(long, env = "ENS_RECEIVER_NAMESPACE", default_value = "ens-system")]
     pub receiver_namespace: String,

@@ -18,7 +18,7 @@ use kube::{
 };
 
 use crate::{
-    api::{EnsCallback, conditions::Reason},
+    api::{EnsCallback, EnsSubscription, conditions::Reason},
     controller::{
         args::ControllerArgs, callback, callback::decide::Settings, metrics::Metrics,
         recent::Recent, subscription,
@@ -42,6 +42,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Every watched EnsCallback (the controller's cache), to find who claimed a URL first.
     pub callbacks: OnceLock<Store<EnsCallback>>,
+    /// Every watched EnsSubscription, to find who claimed a subscription name first.
+    pub subscriptions: OnceLock<Store<EnsSubscription>>,
     /// What ENS answered a moment ago about each callback (read again after a few seconds).
     pub recent_callbacks: Recent<callback::decide::Remote>,
     /// What ENS answered a moment ago about each subscription.
@@ -122,6 +124,7 @@ impl Context {
             settings,
             metrics,
             callbacks: OnceLock::new(),
+            subscriptions: OnceLock::new(),
             recent_callbacks: Recent::new(drift),
             recent_subscriptions: Recent::new(drift),
             limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(rate)),

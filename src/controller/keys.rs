@@ -17,10 +17,12 @@ use k8s_openapi::{
 
 use crate::{
     api::annotations::{
-        MANAGED_BY, MANAGED_BY_LABEL, PROBE_CALLBACK_ID_KEY, PROBE_SECRET_SUFFIX,
+        ALLOW_KEY_WRITE, MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION, OWNER_LABEL,
+        OWNER_NAMESPACE_LABEL, PROBE_CALLBACK_ID_KEY, PROBE_FOR_LABEL, PROBE_SECRET_SUFFIX,
         PROBE_VERIFICATION_KEY, ROUTE_CALLBACK_ID_KEY, ROUTE_EXPECT_PROBE_KEY, ROUTE_LABEL,
         ROUTE_PATH_KEY, ROUTE_PREVIOUS_SIGNATURE_KEY, ROUTE_SIGNATURE_KEY,
     },
+    controller::names,
     ens::signing::SignatureKey,
 };
 
@@ -120,6 +122,99 @@ impl KeyData {
     }
 }
 
+/// The object a Secret is written for: kind, namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// Kind of the owning object.
+    pub kind: &'static str,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl Owner {
+    /// The value of [`OWNER_LABEL`] for this owner.
+    pub fn label(&self) -> String {
+        names::owner_label(self.kind, &self.namespace, &self.name)
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// Whose a Secret at a key Secret's name is, as far as this object may act on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// No Secret there: this object may create it.
+    Absent,
+    /// Written for this object (its owner label, or, from releases before owner labels, its
+    /// controller owner reference).
+    Ours,
+    /// Not the operator's, but its owner allowed this EnsCallback to write the key into it
+    /// ([`ALLOW_KEY_WRITE`]): written, never owned or deleted.
+    AllowedByOwner,
+    /// Someone else's: never written or deleted for this object. The text says whose.
+    Foreign(String),
+}
+
+impl Claim {
+    /// Classifies the Secret at `secret`'s name for `owner` (`uid`: the owner's uid).
+    pub fn of(secret: Option<&Secret>, owner: &Owner, uid: Option<&str>) -> Self {
+        let Some(secret) = secret else {
+            return Self::Absent;
+        };
+        let labels = secret.metadata.labels.clone().unwrap_or_default();
+        let annotations = secret.metadata.annotations.clone().unwrap_or_default();
+        if let Some(label) = labels.get(OWNER_LABEL) {
+            return if *label == owner.label() {
+                Self::Ours
+            } else {
+                let whose = annotations
+                    .get(OWNER_ANNOTATION)
+                    .cloned()
+                    .unwrap_or_else(|| "another object".to_owned());
+                Self::Foreign(format!("it belongs to {whose}"))
+            };
+        }
+        let ours_by_reference = labels.get(MANAGED_BY_LABEL).map(String::as_str)
+            == Some(MANAGED_BY)
+            && uid.is_some_and(|uid| {
+                secret
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.uid == uid && o.controller == Some(true))
+            });
+        if ours_by_reference {
+            Self::Ours
+        } else if owner.kind == "EnsCallback"
+            && annotations.get(ALLOW_KEY_WRITE) == Some(&owner.name)
+        {
+            Self::AllowedByOwner
+        } else {
+            Self::Foreign(format!(
+                "ens-operator did not create it; to let this EnsCallback write its signature key there, annotate the Secret with {ALLOW_KEY_WRITE}={}",
+                owner.name
+            ))
+        }
+    }
+
+    /// Whether this object may write the Secret.
+    pub fn writable(&self) -> bool {
+        !matches!(self, Self::Foreign(_))
+    }
+
+    /// Whether this object may delete the Secret (only what the operator made for it).
+    pub fn deletable(&self) -> bool {
+        matches!(self, Self::Ours)
+    }
+}
+
 /// Where a callback's key Secret lives.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeySecretRef {
@@ -129,8 +224,11 @@ pub struct KeySecretRef {
     pub name: String,
     /// Route Secret of the managed receiver (else an external key Secret).
     pub managed: bool,
-    /// Owner (external key Secrets only: same namespace, garbage-collected with the object).
-    pub owner: Option<OwnerReference>,
+    /// The EnsCallback the Secret is written for (its owner labels).
+    pub owner: Owner,
+    /// Owner reference (external key Secrets the operator creates: same namespace,
+    /// garbage-collected with the object).
+    pub owner_reference: Option<OwnerReference>,
 }
 
 impl KeySecretRef {
@@ -139,9 +237,20 @@ impl KeySecretRef {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// The full Secret for `data`, ready for server-side apply.
-    pub fn build(&self, data: &KeyData) -> Secret {
+    /// The full Secret for `data`, ready for server-side apply. A Secret its owner lent
+    /// ([`Claim::AllowedByOwner`]) gets the data only: no owner labels, no owner reference.
+    pub fn build(&self, data: &KeyData, claim: &Claim) -> Secret {
+        let lent = *claim == Claim::AllowedByOwner;
         let mut labels = BTreeMap::from([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned())]);
+        let mut annotations = BTreeMap::new();
+        if !lent {
+            labels.insert(OWNER_LABEL.to_owned(), self.owner.label());
+            labels.insert(
+                OWNER_NAMESPACE_LABEL.to_owned(),
+                self.owner.namespace.clone(),
+            );
+            annotations.insert(OWNER_ANNOTATION.to_owned(), self.owner.to_string());
+        }
         if self.managed {
             labels.insert(ROUTE_LABEL.to_owned(), "true".to_owned());
         }
@@ -150,7 +259,10 @@ impl KeySecretRef {
                 name: Some(self.name.clone()),
                 namespace: Some(self.namespace.clone()),
                 labels: Some(labels),
-                owner_references: self.owner.clone().map(|o| vec![o]),
+                annotations: (!annotations.is_empty()).then_some(annotations),
+                owner_references: (!lent)
+                    .then(|| self.owner_reference.clone().map(|o| vec![o]))
+                    .flatten(),
                 ..Default::default()
             },
             type_: Some("Opaque".to_owned()),
@@ -162,6 +274,16 @@ impl KeySecretRef {
     /// Name of the probe hand-off Secret the receiver writes for this route.
     pub fn probe_secret(&self) -> String {
         format!("{}{PROBE_SECRET_SUFFIX}", self.name)
+    }
+
+    /// Whether `secret` is the receiver's hand-off for this route (its label names the route).
+    pub fn is_probe_of(&self, secret: &Secret) -> bool {
+        secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(PROBE_FOR_LABEL))
+            == Some(&self.name)
     }
 }
 
@@ -204,13 +326,102 @@ impl Probe {
 mod tests {
     use super::*;
 
+    fn owner(namespace: &str, name: &str) -> Owner {
+        Owner {
+            kind: "EnsCallback",
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    fn with_meta(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> Secret {
+        let map = |kv: &[(&str, &str)]| {
+            Some(
+                kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        Secret {
+            metadata: ObjectMeta {
+                labels: map(labels),
+                annotations: map(annotations),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_secret_is_ours_only_by_our_owner_label() {
+        let me = owner("team-a", "orders");
+        let ours = KeySecretRef {
+            namespace: "team-a".into(),
+            name: "k".into(),
+            managed: false,
+            owner: me.clone(),
+            owner_reference: None,
+        }
+        .build(&KeyData::default(), &Claim::Absent);
+        assert_eq!(Claim::of(Some(&ours), &me, None), Claim::Ours);
+        assert_eq!(Claim::of(None, &me, None), Claim::Absent);
+        // Another object's Secret, even one the operator wrote.
+        let theirs = Claim::of(Some(&ours), &owner("team-a", "billing"), None);
+        assert!(matches!(&theirs, Claim::Foreign(w) if w.contains("EnsCallback/team-a/orders")));
+        assert!(!theirs.writable() && !theirs.deletable());
+        // A person's Secret (say, the ENS credentials): untouchable unless its owner allows it.
+        let plain = with_meta(&[], &[]);
+        assert!(
+            matches!(Claim::of(Some(&plain), &me, None), Claim::Foreign(w) if w.contains(ALLOW_KEY_WRITE))
+        );
+        let lent = with_meta(&[], &[(ALLOW_KEY_WRITE, "orders")]);
+        let claim = Claim::of(Some(&lent), &me, None);
+        assert_eq!(claim, Claim::AllowedByOwner);
+        assert!(claim.writable() && !claim.deletable());
+        assert!(matches!(
+            Claim::of(Some(&lent), &owner("team-a", "other"), None),
+            Claim::Foreign(_)
+        ));
+        // A lent Secret is written without owner labels or reference, so it stays the person's.
+        let written = KeySecretRef {
+            namespace: "team-a".into(),
+            name: "k".into(),
+            managed: false,
+            owner: me.clone(),
+            owner_reference: Some(OwnerReference {
+                uid: "u1".into(),
+                ..Default::default()
+            }),
+        }
+        .build(&KeyData::default(), &claim);
+        assert!(!written.metadata.labels.unwrap().contains_key(OWNER_LABEL));
+        assert!(written.metadata.owner_references.is_none());
+    }
+
+    #[test]
+    fn a_key_secret_from_before_owner_labels_is_ours_by_its_controller_reference() {
+        let mut old = with_meta(&[(MANAGED_BY_LABEL, MANAGED_BY)], &[]);
+        old.metadata.owner_references = Some(vec![OwnerReference {
+            uid: "u1".into(),
+            controller: Some(true),
+            ..Default::default()
+        }]);
+        let me = owner("t", "x");
+        assert_eq!(Claim::of(Some(&old), &me, Some("u1")), Claim::Ours);
+        assert!(matches!(
+            Claim::of(Some(&old), &me, Some("u2")),
+            Claim::Foreign(_)
+        ));
+    }
+
     #[test]
     fn round_trips_through_a_secret() {
         let target = KeySecretRef {
             namespace: "rx".into(),
-            name: "ens-route-a-b".into(),
+            name: "ens-route.a.b".into(),
             managed: true,
-            owner: None,
+            owner: owner("a", "b"),
+            owner_reference: None,
         };
         let data = KeyData {
             callback_id: Some("cb-1".into()),
@@ -222,7 +433,7 @@ mod tests {
             expect_probe: true,
             rotation: Some("r1".into()),
         };
-        let secret = target.build(&data);
+        let secret = target.build(&data, &Claim::Absent);
         assert_eq!(
             secret.metadata.labels.as_ref().unwrap()[ROUTE_LABEL],
             "true"
@@ -239,12 +450,16 @@ mod tests {
             namespace: "t".into(),
             name: "x-signature-key".into(),
             managed: false,
-            owner: None,
+            owner: owner("t", "x"),
+            owner_reference: None,
         };
-        let secret = target.build(&KeyData {
-            callback_id: Some("cb".into()),
-            ..Default::default()
-        });
+        let secret = target.build(
+            &KeyData {
+                callback_id: Some("cb".into()),
+                ..Default::default()
+            },
+            &Claim::Absent,
+        );
         let data = secret.data.unwrap();
         assert!(!data.contains_key(ROUTE_PATH_KEY) && !data.contains_key(ROUTE_EXPECT_PROBE_KEY));
         assert!(!secret.metadata.labels.unwrap().contains_key(ROUTE_LABEL));

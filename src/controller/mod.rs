@@ -14,6 +14,7 @@ pub mod recent;
 pub mod reconciler;
 pub mod status;
 pub mod subscription;
+pub mod tenant;
 pub mod watch;
 
 use std::{
@@ -136,6 +137,14 @@ where
     }
 }
 
+/// The watch of the custom resources: everything in scope, or the shard's labels.
+fn objects(ctx: &Context) -> watcher::Config {
+    match &ctx.args.watch_selector {
+        Some(selector) => watcher::Config::default().labels(selector),
+        None => watcher::Config::default(),
+    }
+}
+
 /// What makes a reconcile necessary: spec, annotations, deletion and finalizers — not status,
 /// so the controller's own status writes never trigger another round (no steady-state churn).
 /// A controller for `K` in the watched scope, woken only by meaningful changes (see
@@ -151,7 +160,7 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watch::watch(scoped::<K>(client, ctx), watcher::Config::default())
+    let stream = watch::watch(scoped::<K>(client, ctx), objects(ctx))
         // No decision reads managedFields, and with server-side apply they are a large part of
         // each cached object (kube.rs, "Optimization").
         .modify(|obj| obj.managed_fields_mut().clear())
@@ -259,26 +268,25 @@ async fn run_subscriptions(
 ) {
     let ctrl = controller_for::<EnsSubscription>(&client, &ctx);
     let subs = ctrl.store();
+    // Set once per process: this is the only subscription controller.
+    let _ = ctx.subscriptions.set(ctrl.store());
     // A callback becoming verified (or re-created with a new id, or deleted) moves its subscriptions.
-    let callbacks = watch::watch(
-        scoped::<EnsCallback>(&client, &ctx),
-        watcher::Config::default(),
-    )
-    .touched_objects()
-    .predicate_filter(
-        |cb: &EnsCallback| {
-            let s = cb.status.clone().unwrap_or_default();
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (
-                s.callback_id,
-                is_true(&s.conditions, ConditionType::Verified),
-                cb.meta().deletion_timestamp.is_some(),
-            )
-                .hash(&mut h);
-            Some(h.finish())
-        },
-        Default::default(),
-    );
+    let callbacks = watch::watch(scoped::<EnsCallback>(&client, &ctx), objects(&ctx))
+        .touched_objects()
+        .predicate_filter(
+            |cb: &EnsCallback| {
+                let s = cb.status.clone().unwrap_or_default();
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (
+                    s.callback_id,
+                    is_true(&s.conditions, ConditionType::Verified),
+                    cb.meta().deletion_timestamp.is_some(),
+                )
+                    .hash(&mut h);
+                Some(h.finish())
+            },
+            Default::default(),
+        );
     ctrl.watches_stream(callbacks, move |cb| {
         let ns = cb.namespace();
         subs.state()

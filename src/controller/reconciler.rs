@@ -1,4 +1,4 @@
-//! What both reconcilers share around their own apply/cleanup: the pause annotation, the
+//! What both reconcilers share around their own apply/cleanup/pause: the pause annotation, the
 //! finalizer, the reconcile metric, per-object backoff and the requeue policy after errors.
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -39,11 +39,12 @@ fn backoff_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 
 /// Runs `apply` or `cleanup` behind the finalizer, unless the object is paused; counts the
 /// result and resets the object's backoff on success.
-pub async fn reconcile<K, A, AF, C, CF>(
+pub async fn reconcile<K, A, AF, C, CF, P, PF>(
     obj: Arc<K>,
     ctx: Arc<Context>,
     apply: A,
     cleanup: C,
+    pause: P,
 ) -> Result<Action, ReconcileError>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -58,8 +59,17 @@ where
     AF: Future<Output = Result<Action, Error>>,
     C: FnOnce(Arc<K>, Arc<Context>) -> CF,
     CF: Future<Output = Result<Action, Error>>,
+    P: FnOnce(Arc<K>, Arc<Context>) -> PF,
+    PF: Future<Output = Result<(), Error>>,
 {
-    if obj.annotations().get(PAUSE).is_some_and(|v| v == "true") {
+    // A paused object says so in its status; its deletion still cleans up (or releases), or
+    // the finalizer would hold it forever.
+    if obj.annotations().get(PAUSE).is_some_and(|v| v == "true")
+        && obj.meta().deletion_timestamp.is_none()
+    {
+        if let Err(e) = pause(obj.clone(), ctx.clone()).await {
+            tracing::warn!(error = %e, "writing the paused status failed");
+        }
         return Ok(Action::await_change());
     }
     let key = backoff_key(obj.as_ref());

@@ -131,3 +131,25 @@ pub fn after_error<S: HasConditions>(
     );
     status
 }
+
+/// The status of a paused object: `Reconciling` and `Stalled` False with reason
+/// `ReconcilePaused`, so readers see nothing is being done; `Ready` and the domain conditions stay
+/// as last observed, and the message says they may be stale.
+pub fn paused<S: HasConditions>(
+    mut status: S,
+    generation: Option<i64>,
+    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> S {
+    let msg = format!(
+        "reconciliation is paused by the {} annotation; the other conditions may be stale",
+        crate::api::annotations::PAUSE
+    );
+    let c = status.conditions_mut();
+    for t in [ConditionType::Reconciling, ConditionType::Stalled] {
+        conditions::set(
+            c,
+            condition(t, false, Reason::ReconcilePaused, &msg, generation, now),
+        );
+    }
+    status
+}

@@ -50,6 +50,7 @@ pub async fn act(
         Step::WriteKeySecret(_)
         | Step::MarkCreatePending
         | Step::DiscardProbe
+        | Step::DeleteLegacyRoute(_)
         | Step::Record(_) => {}
         Step::Create(_)
         | Step::ForgetRemote
@@ -61,6 +62,20 @@ pub async fn act(
     }
     match step {
         Step::WriteKeySecret(data) => write_keys(ctx, seen, &data).await?,
+        Step::DeleteLegacyRoute(name) => {
+            match Api::<Secret>::namespaced(ctx.client.clone(), &seen.key_secret.namespace)
+                .delete(&name, &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    return Err(Error::kube("deleting the route Secret of the old naming")(
+                        e,
+                    ));
+                }
+            }
+        }
         Step::MarkCreatePending => {
             // Optimistic concurrency: only one writer may move the object into "create pending".
             let rv = obj.resource_version();
@@ -116,10 +131,11 @@ pub async fn act(
                         .list_callbacks(c)
                         .await
                         .map_err(Error::ens("listing callbacks"))?;
-                    for cb in leftovers
-                        .into_iter()
-                        .filter(|cb| cb.url == new.url && !cb.is_verified())
-                    {
+                    for cb in leftovers.into_iter().filter(|cb| {
+                        cb.url == new.url
+                            && cb.callback_name == new.callback_name
+                            && !cb.is_verified()
+                    }) {
                         ctx.ens_permit(c).await;
                         ctx.ens
                             .delete_callback(c, &cb.callback_id)
@@ -364,7 +380,7 @@ fn created_as_asked(created: &CreatedCallback, asked: &NewCallback) -> Option<Ca
 
 /// Server-side applies the key Secret.
 pub async fn write_keys(ctx: &Context, seen: &Observed, data: &KeyData) -> Result<(), Error> {
-    let secret = seen.key_secret.build(data);
+    let secret = seen.key_secret.build(data, &seen.key_claim);
     Api::<Secret>::namespaced(ctx.client.clone(), &seen.key_secret.namespace)
         .patch(
             &seen.key_secret.name,

@@ -1,6 +1,16 @@
 //! Chooses the next lifecycle step of an `EnsCallback` (design §3) and the status that describes
 //! it. Pure: no client, no clock — everything it needs is in [`Observed`] and `now`. Each plan has
 //! at most one mutating step; the next reconcile observes its effect before taking another.
+//!
+//! The decision runs in phases, each settling the plan or handing on: `guards` (whose the URL,
+//! credentials, key Secret and remote callback are: design §8), `route` (keys and receiver route
+//! before any ENS call), `registration` (create, record or adopt), `verification` (within ENS's
+//! window) and `steady` (rotation, drift, Ready).
+
+#![allow(
+    clippy::result_large_err,
+    reason = "a phase's `Err` is the decision itself, made once per reconcile: boxing buys nothing"
+)]
 
 use std::time::Duration;
 
@@ -8,10 +18,15 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use crate::{
     api::{
+        annotations::VERIFICATION_KEY,
         callback::{AdoptionPolicy, EnsCallbackSpec, EnsCallbackStatus, ReceiverMode},
         conditions::{ConditionType as C, Reason, condition, set},
     },
-    controller::keys::{KeyData, KeySecretRef, Probe},
+    controller::{
+        callback::ownership::{self, Claimant},
+        keys::{Claim, KeyData, KeySecretRef, Probe},
+        names,
+    },
     ens::{Callback, CallbackUpdate, NewCallback},
 };
 
@@ -41,8 +56,14 @@ pub struct Observed {
     pub spec: EnsCallbackSpec,
     /// The status as last written.
     pub status: EnsCallbackStatus,
-    /// The callback id recorded on the object (annotation, else status).
+    /// The callback id recorded on the object (annotation, else status). An annotation anyone
+    /// with edit rights may set: acted on only once [`ownership::owns`] holds.
     pub recorded_id: Option<String>,
+    /// The callback id the controller confirmed as this object's (status, which only the
+    /// controller writes).
+    pub confirmed_id: Option<String>,
+    /// Fingerprint of the ENS account the credentials reach (`None`: unusable).
+    pub tenant: Option<String>,
     /// Whether a create may be in flight (create-pending annotation).
     pub create_pending: bool,
     /// Value of the regenerate-key annotation.
@@ -55,12 +76,54 @@ pub struct Observed {
     pub key_secret: KeySecretRef,
     /// What the key Secret holds (`None`: it does not exist).
     pub keys: Option<KeyData>,
+    /// Whose the Secret at the key Secret's name is.
+    pub key_claim: Claim,
+    /// A route Secret of the old naming that served this callback (name and content): its keys
+    /// are carried over, then it is deleted.
+    pub legacy_route: Option<(String, KeyData)>,
     /// Whether the receiver confirmed it serves the route (`None`: not checked).
     pub receiver_serving: Option<bool>,
     /// A verification key handed over for this callback.
     pub probe: Option<Probe>,
     /// The ENS side.
     pub remote: Remote,
+}
+
+impl Observed {
+    /// Who claims the remote callback, for [`ownership::owns`].
+    pub fn claimant(&self, s: &Settings) -> Claimant {
+        Claimant {
+            url: self.spec.url.clone(),
+            derived_name: names::callback_name(&s.cluster_name, &self.namespace, &self.name),
+            asked_name: callback_name(self, s),
+            confirmed_id: self.confirmed_id.clone(),
+            recorded_id: self.recorded_id.clone(),
+            pending_create: self.pending_create(),
+        }
+    }
+
+    /// Whether a create is pending by this controller's own mark: the annotation (which anyone
+    /// with edit rights could set) and the status flag (which only the controller writes).
+    pub fn pending_create(&self) -> bool {
+        self.create_pending && self.status.create_pending
+    }
+
+    /// Whether ENS has verified the recorded callback.
+    pub fn verified(&self) -> bool {
+        matches!(&self.remote, Remote::Found(cb) if cb.is_verified() && self.recorded_id.as_deref() == Some(cb.callback_id.as_str()))
+    }
+
+    /// Whether the confirmed callback was registered with credentials of another ENS account
+    /// than the current ones (a callback ENS no longer finds then proves nothing).
+    pub fn credentials_changed(&self) -> bool {
+        self.confirmed_id.is_some()
+            && self.confirmed_id == self.recorded_id
+            && self
+                .status
+                .tenant
+                .as_ref()
+                .is_some_and(|t| Some(t) != self.tenant.as_ref())
+    }
 }
 
 /// Settings that shape decisions.
@@ -119,6 +182,8 @@ pub enum Step {
     },
     /// Bring name and batch size in line with the spec.
     Update(CallbackUpdate),
+    /// Delete the route Secret of the old naming (its keys were carried over).
+    DeleteLegacyRoute(String),
 }
 
 /// The decision: at most one step, the status to show, and when to look again.
@@ -173,29 +238,81 @@ fn probed(seen: &Observed, cb: &Callback) -> bool {
             .is_some_and(|k| k.key_callback_id.as_deref() == Some(id))
 }
 
-/// Chooses the next step.
-pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
-    let mut b = StatusBuilder::new(seen, now);
-    let managed = seen.spec.receiver == ReceiverMode::Managed;
+/// What a phase of [`decide`] hands on: the status so far and what it found, or — when the
+/// phase settles the decision — `Err` with the plan, so phases chain with `?`.
+type Phase<'a, T> = Result<(StatusBuilder<'a>, T), Plan>;
 
+/// Chooses the next step: each phase in turn either settles the plan or hands on.
+pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
+    let phases = || -> Result<Plan, Plan> {
+        let (b, ()) = guards(seen, s, StatusBuilder::new(seen, now))?;
+        let (b, ()) = route(seen, b, now)?;
+        let (b, cb) = registration(seen, s, b)?;
+        let (b, ()) = verification(seen, s, now, b, cb)?;
+        Ok(steady(seen, s, now, b, cb))
+    };
+    match phases() {
+        Ok(plan) | Err(plan) => plan,
+    }
+}
+
+/// Whose the object, its key Secret and the remote callback are: anything that is not this
+/// object's stalls the decision before a single write.
+fn guards<'a>(seen: &'a Observed, s: &Settings, b: StatusBuilder<'a>) -> Phase<'a, ()> {
     // One URL, one owner: a later claimant must not take over the route or adopt the callback.
     if let Some(owner) = &seen.url_claimed_by {
         let msg = format!(
             "EnsCallback {owner} already uses this URL (ENS allows one callback per URL, and the receiver one route per path); choose another URL"
         );
-        return b
+        return Err(b
             .stalled(Reason::UrlInUse, &msg)
-            .plan(None, STALLED_RECHECK);
+            .plan(None, STALLED_RECHECK));
     }
     if let Some(err) = &seen.credentials_error {
-        return b
+        return Err(b
             .stalled(Reason::CredentialsNotFound, err)
-            .plan(None, STALLED_RECHECK);
+            .plan(None, STALLED_RECHECK));
     }
-    let verified = matches!(&seen.remote, Remote::Found(cb) if cb.is_verified() && seen.recorded_id.as_deref() == Some(cb.callback_id.as_str()));
+    if let Claim::Foreign(why) = &seen.key_claim {
+        let msg = format!(
+            "the key Secret {} is not this object's to write ({why}); choose another signatureKeySecretName",
+            seen.key_secret.display()
+        );
+        return Err(b
+            .stalled(Reason::SecretNotOwned, &msg)
+            .plan(None, STALLED_RECHECK));
+    }
+    match &seen.remote {
+        Remote::Found(cb) => {
+            if let Err(why) = ownership::owns(&seen.claimant(s), cb) {
+                return Err(b
+                    .registered(false, Reason::ForeignObject, &why)
+                    .stalled(Reason::ForeignObject, &why)
+                    .plan(None, STALLED_RECHECK));
+            }
+        }
+        Remote::Gone if seen.credentials_changed() => {
+            let msg = format!(
+                "ENS callback {} was registered in another ENS account ({}) than the credentials now reach ({}); restore the credentials, or delete this EnsCallback (its callback is then left in the old account) and apply it again",
+                seen.recorded_id.as_deref().unwrap_or_default(),
+                seen.status.tenant.as_deref().unwrap_or_default(),
+                seen.tenant.as_deref().unwrap_or_default()
+            );
+            return Err(b
+                .registered(false, Reason::CredentialsChanged, &msg)
+                .stalled(Reason::CredentialsChanged, &msg)
+                .plan(None, STALLED_RECHECK));
+        }
+        Remote::Gone | Remote::Absent | Remote::Unknown => {}
+    }
+    Ok((b, ()))
+}
 
-    // Keys and, for managed callbacks, the receiver's route: written before any ENS mutation.
-    let desired = desired_keys(seen, verified, now);
+/// Keys and, for managed callbacks, the receiver's route: written (and carried over from a route
+/// Secret of the old naming) before any ENS mutation; then the receiver must serve the path.
+fn route<'a>(seen: &'a Observed, b: StatusBuilder<'a>, now: Timestamp) -> Phase<'a, ()> {
+    let managed = seen.spec.receiver == ReceiverMode::Managed;
+    let desired = desired_keys(seen, seen.verified(), now);
     if seen.keys.as_ref() != Some(&desired) {
         let b = if managed {
             b.receiver(
@@ -206,65 +323,86 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
         } else {
             b
         };
-        return b
+        return Err(b
             .progressing(Reason::Progressing, "writing the signature key Secret")
-            .plan(Some(Step::WriteKeySecret(desired)), AFTER_STEP);
+            .plan(Some(Step::WriteKeySecret(desired)), AFTER_STEP));
     }
-    if managed {
-        if seen.receiver_serving == Some(false) {
-            let msg = format!(
-                "the receiver does not serve {} yet; ENS probes the URL during create",
-                url_path(&seen.spec.url)
-            );
-            return b
-                .receiver(false, Reason::ReceiverNotReady, &msg)
-                .progressing(Reason::ReceiverNotReady, &msg)
-                .plan(None, RECEIVER_POLL);
-        }
-        b = b.receiver(
-            true,
-            Reason::RouteReady,
-            &format!("the receiver serves {}", url_path(&seen.spec.url)),
-        );
-    } else {
-        b = b.receiver(
+    if let Some((legacy, _)) = &seen.legacy_route {
+        return Err(b
+            .progressing(
+                Reason::Progressing,
+                "removing the route Secret of the old naming",
+            )
+            .plan(Some(Step::DeleteLegacyRoute(legacy.clone())), AFTER_STEP));
+    }
+    if !managed {
+        let b = b.receiver(
             true,
             Reason::ExternalReceiver,
             "the callback URL is served outside the operator",
         );
+        return Ok((b, ()));
     }
+    let path = url_path(&seen.spec.url);
+    if seen.receiver_serving == Some(false) {
+        let msg =
+            format!("the receiver does not serve {path} yet; ENS probes the URL during create");
+        return Err(b
+            .receiver(false, Reason::ReceiverNotReady, &msg)
+            .progressing(Reason::ReceiverNotReady, &msg)
+            .plan(None, RECEIVER_POLL));
+    }
+    let b = b.receiver(
+        true,
+        Reason::RouteReady,
+        &format!("the receiver serves {path}"),
+    );
+    Ok((b, ()))
+}
 
+/// The callback in ENS: found (and this object's, see [`guards`]), or the step that makes it so.
+fn registration<'a>(
+    seen: &'a Observed,
+    s: &Settings,
+    mut b: StatusBuilder<'a>,
+) -> Phase<'a, &'a Callback> {
+    let managed = seen.spec.receiver == ReceiverMode::Managed;
     let cb = match (&seen.remote, &seen.recorded_id) {
         (Remote::Unknown, _) => {
-            return b
+            return Err(b
                 .progressing(Reason::Progressing, "looking up the callback in ENS")
-                .plan(None, AFTER_STEP);
+                .plan(None, AFTER_STEP));
         }
-        (Remote::Gone, _) => {
-            return b
-                .registered(
-                    false,
-                    Reason::RemoteDeleted,
-                    "the callback was deleted outside Kubernetes; creating it again",
+        (Remote::Gone, recorded) => {
+            let msg = if seen.confirmed_id.is_some() && seen.confirmed_id == *recorded {
+                "the callback was deleted outside Kubernetes; creating it again".to_owned()
+            } else {
+                format!(
+                    "ENS has no callback {} in this account; forgetting the annotated id",
+                    recorded.as_deref().unwrap_or_default()
                 )
-                .progressing(
-                    Reason::RemoteDeleted,
-                    "the callback was deleted outside Kubernetes; creating it again",
-                )
-                .plan(Some(Step::ForgetRemote), AFTER_STEP);
+            };
+            b.status.callback_id = None;
+            b.status.tenant = None;
+            return Err(b
+                .registered(false, Reason::RemoteDeleted, &msg)
+                .progressing(Reason::RemoteDeleted, &msg)
+                .plan(Some(Step::ForgetRemote), AFTER_STEP));
         }
         (Remote::Absent, _) if seen.spec.adoption == AdoptionPolicy::AdoptOnly => {
             let msg = format!(
                 "adoption is AdoptOnly and ENS has no callback for {}",
                 seen.spec.url
             );
-            return b
+            return Err(b
                 .registered(false, Reason::NotFoundForAdoption, &msg)
                 .stalled(Reason::NotFoundForAdoption, &msg)
-                .plan(None, STALLED_RECHECK);
+                .plan(None, STALLED_RECHECK));
         }
         (Remote::Absent, _) => {
-            let step = if seen.create_pending {
+            // Only a pending create the controller itself marked (annotation and status) is sent;
+            // an annotation alone is marked again first.
+            let step = if seen.pending_create() {
                 Step::Create(NewCallback {
                     callback_name: callback_name(seen, s),
                     url: seen.spec.url.clone(),
@@ -273,19 +411,20 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
             } else {
                 Step::MarkCreatePending
             };
-            return b
+            b.status.create_pending = true;
+            return Err(b
                 .registered(false, Reason::CreatePending, "creating the callback in ENS")
                 .progressing(Reason::CreatePending, "creating the callback in ENS")
-                .plan(Some(step), AFTER_STEP);
+                .plan(Some(step), AFTER_STEP));
         }
         (Remote::Found(cb), None)
-            if seen.create_pending && managed && !cb.is_verified() && !probed(seen, cb) =>
+            if seen.pending_create() && managed && !cb.is_verified() && !probed(seen, cb) =>
         {
             let why = format!(
                 "ENS has callback {} from a create whose probe never reached the receiver, and probes only during a create; deleting it to create a fresh one",
                 cb.callback_id
             );
-            return b
+            return Err(b
                 .registered(false, Reason::CreatePending, &why)
                 .progressing(Reason::ReceiverNotReady, &why)
                 .plan(
@@ -293,57 +432,76 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
                         callback_id: cb.callback_id.clone(),
                     }),
                     AFTER_STEP,
-                );
+                ));
         }
         (Remote::Found(cb), None) => {
-            if seen.create_pending || seen.spec.adoption != AdoptionPolicy::Create {
-                let why = if seen.create_pending {
+            if seen.pending_create() || seen.spec.adoption != AdoptionPolicy::Create {
+                let why = if seen.pending_create() {
                     "confirming the callback created"
                 } else {
                     "adopting the existing callback with this URL"
                 };
-                return b
+                return Err(b
                     .registered(false, Reason::CreatePending, why)
                     .progressing(Reason::CreatePending, why)
-                    .plan(Some(Step::Record(cb.clone())), AFTER_STEP);
+                    .plan(Some(Step::Record(cb.clone())), AFTER_STEP));
             }
             let msg = format!(
                 "adoption is Create but ENS already has callback {} for this URL; set adoption: AdoptOrCreate to take it over",
                 cb.callback_id
             );
-            return b
+            return Err(b
                 .registered(false, Reason::AlreadyExists, &msg)
                 .stalled(Reason::AlreadyExists, &msg)
-                .plan(None, STALLED_RECHECK);
+                .plan(None, STALLED_RECHECK));
         }
         (Remote::Found(cb), Some(_)) => cb,
     };
-    let id = cb.callback_id.clone();
-    b = b.registered(true, Reason::Created, &format!("ENS callback {id}"));
+    // This object's (the guards checked it): confirmed from here on.
+    b.status.callback_id = Some(cb.callback_id.clone());
+    b.status.tenant = seen.tenant.clone();
+    let b = b.registered(
+        true,
+        Reason::Created,
+        &format!("ENS callback {}", cb.callback_id),
+    );
+    Ok((b, cb))
+}
 
+/// Verification within ENS's window: with the key the probe delivered, or by deleting a callback
+/// whose window passed (managed) so a fresh one is created. Hands on only a verified callback.
+fn verification<'a>(
+    seen: &'a Observed,
+    s: &Settings,
+    now: Timestamp,
+    mut b: StatusBuilder<'a>,
+    cb: &Callback,
+) -> Phase<'a, ()> {
+    let managed = seen.spec.receiver == ReceiverMode::Managed;
+    let id = cb.callback_id.clone();
+    let verified = seen.verified();
     let deadline = (!verified).then(|| b.deadline(s));
     if let Some(deadline) = deadline {
         let expired = cb.status.eq_ignore_ascii_case("expired") || now >= deadline;
         if expired {
             let msg = format!("not verified before the deadline {deadline}");
             if managed {
-                return b
+                return Err(b
                     .verified(
                         false,
                         Reason::VerificationExpired,
                         &format!("{msg}; deleting the callback to create a fresh one"),
                     )
                     .progressing(Reason::VerificationExpired, &msg)
-                    .plan(Some(Step::DeleteRemote { callback_id: id }), AFTER_STEP);
+                    .plan(Some(Step::DeleteRemote { callback_id: id }), AFTER_STEP));
             }
             let msg = format!(
-                "{msg}. ENS sends a new verification key only to a new callback: delete this EnsCallback and apply it again, then annotate it with {} within the window",
-                crate::api::annotations::VERIFICATION_KEY
+                "{msg}. ENS sends a new verification key only to a new callback: delete this EnsCallback and apply it again, then annotate it with {VERIFICATION_KEY} within the window"
             );
-            return b
+            return Err(b
                 .verified(false, Reason::VerificationExpired, &msg)
                 .stalled(Reason::VerificationExpired, &msg)
-                .plan(None, STALLED_RECHECK);
+                .plan(None, STALLED_RECHECK));
         }
     }
     if verified {
@@ -355,7 +513,7 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
     }
     // A callback is usable only with its key, verified or not: regenerate rather than recreate.
     if seen.keys.as_ref().and_then(|k| k.key_of(&id)).is_none() {
-        return b
+        return Err(b
             .progressing(
                 Reason::KeyRegenerating,
                 "the signature key was lost; regenerating it",
@@ -366,57 +524,64 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
                     request: None,
                 }),
                 AFTER_STEP,
-            );
+            ));
     }
-    if let Some(deadline) = deadline {
-        match &seen.probe {
-            Some(p) if p.callback_id.as_deref().is_none_or(|c| c == id) => {
-                return b
-                    .verified(
-                        false,
-                        Reason::AwaitingVerification,
-                        "verifying with the key ENS sent to the receiver",
-                    )
-                    .progressing(Reason::AwaitingVerification, "verifying")
-                    .plan(
-                        Some(Step::Verify {
-                            callback_id: id,
-                            probe: p.clone(),
-                        }),
-                        AFTER_STEP,
-                    );
-            }
-            Some(_) => {
-                return b
-                    .progressing(
-                        Reason::Progressing,
-                        "discarding a verification key of another callback",
-                    )
-                    .plan(Some(Step::DiscardProbe), AFTER_STEP);
-            }
-            None => {
-                let how = if managed {
-                    "waiting for the receiver to hand over the key ENS sent to the URL".to_owned()
-                } else {
-                    format!(
-                        "annotate the EnsCallback with {} = the key ENS sent to your endpoint",
-                        crate::api::annotations::VERIFICATION_KEY
-                    )
-                };
-                let msg = format!("verify before {deadline}: {how}");
-                let left = Duration::from_secs(
-                    deadline.as_second().saturating_sub(now.as_second()).max(1) as u64,
-                );
-                return b
-                    .verified(false, Reason::AwaitingVerification, &msg)
-                    .progressing(Reason::AwaitingVerification, &msg)
-                    .plan(None, left.min(drift_interval(seen, s)));
-            }
+    let Some(deadline) = deadline else {
+        return Ok((b, ()));
+    };
+    match &seen.probe {
+        Some(p) if p.callback_id.as_deref().is_none_or(|c| c == id) => Err(b
+            .verified(
+                false,
+                Reason::AwaitingVerification,
+                "verifying with the key ENS sent to the receiver",
+            )
+            .progressing(Reason::AwaitingVerification, "verifying")
+            .plan(
+                Some(Step::Verify {
+                    callback_id: id,
+                    probe: p.clone(),
+                }),
+                AFTER_STEP,
+            )),
+        Some(_) => Err(b
+            .progressing(
+                Reason::Progressing,
+                "discarding a verification key of another callback",
+            )
+            .plan(Some(Step::DiscardProbe), AFTER_STEP)),
+        None => {
+            let how = if managed {
+                "waiting for the receiver to hand over the key ENS sent to the URL".to_owned()
+            } else {
+                format!(
+                    "annotate the EnsCallback with {VERIFICATION_KEY} = the key ENS sent to your endpoint"
+                )
+            };
+            let msg = format!("verify before {deadline}: {how}");
+            let left = Duration::from_secs(
+                deadline.as_second().saturating_sub(now.as_second()).max(1) as u64,
+            );
+            Err(b
+                .verified(false, Reason::AwaitingVerification, &msg)
+                .progressing(Reason::AwaitingVerification, &msg)
+                .plan(None, left.min(drift_interval(seen, s))))
         }
     }
+}
 
+/// A verified callback: clear the used hand-off, rotate the key on request, keep name and batch
+/// size in line with the spec; otherwise Ready until the next drift check.
+fn steady(
+    seen: &Observed,
+    s: &Settings,
+    now: Timestamp,
+    b: StatusBuilder<'_>,
+    cb: &Callback,
+) -> Plan {
+    let id = cb.callback_id.clone();
     // A used hand-off Secret is cleared; a person's annotation is theirs to remove.
-    if managed && seen.probe.is_some() {
+    if seen.spec.receiver == ReceiverMode::Managed && seen.probe.is_some() {
         return b
             .progressing(Reason::Progressing, "clearing the used verification key")
             .plan(Some(Step::DiscardProbe), AFTER_STEP);
@@ -463,7 +628,11 @@ pub fn decide(seen: &Observed, s: &Settings, now: Timestamp) -> Plan {
 /// The key Secret as it should be: the route (managed), the recorded callback, keys that belong to
 /// it, the previous key only until its overlap ends.
 fn desired_keys(seen: &Observed, verified: bool, now: Timestamp) -> KeyData {
-    let current = seen.keys.clone().unwrap_or_default();
+    let current = seen
+        .keys
+        .clone()
+        .or_else(|| seen.legacy_route.as_ref().map(|(_, k)| k.clone()))
+        .unwrap_or_default();
     let managed = seen.spec.receiver == ReceiverMode::Managed;
     let mut d = KeyData {
         path: managed.then(|| url_path(&seen.spec.url)),
@@ -501,7 +670,13 @@ impl<'a> StatusBuilder<'a> {
     fn new(seen: &'a Observed, now: Timestamp) -> Self {
         let mut status = seen.status.clone();
         status.observed_generation = seen.generation;
-        status.callback_id = seen.recorded_id.clone();
+        // Only an id this object was found to own and still records is shown (registration
+        // sets a newly recorded one once it holds).
+        status.callback_id = seen
+            .confirmed_id
+            .clone()
+            .filter(|id| seen.recorded_id.as_ref() == Some(id));
+        status.create_pending = seen.pending_create();
         status.signature_key_secret_ref = Some(seen.key_secret.display());
         status.key_rotation = seen.keys.as_ref().and_then(|k| k.rotation.clone());
         Self {
@@ -605,7 +780,7 @@ mod tests {
     fn remote(id: &str, status: &str) -> Callback {
         Callback {
             callback_id: id.into(),
-            callback_name: "c-team-orders".into(),
+            callback_name: "c.team.orders".into(),
             url: "https://events.example.com/ens/orders".into(),
             max_batch_size: Some(1000),
             status: status.into(),
@@ -626,17 +801,26 @@ mod tests {
             spec,
             status: EnsCallbackStatus::default(),
             recorded_id: None,
+            confirmed_id: None,
+            tenant: Some("t-1".into()),
             create_pending: false,
             regenerate_request: None,
             url_claimed_by: None,
             credentials_error: None,
             key_secret: KeySecretRef {
                 namespace: "rx".into(),
-                name: "ens-route-team-orders".into(),
+                name: "ens-route.team.orders".into(),
                 managed: true,
-                owner: None,
+                owner: crate::controller::keys::Owner {
+                    kind: "EnsCallback",
+                    namespace: "team".into(),
+                    name: "orders".into(),
+                },
+                owner_reference: None,
             },
             keys: None,
+            key_claim: Claim::Ours,
+            legacy_route: None,
             receiver_serving: Some(true),
             probe: None,
             remote: Remote::Absent,
@@ -649,6 +833,7 @@ mod tests {
     fn registered(status: &str) -> Observed {
         let mut seen = fresh();
         seen.recorded_id = Some("cb-1".into());
+        seen.confirmed_id = Some("cb-1".into());
         seen.remote = Remote::Found(remote("cb-1", status));
         let mut keys = desired_keys(&seen, status == "verified", now());
         keys.key_callback_id = Some("cb-1".into());
@@ -696,9 +881,10 @@ mod tests {
         );
         let mut seen = fresh();
         seen.create_pending = true;
+        seen.status.create_pending = true;
         match decide(&seen, &settings(), now()).step {
             Some(Step::Create(n)) => {
-                assert_eq!(n.callback_name, "c-team-orders");
+                assert_eq!(n.callback_name, "c.team.orders");
                 assert_eq!(n.max_batch_size, Some(1000));
             }
             other => panic!("{other:?}"),
@@ -711,6 +897,7 @@ mod tests {
         // the key reached the Secret.
         let mut seen = fresh();
         seen.create_pending = true;
+        seen.status.create_pending = true;
         seen.remote = Remote::Found(remote("cb-1", "unverified"));
         seen.keys.as_mut().unwrap().key_callback_id = Some("cb-1".into());
         seen.keys.as_mut().unwrap().signature_key = Some(SignatureKey::new("k1"));
@@ -725,6 +912,7 @@ mod tests {
         // again.
         let mut seen = fresh();
         seen.create_pending = true;
+        seen.status.create_pending = true;
         seen.remote = Remote::Found(remote("cb-1", "unverified"));
         assert_eq!(
             decide(&seen, &settings(), now()).step,
@@ -761,6 +949,7 @@ mod tests {
     fn keys_survive_until_the_id_is_recorded() {
         let mut seen = fresh();
         seen.create_pending = true;
+        seen.status.create_pending = true;
         seen.keys.as_mut().unwrap().key_callback_id = Some("cb-1".into());
         seen.keys.as_mut().unwrap().signature_key = Some(SignatureKey::new("k1"));
         let d = desired_keys(&seen, false, now());

@@ -4,6 +4,7 @@
 pub mod act;
 pub mod decide;
 pub mod observe;
+pub mod ownership;
 
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use crate::{
         reconciler::{self, ReconcileError},
         status,
     },
-    ens::{Deleted, EnsError},
+    ens::{Credentials, Deleted, EnsError},
 };
 
 /// Reconciles one `EnsCallback`.
@@ -30,8 +31,19 @@ pub async fn reconcile(obj: Arc<EnsCallback>, ctx: Arc<Context>) -> Result<Actio
         ctx,
         |o, c| async move { apply(&o, &c).await },
         |o, c| async move { cleanup(&o, &c).await },
+        |o, c| async move { pause(&o, &c).await },
     )
     .await
+}
+
+/// Shows in status that reconciliation is paused.
+async fn pause(obj: &EnsCallback, ctx: &Context) -> Result<(), Error> {
+    let current = obj.status.clone().unwrap_or_default();
+    let s = status::paused(current, obj.meta().generation, &Time(Timestamp::now()));
+    status::apply(obj, obj.status.as_ref(), &s, &ctx.client)
+        .await
+        .map_err(Error::kube("writing status"))?;
+    Ok(())
 }
 
 async fn apply(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
@@ -95,15 +107,18 @@ fn step_name(step: &decide::Step) -> &'static str {
         DeleteRemote { .. } => "delete-remote",
         DeleteUnprobed { .. } => "delete-unprobed",
         Update(_) => "update",
+        DeleteLegacyRoute(_) => "delete-legacy-route",
     }
 }
 
 /// Deletes the remote callback (subscriptions first, ENS answers 409 otherwise), then the route.
-/// Never blocks forever: without usable credentials it releases with a Warning naming the id.
+/// Only a callback this object owns (see [`ownership::owns`]) is deleted, and only Secrets made
+/// for it. Never blocks forever: without usable credentials, or when the callback is not this
+/// object's, it releases with a Warning naming the id.
 async fn cleanup(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
     act::forget(ctx, obj);
     let key_secret = observe::key_secret_ref(ctx, obj);
-    let mut id = observe::recorded_id(obj);
+    let id = observe::recorded_id(obj);
     if obj.spec.deletion_policy == DeletionPolicy::Retain {
         if let Some(id) = &id {
             ctx.event(
@@ -115,6 +130,13 @@ async fn cleanup(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
             )
             .await;
         }
+    } else if let Some(owner) = observe::url_claimed_by(ctx, obj) {
+        // The URL is another object's: whatever ENS holds for it is not this one's to delete.
+        let note = format!(
+            "EnsCallback {owner} uses this URL; nothing was deleted in ENS for this object"
+        );
+        ctx.event(obj, true, Reason::UrlInUse, "DeleteCallback", note)
+            .await;
     } else {
         match observe::load_credentials(ctx, obj).await? {
             Err(why) => {
@@ -129,64 +151,125 @@ async fn cleanup(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
                     .await;
                 }
             }
-            Ok(creds) => {
-                let deleted = async {
-                    if id.is_none() && obj.annotations().contains_key(CREATE_PENDING) {
-                        // A create may have happened without being recorded: find it by URL.
-                        ctx.ens_permit(&creds).await;
-                        let all = ctx
-                            .ens
-                            .list_callbacks(&creds)
-                            .await
-                            .map_err(Error::ens("listing callbacks"))?;
-                        id = all
-                            .into_iter()
-                            .find(|c| c.url == obj.spec.url)
-                            .map(|c| c.callback_id);
-                    }
-                    match &id {
-                        Some(id) => delete_remote(ctx, obj, &creds, id).await,
-                        None => Ok(()),
-                    }
-                }
-                .await;
-                match deleted {
-                    Ok(()) => {}
-                    // Refused credentials must not block deletion forever (anchors §4.5).
-                    Err(Error::Ens { source, op }) if source.refuses_credentials() => {
-                        let left = match &id {
-                            Some(id) => format!("ENS callback {id} was NOT deleted"),
-                            None => format!(
-                                "a callback for {} may be left in ENS (a create was pending)",
-                                obj.spec.url
-                            ),
-                        };
-                        let note = format!("{op}: {source}; {left}: delete it by hand");
-                        ctx.event(obj, true, ens_reason(&source), "DeleteCallback", note)
-                            .await;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            Ok(creds) => delete_own(ctx, obj, &creds, id).await?,
         }
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &key_secret.namespace);
-    for name in [key_secret.probe_secret(), key_secret.name.clone()] {
-        if key_secret.managed || name == key_secret.name {
-            match secrets.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(Error::kube("deleting the key Secret")(e)),
-            }
-        }
+    if key_secret.managed
+        && let Some(probe) = secrets
+            .get_opt(&key_secret.probe_secret())
+            .await
+            .map_err(Error::kube("reading the verification hand-off"))?
+        && key_secret.is_probe_of(&probe)
+    {
+        delete_secret(&secrets, &key_secret.probe_secret()).await?;
+    }
+    let (claim, _) = observe::read_key_secret(ctx, obj, &key_secret).await?;
+    if claim.deletable() {
+        delete_secret(&secrets, &key_secret.name).await?;
     }
     Ok(Action::await_change())
+}
+
+async fn delete_secret(secrets: &Api<Secret>, name: &str) -> Result<(), Error> {
+    match secrets.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube("deleting the key Secret")(e)),
+    }
+}
+
+/// Finds the callback this object owns (by recorded id, or by URL when a create was pending),
+/// checks it is this object's, and deletes it. Refused credentials and foreign callbacks
+/// release with a Warning instead of blocking the deletion.
+async fn delete_own(
+    ctx: &Context,
+    obj: &EnsCallback,
+    creds: &Credentials,
+    id: Option<String>,
+) -> Result<(), Error> {
+    let claimant = ownership_claimant(ctx, obj);
+    let found = async {
+        let remote = match &id {
+            Some(id) => {
+                ctx.ens_permit(creds).await;
+                ctx.ens
+                    .get_callback(creds, id)
+                    .await
+                    .map_err(Error::ens("reading the callback"))?
+            }
+            // A create may have happened without being recorded: find it by URL.
+            None if obj.annotations().contains_key(CREATE_PENDING) => {
+                ctx.ens_permit(creds).await;
+                ctx.ens
+                    .list_callbacks(creds)
+                    .await
+                    .map_err(Error::ens("listing callbacks"))?
+                    .into_iter()
+                    .find(|c| c.url == obj.spec.url)
+            }
+            None => None,
+        };
+        Ok::<_, Error>(remote)
+    }
+    .await;
+    let outcome = match found {
+        Ok(None) => Ok(()),
+        Ok(Some(cb)) => match ownership::owns(&claimant, &cb) {
+            Ok(()) => delete_remote(ctx, obj, creds, &cb.callback_id).await,
+            Err(why) => {
+                let note = format!("{why}; it was NOT deleted");
+                ctx.event(obj, true, Reason::ForeignObject, "DeleteCallback", note)
+                    .await;
+                Ok(())
+            }
+        },
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(()) => Ok(()),
+        // Refused credentials must not block deletion forever (anchors §4.5).
+        Err(Error::Ens { source, op }) if source.refuses_credentials() => {
+            let left = match &id {
+                Some(id) => format!("ENS callback {id} was NOT deleted"),
+                None => format!(
+                    "a callback for {} may be left in ENS (a create was pending)",
+                    obj.spec.url
+                ),
+            };
+            let note = format!("{op}: {source}; {left}: delete it by hand");
+            ctx.event(obj, true, ens_reason(&source), "DeleteCallback", note)
+                .await;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The object as a claimant of ENS callbacks (status is the controller's record).
+fn ownership_claimant(ctx: &Context, obj: &EnsCallback) -> ownership::Claimant {
+    let s = &ctx.settings;
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    let derived = crate::controller::names::callback_name(&s.cluster_name, &ns, &name);
+    let status = obj.status.clone().unwrap_or_default();
+    ownership::Claimant {
+        url: obj.spec.url.clone(),
+        asked_name: obj
+            .spec
+            .callback_name
+            .clone()
+            .unwrap_or_else(|| derived.clone()),
+        derived_name: derived,
+        confirmed_id: status.callback_id.clone(),
+        recorded_id: observe::recorded_id(obj),
+        pending_create: obj.annotations().contains_key(CREATE_PENDING) && status.create_pending,
+    }
 }
 
 async fn delete_remote(
     ctx: &Context,
     obj: &EnsCallback,
-    creds: &crate::ens::Credentials,
+    creds: &Credentials,
     id: &str,
 ) -> Result<(), Error> {
     ctx.ens_permit(creds).await;

@@ -12,16 +12,20 @@ use super::decide::{Observed, Remote, url_path};
 use crate::{
     api::{
         EnsCallback,
-        annotations::{CALLBACK_ID, CREATE_PENDING, REGENERATE_KEY, VERIFICATION_KEY},
+        annotations::{
+            CALLBACK_ID, CREATE_PENDING, MANAGED_BY, MANAGED_BY_LABEL, REGENERATE_KEY, ROUTE_LABEL,
+            VERIFICATION_KEY,
+        },
         callback::ReceiverMode,
     },
     controller::{
         context::Context,
         credentials::{self, CredentialsError, CredentialsRef},
         error::Error,
-        keys::{KeyData, KeySecretRef, Probe},
+        keys::{Claim, KeyData, KeySecretRef, Owner, Probe},
         names,
         recent::Key,
+        tenant,
     },
     ens::Credentials,
 };
@@ -29,12 +33,18 @@ use crate::{
 /// Where the object's key Secret lives.
 pub fn key_secret_ref(ctx: &Context, obj: &EnsCallback) -> KeySecretRef {
     let ns = obj.namespace().unwrap_or_default();
+    let owner = Owner {
+        kind: "EnsCallback",
+        namespace: ns.clone(),
+        name: obj.name_any(),
+    };
     match obj.spec.receiver {
         ReceiverMode::Managed => KeySecretRef {
             namespace: ctx.args.receiver_namespace.clone(),
             name: names::route_secret(&ns, &obj.name_any()),
             managed: true,
-            owner: None,
+            owner,
+            owner_reference: None,
         },
         ReceiverMode::External => KeySecretRef {
             namespace: ns,
@@ -44,9 +54,66 @@ pub fn key_secret_ref(ctx: &Context, obj: &EnsCallback) -> KeySecretRef {
                 .clone()
                 .unwrap_or_else(|| names::key_secret(&obj.name_any())),
             managed: false,
-            owner: obj.controller_owner_ref(&()),
+            owner,
+            owner_reference: obj.controller_owner_ref(&()),
         },
     }
+}
+
+/// Whose the Secret at the key Secret's name is (see [`Claim`]), and what it holds if it is
+/// this object's to use.
+pub async fn read_key_secret(
+    ctx: &Context,
+    obj: &EnsCallback,
+    at: &KeySecretRef,
+) -> Result<(Claim, Option<KeyData>), Error> {
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &at.namespace)
+        .get_opt(&at.name)
+        .await
+        .map_err(Error::kube("reading the key Secret"))?;
+    let claim = Claim::of(secret.as_ref(), &at.owner, obj.meta().uid.as_deref());
+    let keys = secret
+        .filter(|_| claim.writable())
+        .map(|s| KeyData::from_secret(&s));
+    Ok((claim, keys))
+}
+
+/// A route Secret of the old naming (`ens-route-<ns>-<name>`, which two objects could share)
+/// that the operator wrote for this callback's path: its keys are carried over once.
+async fn legacy_route(
+    ctx: &Context,
+    obj: &EnsCallback,
+    keys_present: bool,
+) -> Result<Option<(String, KeyData)>, Error> {
+    if obj.spec.receiver != ReceiverMode::Managed {
+        return Ok(None);
+    }
+    let name = names::legacy_route_secret(&obj.namespace().unwrap_or_default(), &obj.name_any());
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.args.receiver_namespace)
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("reading the route Secret of the old naming"))?;
+    let Some(secret) = secret else {
+        return Ok(None);
+    };
+    let labels = secret.metadata.labels.clone().unwrap_or_default();
+    let ours = labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(ROUTE_LABEL).map(String::as_str) == Some("true")
+        && !labels.contains_key(crate::api::annotations::OWNER_LABEL);
+    let data = KeyData::from_secret(&secret);
+    // The path is unique among live callbacks (UrlInUse), so a route of the old naming for this
+    // path is this callback's, whichever object the ambiguous name also fitted.
+    let mine = ours && data.path.as_deref() == Some(url_path(&obj.spec.url).as_str());
+    Ok(mine.then(|| {
+        (
+            name,
+            if keys_present {
+                KeyData::default()
+            } else {
+                data
+            },
+        )
+    }))
 }
 
 /// The credentials reference of a callback (its own, or the operator's default).
@@ -87,16 +154,14 @@ pub async fn observe(
 ) -> Result<(Observed, Option<Credentials>), Error> {
     let key_secret = key_secret_ref(ctx, obj);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &key_secret.namespace);
-    let keys = secrets
-        .get_opt(&key_secret.name)
-        .await
-        .map_err(Error::kube("reading the key Secret"))?
-        .map(|s| KeyData::from_secret(&s));
+    let (key_claim, keys) = read_key_secret(ctx, obj, &key_secret).await?;
+    let legacy_route = legacy_route(ctx, obj, keys.is_some()).await?;
     let probe = match obj.spec.receiver {
         ReceiverMode::Managed => secrets
             .get_opt(&key_secret.probe_secret())
             .await
             .map_err(Error::kube("reading the verification hand-off"))?
+            .filter(|s| key_secret.is_probe_of(s))
             .and_then(|s| Probe::from_secret(&s)),
         ReceiverMode::External => obj
             .annotations()
@@ -144,12 +209,16 @@ pub async fn observe(
         spec: obj.spec.clone(),
         status: obj.status.clone().unwrap_or_default(),
         recorded_id: recorded,
+        confirmed_id: obj.status.as_ref().and_then(|s| s.callback_id.clone()),
+        tenant: creds.as_ref().ok().map(tenant::fingerprint),
         create_pending: obj.annotations().contains_key(CREATE_PENDING),
         regenerate_request: obj.annotations().get(REGENERATE_KEY).cloned(),
         url_claimed_by,
         credentials_error: creds.as_ref().err().cloned(),
         key_secret,
         keys,
+        key_claim,
+        legacy_route,
         receiver_serving,
         probe,
         remote,
@@ -203,20 +272,10 @@ pub fn recent_key(
     let key = Key {
         generation: obj.meta().generation,
         recorded_id: recorded_id.map(str::to_owned),
-        tenant: tenant(c),
+        tenant: tenant::fingerprint(c),
         parent: String::new(),
     };
     Some((uid, key))
-}
-
-/// Whose ENS account the credentials reach.
-pub fn tenant(c: &Credentials) -> String {
-    format!(
-        "{} {} {}",
-        c.auth_base_url,
-        c.client_id,
-        c.account_id.as_deref().unwrap_or("")
-    )
 }
 
 /// Asks the receiver whether it serves `path` (a JSON list of the paths it serves).
@@ -237,7 +296,7 @@ async fn receiver_serves(ctx: &Context, base: &str, path: &str) -> bool {
 
 /// The oldest other live EnsCallback with the same URL, or (both on the managed receiver) the
 /// same path; `None` when this object is the first claimant. Ties go by namespace/name.
-fn url_claimed_by(ctx: &Context, obj: &EnsCallback) -> Option<String> {
+pub fn url_claimed_by(ctx: &Context, obj: &EnsCallback) -> Option<String> {
     let store = ctx.callbacks.get()?;
     let rank = |o: &EnsCallback| {
         (

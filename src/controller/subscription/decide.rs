@@ -30,7 +30,7 @@ pub enum CallbackView {
 pub enum Remote {
     /// Not looked up.
     Unknown,
-    /// The recorded subscription no longer exists (or belongs to another callback).
+    /// The recorded subscription no longer exists.
     Gone,
     /// None recorded and none with this name on the callback.
     Absent,
@@ -51,8 +51,15 @@ pub struct Observed {
     pub spec: EnsSubscriptionSpec,
     /// The status as last written.
     pub status: EnsSubscriptionStatus,
-    /// Subscription id recorded on the object.
+    /// Subscription id recorded on the object (an annotation anyone with edit rights may set:
+    /// acted on only once [`owns`] holds).
     pub recorded_id: Option<String>,
+    /// The id the controller confirmed as this object's (status, the controller's alone).
+    pub confirmed_id: Option<String>,
+    /// Fingerprint of the ENS account the credentials reach (`None`: unusable).
+    pub tenant: Option<String>,
+    /// An older EnsSubscription (`namespace/name`) with the same ENS name on the same callback.
+    pub name_claimed_by: Option<String>,
     /// The callback.
     pub callback: CallbackView,
     /// Why the credentials are unusable, if they are.
@@ -89,6 +96,31 @@ pub struct Plan {
 pub const AFTER_STEP: Duration = Duration::from_millis(200);
 const WAIT_CALLBACK: Duration = Duration::from_secs(30);
 const STALLED_RECHECK: Duration = Duration::from_secs(300);
+
+/// Whether `sub` (found by recorded id, or by name on the callback) is this object's: it hangs on
+/// this object's callback and either the controller confirmed it before (`confirmed_id`, from
+/// status) or it has this object's ENS `name`. `Err` says why not.
+pub fn owns(
+    callback_id: &str,
+    confirmed_id: Option<&str>,
+    name: &str,
+    sub: &Subscription,
+) -> Result<(), String> {
+    let id = sub.subscription_id.as_str();
+    if sub.callback_id != callback_id {
+        return Err(format!(
+            "ENS subscription {id} belongs to callback {}, not to this object's callback {callback_id}; nothing is changed in ENS",
+            sub.callback_id
+        ));
+    }
+    if confirmed_id == Some(id) || sub.subscription_name == name {
+        return Ok(());
+    }
+    Err(format!(
+        "ENS subscription {id} is named {:?}, not this object's {name:?}; nothing is changed in ENS",
+        sub.subscription_name
+    ))
+}
 
 /// The deterministic ENS name.
 pub fn subscription_name(seen: &Observed, cluster: &str) -> String {
@@ -145,7 +177,11 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
     let now = Time(now);
     let mut status = seen.status.clone();
     status.observed_generation = seen.generation;
-    status.subscription_id = seen.recorded_id.clone();
+    // Only an id this object was found to own is shown (set below once it is).
+    status.subscription_id = seen
+        .confirmed_id
+        .clone()
+        .filter(|id| seen.recorded_id.as_ref() == Some(id));
     let g = seen.generation;
     let plan = |mut status: EnsSubscriptionStatus,
                 step: Option<Step>,
@@ -188,6 +224,21 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
         }
     };
 
+    if let Some(owner) = &seen.name_claimed_by {
+        let msg = format!(
+            "EnsSubscription {owner} already uses the ENS subscription name {:?} on this callback; set spec.subscriptionName to another name",
+            subscription_name(seen, cluster)
+        );
+        return plan(
+            status,
+            None,
+            false,
+            true,
+            Reason::NameInUse,
+            msg,
+            STALLED_RECHECK,
+        );
+    }
     let callback_id = match &seen.callback {
         CallbackView::Missing => {
             let msg = format!(
@@ -234,6 +285,19 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
         );
     }
     let name = subscription_name(seen, cluster);
+    if let Remote::Found(sub) = &seen.remote
+        && let Err(why) = owns(&callback_id, seen.confirmed_id.as_deref(), &name, sub)
+    {
+        return plan(
+            status,
+            None,
+            false,
+            true,
+            Reason::ForeignObject,
+            why,
+            STALLED_RECHECK,
+        );
+    }
     let sub = match (&seen.remote, &seen.recorded_id) {
         (Remote::Unknown, _) => {
             return plan(
@@ -246,14 +310,46 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
                 AFTER_STEP,
             );
         }
-        (Remote::Gone, _) => {
+        (Remote::Gone, recorded) => {
+            let confirmed = seen.confirmed_id.is_some() && seen.confirmed_id == *recorded;
+            if confirmed
+                && seen
+                    .status
+                    .tenant
+                    .as_ref()
+                    .is_some_and(|t| Some(t) != seen.tenant.as_ref())
+            {
+                let msg = format!(
+                    "ENS subscription {} was created in another ENS account than the credentials now reach; restore the credentials, or delete this EnsSubscription and apply it again",
+                    recorded.as_deref().unwrap_or_default()
+                );
+                return plan(
+                    status,
+                    None,
+                    false,
+                    true,
+                    Reason::CredentialsChanged,
+                    msg,
+                    STALLED_RECHECK,
+                );
+            }
+            let msg = if confirmed {
+                "the subscription was deleted outside Kubernetes; creating it again".to_owned()
+            } else {
+                format!(
+                    "ENS has no subscription {} in this account; forgetting the annotated id",
+                    recorded.as_deref().unwrap_or_default()
+                )
+            };
+            status.subscription_id = None;
+            status.tenant = None;
             return plan(
                 status,
                 Some(Step::ForgetRemote),
                 false,
                 false,
                 Reason::RemoteDeleted,
-                "the subscription was deleted outside Kubernetes; creating it again".into(),
+                msg,
                 AFTER_STEP,
             );
         }
@@ -287,6 +383,9 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
         }
         (Remote::Found(sub), Some(_)) => sub,
     };
+    // This object's (checked above): confirmed from here on.
+    status.subscription_id = Some(sub.subscription_id.clone());
+    status.tenant = seen.tenant.clone();
     let want = desired_state(&seen.spec);
     let in_sync = sub.subscription_name == name
         && as_set(&sub.event_category_types) == as_set(&seen.spec.event_category_types)
@@ -390,6 +489,9 @@ mod tests {
             .unwrap(),
             status: EnsSubscriptionStatus::default(),
             recorded_id: Some("sub-1".into()),
+            confirmed_id: Some("sub-1".into()),
+            tenant: Some("t-1".into()),
+            name_claimed_by: None,
             callback: CallbackView::Verified("cb-1".into()),
             credentials_error: None,
             remote: Remote::Found(remote(SubscriptionState::Active)),

@@ -12,6 +12,7 @@ use kube::{Resource, ResourceExt, runtime::controller::Action};
 
 use crate::{
     api::{EnsSubscription, common::DeletionPolicy, conditions::Reason},
+    controller::tenant::fingerprint,
     controller::{
         context::Context,
         error::{Error, ens_reason},
@@ -31,8 +32,19 @@ pub async fn reconcile(
         ctx,
         |o, c| async move { apply(&o, &c).await },
         |o, c| async move { cleanup(&o, &c).await },
+        |o, c| async move { pause(&o, &c).await },
     )
     .await
+}
+
+/// Shows in status that reconciliation is paused.
+async fn pause(obj: &EnsSubscription, ctx: &Context) -> Result<(), Error> {
+    let current = obj.status.clone().unwrap_or_default();
+    let s = status::paused(current, obj.meta().generation, &Time(Timestamp::now()));
+    status::apply(obj, obj.status.as_ref(), &s, &ctx.client)
+        .await
+        .map_err(Error::kube("writing status"))?;
+    Ok(())
 }
 
 async fn apply(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
@@ -77,9 +89,12 @@ async fn apply(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
     outcome
 }
 
-/// Deletes the remote subscription (404 = gone); without usable credentials releases with a
-/// Warning naming the id. With no id recorded, finds it by name on the callback first: a create
-/// may have gone through without its id being recorded (a crash, a failed patch).
+/// Deletes the remote subscription (404 = gone) once it is found to be this object's (see
+/// [`decide::owns`]); without usable credentials, or when the id names another object's
+/// subscription, releases with a Warning naming the id. With no id recorded, finds it by name on
+/// the callback first: a create may have gone through without its id being recorded (a crash, a
+/// failed patch). With the EnsCallback gone, only the operator's default credentials of the
+/// account this object's status names may delete it.
 async fn cleanup(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
     act::forget(ctx, obj);
     let recorded = observe::recorded_id(obj);
@@ -96,15 +111,42 @@ async fn cleanup(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> 
         }
         return Ok(Action::await_change());
     }
-    let cb = observe::callback(ctx, obj).await?;
-    let callback_id = cb
-        .as_ref()
-        .and_then(|cb| cb.status.as_ref()?.callback_id.clone());
-    if recorded.is_none() && callback_id.is_none() {
-        // No callback in ENS, so no subscription on it.
+    if let Some(owner) = observe::name_claimed_by(ctx, obj) {
+        // The name is another object's: what ENS holds under it is not this one's to delete.
+        let note = format!(
+            "EnsSubscription {owner} uses this subscription name; nothing was deleted in ENS for this object"
+        );
+        ctx.event(obj, true, Reason::NameInUse, "DeleteSubscription", note)
+            .await;
         return Ok(Action::await_change());
     }
+    let status = obj.status.clone().unwrap_or_default();
+    let cb = observe::callback(ctx, obj).await?;
+    // The callback it hangs on: the EnsCallback's confirmed one, else the one status recorded.
+    let callback_id = match &cb {
+        Some(cb) => cb.status.as_ref().and_then(|s| s.callback_id.clone()),
+        None => status.callback_id.clone(),
+    };
+    let Some(callback_id) = callback_id else {
+        // No callback in ENS, so no subscription on it.
+        if let Some(id) = &recorded {
+            let note = format!(
+                "no ENS callback is known for this subscription; ENS subscription {id} was NOT deleted: if it exists, delete it by hand"
+            );
+            ctx.event(obj, true, Reason::Deleting, "DeleteSubscription", note)
+                .await;
+        }
+        return Ok(Action::await_change());
+    };
     let creds = match observe::load_credentials(ctx, obj, cb.as_ref()).await? {
+        // Without its EnsCallback the default credentials are used only for the account the
+        // subscription was created in: another account's 404 proves nothing.
+        Ok(c) if cb.is_none() && status.tenant.as_ref() != Some(&fingerprint(&c)) => Err(
+            "the default credentials reach another ENS account than this subscription's".to_owned(),
+        ),
+        other => other,
+    };
+    let creds = match creds {
         Ok(c) => c,
         Err(why) => {
             if let Some(id) = &recorded {
@@ -120,36 +162,50 @@ async fn cleanup(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> 
             return Ok(Action::await_change());
         }
     };
-    let id = match (recorded, callback_id) {
-        (Some(id), _) => id,
-        (None, Some(cb_id)) => {
-            let name = decide::ens_name(
-                &obj.spec,
-                &ctx.settings.cluster_name,
-                &obj.namespace().unwrap_or_default(),
-                &obj.name_any(),
-            );
-            ctx.ens_permit(&creds).await;
-            match ctx.ens.list_subscriptions(&creds, &cb_id).await {
-                Ok(subs) => match subs.into_iter().find(|s| s.subscription_name == name) {
-                    Some(s) => s.subscription_id,
-                    None => return Ok(Action::await_change()),
-                },
+    let name = decide::ens_name(
+        &obj.spec,
+        &ctx.settings.cluster_name,
+        &obj.namespace().unwrap_or_default(),
+        &obj.name_any(),
+    );
+    let found = async {
+        ctx.ens_permit(&creds).await;
+        match &recorded {
+            Some(id) => ctx.ens.get_subscription(&creds, id).await,
+            None => match ctx.ens.list_subscriptions(&creds, &callback_id).await {
+                Ok(subs) => Ok(subs.into_iter().find(|s| s.subscription_name == name)),
                 // The callback is gone from ENS, and its subscriptions with it.
-                Err(EnsError::NotFound { .. }) => return Ok(Action::await_change()),
-                Err(e) if e.refuses_credentials() => {
-                    let note = format!(
-                        "{e}; could not look for ENS subscription {name:?} on callback {cb_id}: if it exists, delete it by hand"
-                    );
-                    ctx.event(obj, true, ens_reason(&e), "DeleteSubscription", note)
-                        .await;
-                    return Ok(Action::await_change());
-                }
-                Err(e) => return Err(Error::ens("listing the callback's subscriptions")(e)),
-            }
+                Err(EnsError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            },
         }
-        (None, None) => return Ok(Action::await_change()),
+    }
+    .await;
+    let sub = match found {
+        Ok(Some(sub)) => sub,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(e) if e.refuses_credentials() => {
+            let note = format!(
+                "{e}; could not look for ENS subscription {name:?} on callback {callback_id}: if it exists, delete it by hand"
+            );
+            ctx.event(obj, true, ens_reason(&e), "DeleteSubscription", note)
+                .await;
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(Error::ens("looking up the subscription")(e)),
     };
+    if let Err(why) = decide::owns(&callback_id, status.subscription_id.as_deref(), &name, &sub) {
+        ctx.event(
+            obj,
+            true,
+            Reason::ForeignObject,
+            "DeleteSubscription",
+            format!("{why}; it was NOT deleted"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let id = sub.subscription_id;
     ctx.ens_permit(&creds).await;
     match ctx.ens.delete_subscription(&creds, &id).await {
         Ok(Deleted::Deleted) => {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use kube::{Api, Resource, ResourceExt};
 
-use super::decide::{CallbackView, Observed, Remote, subscription_name};
+use super::decide::{CallbackView, Observed, Remote, ens_name, subscription_name};
 use crate::{
     api::{
         EnsCallback, EnsSubscription,
@@ -92,6 +92,12 @@ pub async fn observe(
         spec: obj.spec.clone(),
         status: obj.status.clone().unwrap_or_default(),
         recorded_id: recorded.clone(),
+        confirmed_id: obj.status.as_ref().and_then(|s| s.subscription_id.clone()),
+        tenant: creds
+            .as_ref()
+            .ok()
+            .map(crate::controller::tenant::fingerprint),
+        name_claimed_by: name_claimed_by(ctx, obj),
         callback,
         credentials_error: creds.as_ref().err().cloned(),
         remote: Remote::Unknown,
@@ -140,8 +146,9 @@ async fn read_remote(
             .await
             .map_err(Error::ens("reading the subscription"))?
         {
-            Some(s) if s.callback_id == callback_id => Remote::Found(s),
-            _ => Remote::Gone,
+            // On another callback too: `decide` refuses it as not this object's.
+            Some(s) => Remote::Found(s),
+            None => Remote::Gone,
         },
         None => ctx
             .ens
@@ -153,6 +160,32 @@ async fn read_remote(
             .map_or(Remote::Absent, Remote::Found),
     };
     Ok((at, remote))
+}
+
+/// The oldest other live EnsSubscription of the namespace with the same ENS name on the same
+/// EnsCallback (two objects must not share one ENS subscription); `None` when this one is first.
+pub fn name_claimed_by(ctx: &Context, obj: &EnsSubscription) -> Option<String> {
+    let store = ctx.subscriptions.get()?;
+    let cluster = &ctx.settings.cluster_name;
+    let ns = obj.namespace().unwrap_or_default();
+    let ens_name = |o: &EnsSubscription| ens_name(&o.spec, cluster, &ns, &o.name_any());
+    let rank = |o: &EnsSubscription| {
+        (
+            o.meta().creation_timestamp.clone().map(|t| t.0),
+            o.name_any(),
+        )
+    };
+    let (mine, mine_name) = (rank(obj), ens_name(obj));
+    store
+        .state()
+        .into_iter()
+        .filter(|o| o.meta().uid != obj.meta().uid && o.meta().deletion_timestamp.is_none())
+        .filter(|o| o.namespace() == obj.namespace())
+        .filter(|o| o.spec.callback_ref == obj.spec.callback_ref && ens_name(o) == mine_name)
+        .map(|o| rank(&o))
+        .filter(|r| *r < mine)
+        .min()
+        .map(|(_, name)| format!("{ns}/{name}"))
 }
 
 /// The object's uid and the [`Key`] under which a recent ENS answer about it applies, given the
@@ -167,7 +200,7 @@ pub fn recent_key(
     let key = Key {
         generation: obj.meta().generation,
         recorded_id: recorded_id.map(str::to_owned),
-        tenant: callback_observe::tenant(c),
+        tenant: crate::controller::tenant::fingerprint(c),
         parent: callback_id.to_owned(),
     };
     Some((uid, key))
