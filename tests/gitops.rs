@@ -388,6 +388,12 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
         "5s",
         "--identity",
         "gitops-test",
+        // The emulator is plain http on 127.0.0.1.
+        "--ens-allow-http",
+        "--ens-auth-hosts",
+        "127.0.0.1",
+        "--ens-rest-hosts",
+        "127.0.0.1",
     ];
     let mut controller = Some(Proc::spawn(&controller_args, Some(&controller_kc), false));
     // Deletes the objects while the controller runs (finalizers), before anything is killed.
