@@ -328,6 +328,16 @@ async fn measure(client: &Client, s: &Setup, logs: &Path) -> Outcome {
             &s.concurrency.to_string(),
             "--drift-interval",
             &s.drift_interval,
+            // One tenant here: its slots are the workers (the default cap of 2 would measure
+            // the cap, not the controller).
+            "--tenant-concurrency",
+            &s.concurrency.to_string(),
+            // The emulator is plain http on 127.0.0.1.
+            "--ens-allow-http",
+            "--ens-auth-hosts",
+            "127.0.0.1",
+            "--ens-rest-hosts",
+            "127.0.0.1",
         ]),
         &env,
         &controller_log,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts or stops a local Kubernetes control plane: etcd + kube-apiserver (RBAC, TLS) +
-# kube-controller-manager (garbage collector, namespace, service accounts) on free loopback ports.
+# kube-controller-manager (garbage collector, namespace, service accounts, ClusterRole
+# aggregation, so the built-in edit role carries aggregated rules) on free loopback ports.
 #
 #   scripts/control-plane.sh start [RUN_DIR]   # prints RUN_DIR; $RUN_DIR/env has KUBECONFIG etc.
 #   scripts/control-plane.sh stop  RUN_DIR     # stops only the PIDs recorded in RUN_DIR
@@ -127,7 +128,7 @@ start() {
   "$K8S_BIN/kube-controller-manager" --kubeconfig="$run/kcm.kubeconfig" \
     --authentication-kubeconfig="$run/kcm.kubeconfig" --authorization-kubeconfig="$run/kcm.kubeconfig" \
     --bind-address=127.0.0.1 --secure-port="$kcm_port" --cert-dir="$run/kcm" --leader-elect=false \
-    --controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token \
+    --controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,clusterrole-aggregation \
     --service-account-private-key-file="$p/sa.key" --root-ca-file="$p/ca.crt" --v=1 \
     >"$run/logs/kcm.log" 2>&1 &
   echo $! >"$run/kcm.pid"

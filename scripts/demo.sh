@@ -76,6 +76,7 @@ emulator=$(listening "$work/emulator.log")
 step "starting the controller"
 "$bin" controller --receiver-namespace ens-system --receiver-url "$receiver" --no-leader-election \
   --metrics-listen 127.0.0.1:0 --cluster-name demo \
+  --ens-allow-http --ens-auth-hosts 127.0.0.1 --ens-rest-hosts 127.0.0.1 \
   --default-credentials marketing-events/sfmc-ens-credentials >"$work/controller.out" 2>"$work/controller.err" & pids+=($!)
 
 step "creating the credentials Secret (the emulator's client id and secret)"

@@ -289,6 +289,8 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
     install_crds(&client).await;
     let team = TestNamespace::new(&client, "gitops").await;
     let rx = TestNamespace::new(&client, "gitops-rx").await;
+    // The receiver's own namespace, beside no credentials (the chart refuses otherwise).
+    let recv = TestNamespace::new(&client, "gitops-recv").await;
     let dir = std::env::temp_dir().join(format!("ens-gitops-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 
@@ -296,7 +298,20 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
     let release = "gitops";
     let chart = repo().join("charts/ens-operator").display().to_string();
     let watch = format!("controller.watchNamespace={}", team.name);
-    let out = helm(&["install", release, &chart, "-n", &rx.name, "--set", &watch]);
+    let receiver_ns = format!("receiver.namespace={}", recv.name);
+    let out = helm(&[
+        "install",
+        release,
+        &chart,
+        "-n",
+        &rx.name,
+        "--set",
+        &watch,
+        "--set",
+        &receiver_ns,
+        "--set",
+        "receiver.createNamespace=false",
+    ]);
     assert!(
         out.status.success(),
         "helm install: {}",
@@ -310,18 +325,13 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
         }
     }
     let _uninstall = Uninstall(rx.name.clone());
-    let sa = |c: &str| {
-        format!(
-            "system:serviceaccount:{}:{release}-ens-operator-{c}",
-            rx.name
-        )
-    };
-    let controller_kc = kubeconfig_as(&dir, "controller.kubeconfig", &sa("controller"));
-    let receiver_kc = kubeconfig_as(&dir, "receiver.kubeconfig", &sa("receiver"));
+    let sa = |ns: &str, c: &str| format!("system:serviceaccount:{ns}:{release}-ens-operator-{c}");
+    let controller_kc = kubeconfig_as(&dir, "controller.kubeconfig", &sa(&rx.name, "controller"));
+    let receiver_kc = kubeconfig_as(&dir, "receiver.kubeconfig", &sa(&recv.name, "receiver"));
 
     let sink = receiver_support::TestSink::start(true).await;
     let receiver = receiver_support::Receiver::spawn(
-        &["--namespace", &rx.name, "--sink", &sink.url],
+        &["--namespace", &recv.name, "--sink", &sink.url],
         &[
             ("KUBECONFIG", receiver_kc.to_str().unwrap()),
             ("RUST_LOG", "warn"),
@@ -369,7 +379,7 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
         "--watch-namespace",
         &team.name,
         "--receiver-namespace",
-        &rx.name,
+        &recv.name,
         "--receiver-url",
         &receiver.url,
         "--metrics-listen",
@@ -388,6 +398,12 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
         "5s",
         "--identity",
         "gitops-test",
+        // The emulator is plain http on 127.0.0.1.
+        "--ens-allow-http",
+        "--ens-auth-hosts",
+        "127.0.0.1",
+        "--ens-rest-hosts",
+        "127.0.0.1",
     ];
     let mut controller = Some(Proc::spawn(&controller_args, Some(&controller_kc), false));
     // Deletes the objects while the controller runs (finalizers), before anything is killed.
@@ -455,7 +471,7 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
         "stringData": {"path": "/ens/promo", "expectProbe": "true"},
     }))
     .unwrap();
-    Api::<Secret>::namespaced(client.clone(), &rx.name)
+    Api::<Secret>::namespaced(client.clone(), &recv.name)
         .patch(
             "hand-made-route",
             &PatchParams::apply("tests").force(),

@@ -307,7 +307,7 @@ fn emulator(receiver_port: &str) -> Proc {
 }
 
 fn controller_args(shard: &str, rx: &str, receiver_url: &str) -> Vec<String> {
-    strings(&[
+    let mut args = strings(&[
         "controller",
         "--watch-selector",
         &format!("{SHARD_LABEL}={shard}"),
@@ -322,7 +322,9 @@ fn controller_args(shard: &str, rx: &str, receiver_url: &str) -> Vec<String> {
         "--no-leader-election",
         "--drift-interval",
         "1h",
-    ])
+    ]);
+    args.extend(strings(stack::EMULATOR_ENDPOINTS));
+    args
 }
 
 /// A namespace of exactly `name`, deleted when dropped.

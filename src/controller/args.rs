@@ -4,6 +4,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Args;
 
+use crate::ens::{
+    EndpointPolicy, HostPattern,
+    endpoint::{DEFAULT_AUTH_HOSTS, DEFAULT_REST_HOSTS},
+};
+
 /// Settings of the controller role.
 #[derive(Args, Debug, Clone)]
 pub struct ControllerArgs {
@@ -27,6 +32,28 @@ pub struct ControllerArgs {
     /// Credentials Secret (`namespace/name`) for objects without `credentialsRef`.
     #[arg(long, env = "ENS_DEFAULT_CREDENTIALS")]
     pub default_credentials: Option<String>,
+    /// Namespaces the default credentials serve (comma-separated). With neither this nor
+    /// `--default-credentials-namespace-selector`, they serve every watched namespace; with
+    /// both, a namespace must pass both. Objects elsewhere without `credentialsRef` stall.
+    #[arg(
+        long,
+        env = "ENS_DEFAULT_CREDENTIALS_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub default_credentials_namespaces: Option<Vec<String>>,
+    /// Label selector on Namespaces the default credentials serve (e.g. `ens/default-credentials=true`).
+    #[arg(long, env = "ENS_DEFAULT_CREDENTIALS_NAMESPACE_SELECTOR")]
+    pub default_credentials_namespace_selector: Option<String>,
+    /// Hosts a credentials Secret's `authBaseUrl` may name (comma-separated; `*.domain` matches
+    /// its subdomains). The URL must be `https://host[:port]`, without path.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_AUTH_HOSTS)]
+    pub ens_auth_hosts: Vec<HostPattern>,
+    /// Hosts the token answer's `rest_instance_url` may name (as `--ens-auth-hosts`).
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_REST_HOSTS)]
+    pub ens_rest_hosts: Vec<HostPattern>,
+    /// Also accept `http://` ENS endpoints: for the emulator only, never in production.
+    #[arg(long)]
+    pub ens_allow_http: bool,
     /// How long ENS accepts verification after create (ENS: 4 h). Tests use seconds.
     #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
     pub verification_window: Duration,
@@ -44,12 +71,20 @@ pub struct ControllerArgs {
     /// create whose probe is slow ends with ENS's answer rather than an ambiguous timeout.
     #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
     pub ens_timeout: Duration,
+    /// Timeout of each token request (no probe to wait for, so shorter than `--ens-timeout`).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ens_token_timeout: Duration,
     /// Most ENS calls per second per set of credentials (a Marketing Cloud tenant).
     #[arg(long, default_value_t = 10)]
     pub ens_rate: u32,
     /// Objects reconciled in parallel per kind.
     #[arg(long, default_value_t = 8)]
     pub concurrency: u16,
+    /// Reconciles in flight per credentials Secret (a tenant), both kinds together. An object whose tenant
+    /// is at the cap is requeued at once instead of holding a worker, so a tenant whose ENS is
+    /// slow or hangs never delays another's reconciles.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub tenant_concurrency: u16,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_listen: SocketAddr,
@@ -70,6 +105,17 @@ pub struct ControllerArgs {
     pub lease_duration: Duration,
 }
 
+impl ControllerArgs {
+    /// The ENS endpoints tenants may use.
+    pub fn endpoint_policy(&self) -> EndpointPolicy {
+        EndpointPolicy::new(
+            self.ens_auth_hosts.clone(),
+            self.ens_rest_hosts.clone(),
+            self.ens_allow_http,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +132,30 @@ mod tests {
     fn the_default_ens_timeout_outlasts_the_probe() {
         let parsed = <Command as clap::Parser>::parse_from(["controller"]);
         assert!(parsed.args.ens_timeout > Duration::from_secs(30));
+        assert!(parsed.args.ens_token_timeout < parsed.args.ens_timeout);
+    }
+
+    /// Without flags only Marketing Cloud's https hosts pass; the emulator needs all three.
+    #[test]
+    fn the_default_endpoints_are_marketing_clouds() {
+        let parsed = <Command as clap::Parser>::parse_from(["controller"]);
+        let p = parsed.args.endpoint_policy();
+        assert_eq!(p, EndpointPolicy::default());
+        assert!(p.auth_base("http://127.0.0.1:8080").is_err());
+        let emulator = <Command as clap::Parser>::parse_from([
+            "controller",
+            "--ens-allow-http",
+            "--ens-auth-hosts",
+            "127.0.0.1",
+            "--ens-rest-hosts",
+            "127.0.0.1,*.rest.marketingcloudapis.com",
+        ]);
+        let p = emulator.args.endpoint_policy();
+        assert!(p.auth_base("http://127.0.0.1:8080").is_ok());
+        assert!(p.rest_base("mc5.rest.marketingcloudapis.com").is_ok());
+        assert!(
+            <Command as clap::Parser>::try_parse_from(["controller", "--tenant-concurrency", "0"])
+                .is_err()
+        );
     }
 }

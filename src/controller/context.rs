@@ -19,11 +19,12 @@ use kube::{
 
 use crate::{
     api::{EnsCallback, EnsSubscription, conditions::Reason},
+    controller::credentials::CredentialsRef,
     controller::{
         args::ControllerArgs, callback, callback::decide::Settings, metrics::Metrics,
         recent::Recent, subscription,
     },
-    ens::{Credentials, EnsClient},
+    ens::{Credentials, EnsClient, TenantKey},
 };
 
 /// Shared state of both controllers.
@@ -49,9 +50,13 @@ pub struct Context {
     /// What ENS answered a moment ago about each subscription.
     pub recent_subscriptions: Recent<subscription::decide::Remote>,
     recorder: Recorder,
-    limiter: DefaultKeyedRateLimiter<String>,
+    limiter: DefaultKeyedRateLimiter<TenantKey>,
     backoff: Mutex<HashMap<String, u32>>,
+    tenants: Mutex<HashMap<CredentialsRef, Arc<tokio::sync::Semaphore>>>,
 }
+
+/// One of a tenant's `--tenant-concurrency` reconcile slots, held for the whole reconcile.
+pub type TenantSlot = tokio::sync::OwnedSemaphorePermit;
 
 /// Per-object retry delays: the first, doubling with each failure in a row up to the longest,
 /// with ±10 % jitter (stable per object and attempt).
@@ -66,6 +71,12 @@ impl Delays {
     pub const FAILURE: Self = Self {
         first: Duration::from_secs(1),
         max: Duration::from_secs(300),
+    };
+    /// While the object's tenant has `--tenant-concurrency` reconciles in flight: 250 ms
+    /// doubling to 5 s, so waiting objects cost little and none holds a worker.
+    pub const TENANT_BUSY: Self = Self {
+        first: Duration::from_millis(250),
+        max: Duration::from_secs(5),
     };
     /// After an optimistic-concurrency conflict: 200 ms doubling to 5 s. Soon, since a newer
     /// copy is usually in the cache already; bounded, since a cache that lags (a watch that
@@ -106,6 +117,7 @@ impl Context {
             key_overlap: args.key_overlap,
         };
         let drift = args.drift_interval;
+        crate::controller::credentials::DefaultScope::from_args(&args).install();
         let rate = NonZeroU32::new(args.ens_rate).unwrap_or(NonZeroU32::MIN);
         crate::ens::client::install_crypto_provider();
         let reporter = Reporter {
@@ -129,17 +141,32 @@ impl Context {
             recent_subscriptions: Recent::new(drift),
             limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(rate)),
             backoff: Mutex::new(HashMap::new()),
+            tenants: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Waits for the tenant's ENS rate limit (per client id and account).
+    /// Waits for the tenant's ENS rate limit. The tenant is the whole credential set (auth
+    /// base, client id, account, client secret): a tenant that copies another's client id
+    /// spends its own budget, not the other's.
     pub async fn ens_permit(&self, creds: &Credentials) {
-        let key = format!(
-            "{}/{}",
-            creds.client_id,
-            creds.account_id.as_deref().unwrap_or("")
-        );
-        self.limiter.until_key_ready(&key).await;
+        self.limiter.until_key_ready(&creds.tenant_key()).await;
+    }
+
+    /// One of the reconcile slots of the tenant `tenant` (a credentials Secret; for the default
+    /// credentials, also the namespace that uses them), or `None`
+    /// when all `--tenant-concurrency` of them are taken (never waits).
+    pub fn tenant_slot(&self, tenant: &CredentialsRef) -> Option<TenantSlot> {
+        let slots = {
+            let mut map = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(tenant.clone())
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Semaphore::new(
+                        self.args.tenant_concurrency.into(),
+                    ))
+                })
+                .clone()
+        };
+        slots.try_acquire_owned().ok()
     }
 
     /// Publishes a Kubernetes Event on `obj`. Notes name ids, never keys. Failures are logged:

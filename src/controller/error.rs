@@ -109,7 +109,9 @@ impl Error {
 pub fn ens_reason(e: &EnsError) -> Reason {
     match e {
         e if e.is_probe_failure() => Reason::ReceiverNotReady,
-        EnsError::TokenRefused { .. } | EnsError::Unauthorized { .. } => Reason::CredentialsInvalid,
+        EnsError::TokenRefused { .. }
+        | EnsError::Unauthorized { .. }
+        | EnsError::EndpointRefused { .. } => Reason::CredentialsInvalid,
         EnsError::Forbidden { .. } => Reason::EnsForbidden,
         EnsError::BadRequest { .. } | EnsError::NotFound { .. } | EnsError::Conflict { .. } => {
             Reason::EnsRejected
@@ -148,5 +150,19 @@ mod tests {
         ));
         assert_eq!(other.reason(), Reason::EnsRejected);
         assert!(other.is_terminal());
+    }
+
+    #[test]
+    fn a_refused_endpoint_stalls_on_the_credentials() {
+        let refused = crate::ens::EndpointPolicy::default()
+            .auth_base("http://127.0.0.1:1")
+            .unwrap_err();
+        let e = Error::ens("reading the callback")(EnsError::EndpointRefused {
+            route: crate::ens::auth::TOKEN_ROUTE,
+            refused,
+        });
+        assert_eq!(e.reason(), Reason::CredentialsInvalid);
+        assert!(e.is_terminal());
+        assert!(e.to_string().contains("authBaseUrl refused"), "{e}");
     }
 }

@@ -57,6 +57,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>>
     let metrics = metrics::Metrics::new(&mut registry);
     let ens = EnsClient::new(ClientConfig {
         timeout: args.ens_timeout,
+        token_timeout: args.ens_token_timeout,
+        endpoints: args.endpoint_policy(),
         observer: Some(Arc::new(metrics::RequestMetrics::new(&metrics))),
         ..ClientConfig::default()
     })?;
@@ -195,30 +197,27 @@ async fn run_callbacks(
     let default_creds = ctx.args.default_credentials.clone();
     let receiver_ns = ctx.args.receiver_namespace.clone();
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    ctrl.owns_stream(
-        watch::watch(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            managed.clone(),
+    // Key Secrets live in the objects' namespaces, route Secrets in the receiver's.
+    let owned = secret_metadata(&client, &ctx, &[&receiver_ns], managed.clone());
+    // Credentials Secrets: the objects' own, and the default ones.
+    let default_ns = default_creds
+        .as_deref()
+        .and_then(|d| d.split_once('/'))
+        .map(|(ns, _)| ns.to_owned());
+    let creds_namespaces: Vec<&str> = default_ns.as_deref().into_iter().collect();
+    let credentials = secret_metadata(&client, &ctx, &creds_namespaces, watcher::Config::default());
+    ctrl.owns_stream(owned)
+        // Route Secrets and the receiver's probe hand-offs live in the receiver's namespace.
+        .watches_stream(
+            watch::watch(
+                Api::<Secret>::namespaced(client.clone(), &receiver_ns),
+                managed,
+            )
+            .touched_objects(),
+            move |s: Secret| route_owner(&by_route, &s),
         )
-        .touched_objects(),
-    )
-    // Route Secrets and the receiver's probe hand-offs live in the receiver's namespace.
-    .watches_stream(
-        watch::watch(
-            Api::<Secret>::namespaced(client.clone(), &receiver_ns),
-            managed,
-        )
-        .touched_objects(),
-        move |s: Secret| route_owner(&by_route, &s),
-    )
-    // Credentials rotation re-reconciles every callback using the Secret (metadata only).
-    .watches_stream(
-        watch::watch(
-            Api::<PartialObjectMeta<Secret>>::all(client),
-            watcher::Config::default(),
-        )
-        .touched_objects(),
-        move |s| {
+        // Credentials rotation re-reconciles every callback using the Secret (metadata only).
+        .watches_stream(credentials, move |s| {
             let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
             by_creds
                 .state()
@@ -226,13 +225,46 @@ async fn run_callbacks(
                 .filter(|cb| uses_credentials(default_creds.as_deref(), cb, &ns, &name))
                 .map(|cb| ObjectRef::from_obj(&*cb))
                 .collect::<Vec<_>>()
-        },
+        })
+        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
+        .graceful_shutdown_on(stop)
+        .run(callback::reconcile, reconciler::error_policy, ctx)
+        .for_each(|_| future::ready(()))
+        .await;
+}
+
+/// Secret metadata touched in the namespaces the controller needs: with `--watch-namespace`,
+/// that one and `extra` (one watch each, so no Secret elsewhere is listed or cached); without,
+/// every namespace.
+fn secret_metadata(
+    client: &Client,
+    ctx: &Context,
+    extra: &[&str],
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static
+{
+    let apis: Vec<Api<PartialObjectMeta<Secret>>> = match &ctx.args.watch_namespace {
+        None => vec![Api::all(client.clone())],
+        Some(ns) => watched_namespaces(ns, extra)
+            .into_iter()
+            .map(|n| Api::namespaced(client.clone(), n))
+            .collect(),
+    };
+    futures::stream::select_all(
+        apis.into_iter()
+            .map(|api| watch::watch(api, config.clone()).touched_objects().boxed()),
     )
-    .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
-    .graceful_shutdown_on(stop)
-    .run(callback::reconcile, reconciler::error_policy, ctx)
-    .for_each(|_| future::ready(()))
-    .await;
+}
+
+/// `watched` and `extra`, each once.
+fn watched_namespaces<'a>(watched: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec![watched];
+    for ns in extra {
+        if !all.contains(ns) {
+            all.push(ns);
+        }
+    }
+    all
 }
 
 /// Whether `cb` reads the credentials Secret `ns/name`.
@@ -351,5 +383,19 @@ async fn serve_metrics(
         );
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "metrics server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_watches_cover_each_needed_namespace_once() {
+        assert_eq!(
+            watched_namespaces("team", &["rx", "team", "rx"]),
+            ["team", "rx"]
+        );
+        assert_eq!(watched_namespaces("team", &[]), ["team"]);
     }
 }

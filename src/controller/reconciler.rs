@@ -1,5 +1,6 @@
 //! What both reconcilers share around their own apply/cleanup/pause: the pause annotation, the
-//! finalizer, the reconcile metric, per-object backoff and the requeue policy after errors.
+//! tenant's reconcile slot, the finalizer, the reconcile metric, per-object backoff and the
+//! requeue policy after errors.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -9,21 +10,55 @@ use kube::{
     runtime::{
         controller::Action,
         finalizer::{Error as FinalizerError, Event, finalizer},
+        reflector::ObjectRef,
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     api::{
+        EnsCallback, EnsSubscription,
         annotations::{FINALIZER, PAUSE},
         conditions::Reason,
     },
     controller::{
+        callback,
         context::{Context, Delays},
+        credentials::CredentialsRef,
         error::{Error, Retry},
         metrics::ReconcileLabels,
     },
 };
+
+/// An object that belongs to a tenant: the credentials Secret its ENS calls use, known before
+/// anything is read.
+pub trait Tenant {
+    /// The credentials Secret, `None` when there is none (the reconcile then stalls without
+    /// calling ENS, so it needs no slot).
+    fn tenant(&self, ctx: &Context) -> Option<CredentialsRef>;
+}
+
+impl Tenant for EnsCallback {
+    fn tenant(&self, ctx: &Context) -> Option<CredentialsRef> {
+        callback::observe::credentials_ref(ctx, self)
+    }
+}
+
+impl Tenant for EnsSubscription {
+    /// Its callback's (from the controller's cache), or the default when the callback is gone,
+    /// as the subscription's own observe resolves them.
+    fn tenant(&self, ctx: &Context) -> Option<CredentialsRef> {
+        let ns = self.namespace().unwrap_or_default();
+        let cb = ctx
+            .callbacks
+            .get()
+            .and_then(|store| store.get(&ObjectRef::new(&self.spec.callback_ref.name).within(&ns)));
+        match cb {
+            Some(cb) => cb.tenant(ctx),
+            None => CredentialsRef::resolve(&ns, None, ctx.args.default_credentials.as_deref()),
+        }
+    }
+}
 
 /// Errors surfaced to kube-runtime (the finalizer wraps ours).
 pub type ReconcileError = FinalizerError<Error>;
@@ -38,7 +73,9 @@ fn backoff_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 }
 
 /// Runs `apply` or `cleanup` behind the finalizer, unless the object is paused; counts the
-/// result and resets the object's backoff on success.
+/// result and resets the object's backoff on success. Holds one of the tenant's slots
+/// throughout; when they are all taken, requeues soon without reading anything (design §8:
+/// one tenant's slow ENS never holds the workers another's reconciles need).
 pub async fn reconcile<K, A, AF, C, CF, P, PF>(
     obj: Arc<K>,
     ctx: Arc<Context>,
@@ -48,6 +85,7 @@ pub async fn reconcile<K, A, AF, C, CF, P, PF>(
 ) -> Result<Action, ReconcileError>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Tenant
         + Clone
         + DeserializeOwned
         + Serialize
@@ -73,6 +111,16 @@ where
         return Ok(Action::await_change());
     }
     let key = backoff_key(obj.as_ref());
+    let _slot = match obj.tenant(&ctx) {
+        Some(tenant) => match ctx.tenant_slot(&tenant) {
+            Some(slot) => Some(slot),
+            None => {
+                count(&ctx, K::kind(&()).into_owned(), BUSY);
+                return Ok(Action::requeue(ctx.backoff(&key, Delays::TENANT_BUSY)));
+            }
+        },
+        None => None,
+    };
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let res = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
@@ -95,17 +143,21 @@ where
         }
         Err(_) => Reason::KubernetesError.as_str(),
     };
-    ctx.metrics
-        .reconciles
-        .get_or_create(&ReconcileLabels {
-            kind: K::kind(&()).into_owned(),
-            result,
-        })
-        .inc();
+    count(&ctx, K::kind(&()).into_owned(), result);
     if res.is_ok() {
         ctx.reset_backoff(&key);
     }
     res
+}
+
+/// The reconcile metric's `result` when the tenant's slots were all taken.
+pub const BUSY: &str = "TenantBusy";
+
+fn count(ctx: &Context, kind: String, result: &'static str) {
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ReconcileLabels { kind, result })
+        .inc();
 }
 
 /// Requeue policy after an error: per-object exponential backoff, ENS's Retry-After, or a slow

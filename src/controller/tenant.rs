@@ -3,13 +3,17 @@
 //!
 //! Pure: no I/O.
 
-use crate::ens::{Credentials, auth::normalise_base};
+use crate::ens::Credentials;
 
 /// A short, stable fingerprint of the account `c` reaches: its auth base URL (each tenant has its
 /// own), client id and target account (MID). The secret is left out, so rotating it changes
 /// nothing. Not secret itself, and shown in status.
 pub fn fingerprint(c: &Credentials) -> String {
-    let base = normalise_base(&c.auth_base_url).to_ascii_lowercase();
+    let base = c
+        .auth_base_url
+        .trim()
+        .trim_end_matches('/')
+        .to_ascii_lowercase();
     let hash = crate::controller::names::short_hash(&[
         &base,
         &c.client_id,

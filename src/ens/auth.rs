@@ -1,6 +1,7 @@
 //! OAuth2 client credentials against `{auth base}/v2/token` (`ens-api.md` §2) and the token
-//! cache: one token per (client id, account id, auth base URL), shared by every caller and
-//! refreshed shortly before `expires_in` runs out.
+//! cache: one token per tenant (auth base URL, client id, account id and client secret), shared
+//! by every caller and refreshed shortly before `expires_in` runs out. Both endpoints pass the
+//! [`EndpointPolicy`] first.
 //!
 //! Never logs or formats a secret or token: both are wrapped in types whose `Debug` is `***`.
 
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
+use super::endpoint::EndpointPolicy;
 use super::error::EnsError;
 
 /// Route label of the token call.
@@ -65,8 +67,8 @@ pub struct Credentials {
     pub client_secret: ClientSecret,
     /// MID of the target business unit; `None` means the package's own.
     pub account_id: Option<String>,
-    /// Authentication base URI, e.g. `https://mcXXXX.auth.marketingcloudapis.com` (an
-    /// `http://` URL is accepted, for the emulator).
+    /// Authentication base URI, e.g. `https://mcXXXX.auth.marketingcloudapis.com`; checked
+    /// against the client's [`EndpointPolicy`] before any request.
     pub auth_base_url: String,
 }
 
@@ -90,44 +92,86 @@ impl std::fmt::Debug for AccessToken {
 #[derive(Clone, Debug)]
 pub(crate) struct Token {
     pub(crate) access: AccessToken,
-    /// Normalised `rest_instance_url`: scheme, no trailing slash.
+    /// `rest_instance_url` as the endpoint policy accepted it: scheme, host, port.
     pub(crate) rest_base: String,
     refresh_at: Instant,
-    secret_digest: [u8; 32],
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct CacheKey {
-    client_id: String,
-    account_id: Option<String>,
-    auth_base_url: String,
+/// Identifies a tenant: a digest of every credential (auth base, client id, account and client
+/// secret), so a tenant that copies another's client id with a wrong secret shares nothing with
+/// it, neither cached token nor rate budget. `Debug` prints a short prefix of the digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TenantKey([u8; 32]);
+
+impl std::fmt::Debug for TenantKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tenant:")?;
+        self.0[..4].iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl Credentials {
+    /// The tenant these credentials are (see [`TenantKey`]).
+    pub fn tenant_key(&self) -> TenantKey {
+        let mut h = Sha256::new();
+        let base = self.auth_base_url.trim().trim_end_matches('/');
+        let account = self.account_id.as_deref().unwrap_or("");
+        // Length-prefixed, so no two different tuples hash the same bytes.
+        for part in [
+            base,
+            self.client_id.as_str(),
+            account,
+            self.client_secret.expose(),
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        TenantKey(h.finalize().into())
+    }
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Token>>>;
 
-/// Tokens by credentials. One refresh at a time per credentials (callers wait on the slot).
-#[derive(Default)]
+/// Tokens by tenant. One refresh at a time per tenant (callers wait on the slot); each token
+/// request under its own timeout, shorter than a management call's.
 pub(crate) struct TokenCache {
-    slots: Mutex<HashMap<CacheKey, Slot>>,
+    slots: Mutex<HashMap<TenantKey, Slot>>,
+    endpoints: EndpointPolicy,
+    timeout: Duration,
 }
 
 impl TokenCache {
-    /// A valid token for `creds`, from the cache or freshly requested.
+    /// An empty cache whose token requests obey `endpoints` and `timeout`.
+    pub(crate) fn new(endpoints: EndpointPolicy, timeout: Duration) -> Self {
+        Self {
+            slots: Mutex::default(),
+            endpoints,
+            timeout,
+        }
+    }
+
+    /// A valid token for `creds`, from the cache or freshly requested. A refused `authBaseUrl`
+    /// or `rest_instance_url` is [`EnsError::EndpointRefused`]; for the former nothing is sent.
     pub(crate) async fn get(
         &self,
         http: &reqwest::Client,
         creds: &Credentials,
     ) -> Result<Token, EnsError> {
+        let auth_base = self
+            .endpoints
+            .auth_base(&creds.auth_base_url)
+            .map_err(|refused| EnsError::EndpointRefused {
+                route: TOKEN_ROUTE,
+                refused,
+            })?;
         let slot = self.slot(creds);
         let mut guard = slot.lock().await;
-        let digest = secret_digest(&creds.client_secret);
         if let Some(token) = guard.as_ref()
             && token.refresh_at > Instant::now()
-            && token.secret_digest == digest
         {
             return Ok(token.clone());
         }
-        let token = request_token(http, creds, digest).await?;
+        let token = self.request(http, creds, &auth_base).await?;
         *guard = Some(token.clone());
         Ok(token)
     }
@@ -142,14 +186,32 @@ impl TokenCache {
     }
 
     fn slot(&self, creds: &Credentials) -> Slot {
-        let key = CacheKey {
-            client_id: creds.client_id.clone(),
-            account_id: creds.account_id.clone(),
-            auth_base_url: normalise_base(&creds.auth_base_url),
-        };
         // A poisoned map only means another caller panicked mid-insert; the map is still sound.
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.entry(key).or_default().clone()
+        slots.entry(creds.tenant_key()).or_default().clone()
+    }
+
+    async fn request(
+        &self,
+        http: &reqwest::Client,
+        creds: &Credentials,
+        auth_base: &str,
+    ) -> Result<Token, EnsError> {
+        let parsed = request_token(http, creds, auth_base, self.timeout).await?;
+        let rest_base = self
+            .endpoints
+            .rest_base(&parsed.response.rest_instance_url)
+            .map_err(|refused| EnsError::EndpointRefused {
+                route: TOKEN_ROUTE,
+                refused,
+            })?;
+        let lifetime = Duration::from_secs(parsed.response.expires_in);
+        let margin = REFRESH_MARGIN.min(lifetime / 2);
+        Ok(Token {
+            access: AccessToken(parsed.response.access_token),
+            rest_base,
+            refresh_at: parsed.sent_at + lifetime - margin,
+        })
     }
 }
 
@@ -169,12 +231,19 @@ struct TokenResponse {
     rest_instance_url: String,
 }
 
+/// A token answer and when its request was sent (the lifetime counts from then).
+struct Issued {
+    response: TokenResponse,
+    sent_at: Instant,
+}
+
 async fn request_token(
     http: &reqwest::Client,
     creds: &Credentials,
-    secret_digest: [u8; 32],
-) -> Result<Token, EnsError> {
-    let url = format!("{}/v2/token", normalise_base(&creds.auth_base_url));
+    auth_base: &str,
+    timeout: Duration,
+) -> Result<Issued, EnsError> {
+    let url = format!("{auth_base}/v2/token");
     let body = TokenRequest {
         grant_type: "client_credentials",
         client_id: &creds.client_id,
@@ -189,6 +258,7 @@ async fn request_token(
     let sent_at = Instant::now();
     let resp = http
         .post(url)
+        .timeout(timeout)
         .json(&body)
         .send()
         .instrument(span.clone())
@@ -220,34 +290,9 @@ async fn request_token(
             ));
         }
     }
-    let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|e| EnsError::Protocol {
-        route: TOKEN_ROUTE,
-        // serde's message names the field, never the value.
-        message: format!("token response: {e}"),
-    })?;
-    let lifetime = Duration::from_secs(parsed.expires_in);
-    let margin = REFRESH_MARGIN.min(lifetime / 2);
-    Ok(Token {
-        access: AccessToken(parsed.access_token),
-        rest_base: normalise_base(&parsed.rest_instance_url),
-        refresh_at: sent_at + lifetime - margin,
-        secret_digest,
-    })
-}
-
-/// `rest_instance_url` comes with or without scheme and trailing slash (`ens-api.md` §2.3):
-/// adds `https://` when there is no scheme and strips trailing slashes.
-pub fn normalise_base(url: &str) -> String {
-    let url = url.trim().trim_end_matches('/');
-    if url.contains("://") {
-        url.to_owned()
-    } else {
-        format!("https://{url}")
-    }
-}
-
-fn secret_digest(secret: &ClientSecret) -> [u8; 32] {
-    Sha256::digest(secret.expose().as_bytes()).into()
+    let response = serde_json::from_slice(&bytes)
+        .map_err(|e| EnsError::unreadable(TOKEN_ROUTE, "token response", &e))?;
+    Ok(Issued { response, sent_at })
 }
 
 #[cfg(test)]
@@ -255,19 +300,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn normalises_rest_instance_urls() {
-        assert_eq!(
-            normalise_base("mc563885gzs27c5t9-63k636tzgm.rest.marketingcloudapis.com"),
-            "https://mc563885gzs27c5t9-63k636tzgm.rest.marketingcloudapis.com"
+    fn every_credential_is_part_of_the_tenant() {
+        let base = Credentials {
+            client_id: "id".into(),
+            client_secret: "right".parse().unwrap(),
+            account_id: Some("1".into()),
+            auth_base_url: "https://a.auth.marketingcloudapis.com".into(),
+        };
+        let key = base.tenant_key();
+        let with = |f: fn(&mut Credentials)| {
+            let mut c = base.clone();
+            f(&mut c);
+            c.tenant_key()
+        };
+        assert_ne!(key, with(|c| c.client_secret = "wrong".parse().unwrap()));
+        assert_ne!(key, with(|c| c.client_id = "other".into()));
+        assert_ne!(key, with(|c| c.account_id = None));
+        assert_ne!(
+            key,
+            with(|c| c.auth_base_url = "https://b.auth.marketingcloudapis.com".into())
         );
+        // The same tenant however the URL is spelled.
         assert_eq!(
-            normalise_base("https://mc5.rest.marketingcloudapis.com/"),
-            "https://mc5.rest.marketingcloudapis.com"
+            key,
+            with(|c| c.auth_base_url = "https://a.auth.marketingcloudapis.com/".into())
         );
-        assert_eq!(
-            normalise_base(" http://127.0.0.1:8080// "),
-            "http://127.0.0.1:8080"
-        );
+        assert!(!format!("{key:?}").contains("right"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tracing::Instrument;
 
 use super::auth::{Credentials, Token, TokenCache};
+use super::endpoint::EndpointPolicy;
 use super::error::EnsError;
 use super::wire::{
     Callback, CallbackRef, CallbackUpdate, Created, CreatedCallback, Deleted, NewCallback,
@@ -24,6 +25,11 @@ pub struct ClientConfig {
     /// Whole-request timeout. Callback create waits for ENS's own 30 s probe, so keep it above
     /// that.
     pub timeout: Duration,
+    /// Whole-request timeout of a token request, which has no probe to wait for: shorter, so an
+    /// auth endpoint that never answers holds a caller for less.
+    pub token_timeout: Duration,
+    /// Which `authBaseUrl` and `rest_instance_url` may be called.
+    pub endpoints: EndpointPolicy,
     /// TCP/TLS connect timeout.
     pub connect_timeout: Duration,
     /// `User-Agent` header.
@@ -43,6 +49,8 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(45),
+            token_timeout: Duration::from_secs(10),
+            endpoints: EndpointPolicy::default(),
             connect_timeout: Duration::from_secs(10),
             user_agent: concat!("ens-operator/", env!("CARGO_PKG_VERSION")).to_owned(),
             observer: None,
@@ -117,27 +125,28 @@ impl Reply {
     }
 
     fn json<T: DeserializeOwned>(&self) -> Result<T, EnsError> {
-        serde_json::from_slice(&self.body).map_err(|e| EnsError::Protocol {
-            route: self.route,
-            message: format!("cannot read the answer: {e}"),
-        })
+        serde_json::from_slice(&self.body)
+            .map_err(|e| EnsError::unreadable(self.route, "the answer", &e))
     }
 }
 
 impl EnsClient {
-    /// Builds the client (rustls with the `ring` provider; system proxy settings apply).
+    /// Builds the client (rustls with the `ring` provider; system proxy settings apply). It
+    /// follows no redirect: a 3xx is an error, so an allowed endpoint cannot forward the
+    /// request (and its credentials) elsewhere.
     pub fn new(config: ClientConfig) -> Result<Self, EnsError> {
         install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.connect_timeout)
             .user_agent(config.user_agent)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| EnsError::Setup(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
-                tokens: TokenCache::default(),
+                tokens: TokenCache::new(config.endpoints, config.token_timeout),
                 observer: config.observer,
             }),
         })

@@ -1,9 +1,14 @@
 //! How an ENS call can fail, classified for retry policy (`ens-api.md` §2.5, §3).
 //!
-//! Every variant names the route it came from and keeps ENS's own error text; none carries a
-//! token, a client secret or a signature key.
+//! Every variant names the route it came from and keeps ENS's own error text, bounded
+//! ([`MAX_MESSAGE`] characters, control characters dropped) and only from an ENS-shaped JSON
+//! answer: any other body (an HTML page, a foreign server's text) is reported by its status code
+//! alone, so a tenant's endpoint cannot write what it likes into status and Events. None carries
+//! a token, a client secret or a signature key.
 
 use std::time::Duration;
+
+use super::endpoint::EndpointRefused;
 
 /// A failed ENS call.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +96,16 @@ pub enum EnsError {
         /// What was unexpected.
         message: String,
     },
+    /// The credentials' `authBaseUrl`, or the `rest_instance_url` their token came with, is
+    /// not an allowed ENS endpoint; nothing was sent to it.
+    #[error("{route}: {refused}")]
+    EndpointRefused {
+        /// Route label (the token route: the only one that learns an endpoint).
+        route: &'static str,
+        /// Which endpoint and why.
+        #[source]
+        refused: EndpointRefused,
+    },
     /// The client itself could not be built.
     #[error("cannot build the ENS HTTP client: {0}")]
     Setup(String),
@@ -107,7 +122,10 @@ impl EnsError {
     pub fn refuses_credentials(&self) -> bool {
         matches!(
             self,
-            Self::TokenRefused { .. } | Self::Unauthorized { .. } | Self::Forbidden { .. }
+            Self::TokenRefused { .. }
+                | Self::Unauthorized { .. }
+                | Self::Forbidden { .. }
+                | Self::EndpointRefused { .. }
         )
     }
 
@@ -140,7 +158,8 @@ impl EnsError {
             | Self::Conflict { route, .. }
             | Self::Throttled { route, .. }
             | Self::Unavailable { route, .. }
-            | Self::Protocol { route, .. } => route,
+            | Self::Protocol { route, .. }
+            | Self::EndpointRefused { route, .. } => route,
             Self::Setup(_) => "setup",
         }
     }
@@ -155,7 +174,10 @@ impl EnsError {
             | Self::NotFound { message, .. }
             | Self::Conflict { message, .. }
             | Self::Throttled { message, .. } => Some(message),
-            Self::Unavailable { .. } | Self::Protocol { .. } | Self::Setup(_) => None,
+            Self::Unavailable { .. }
+            | Self::Protocol { .. }
+            | Self::EndpointRefused { .. }
+            | Self::Setup(_) => None,
         }
     }
 
@@ -207,6 +229,24 @@ impl EnsError {
         }
     }
 
+    /// An answer whose JSON does not have the expected shape. Says where serde stopped, never
+    /// what it read (serde's messages may quote the body).
+    pub(crate) fn unreadable(route: &'static str, what: &str, err: &serde_json::Error) -> Self {
+        let kind = match err.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "not JSON",
+            serde_json::error::Category::Data => "JSON of another shape",
+        };
+        Self::Protocol {
+            route,
+            message: format!(
+                "{what} is {kind} (line {}, column {})",
+                err.line(),
+                err.column()
+            ),
+        }
+    }
+
     /// A transport failure (timeout, connection refused, reset).
     pub(crate) fn transport(route: &'static str, err: &reqwest::Error) -> Self {
         let kind = if err.is_timeout() {
@@ -216,12 +256,13 @@ impl EnsError {
         } else {
             "transport error"
         };
-        // URLs carry only ids, never credentials, so the chain is safe to keep.
+        // URLs carry only ids and an allowed host, never credentials (the endpoint policy
+        // refuses userinfo), so the chain is safe to keep, bounded.
         let detail = sources(err);
         Self::Unavailable {
             route,
             status: None,
-            message: format!("{kind}: {detail}"),
+            message: bounded(&format!("{kind}: {detail}")),
         }
     }
 }
@@ -229,11 +270,14 @@ impl EnsError {
 /// The reason-string prefix of a failed verification probe (`ens-api.md` §3.1).
 pub const PROBE_FAILURE: &str = "MCMS_UWH_Runtime_GeneralFailure_probeCallbackLiveness";
 
-/// Longest error text kept from a response body.
-const MAX_MESSAGE: usize = 1024;
+/// Longest error text kept from a response body, in characters: enough for ENS's longest
+/// message (the probe failure: about 300 characters plus the callback URL), short enough for a
+/// condition message and an Event note.
+pub const MAX_MESSAGE: usize = 512;
 
-/// ENS error bodies come as `{"message": ...}`, `{"error": ..., "error_description": ...}`, a
-/// bare JSON string, or plain text (`ens-api.md` §2.3, §2.5, §3.1); this extracts the text.
+/// ENS error bodies come as `{"message": ...}`, `{"error": ..., "error_description": ...}` or a
+/// bare JSON string (`ens-api.md` §2.3, §2.5, §3.1); this extracts the text. Anything else is
+/// not ENS's and yields no text (the status code speaks for it).
 fn error_text(body: &[u8]) -> String {
     let text = match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(serde_json::Value::String(s)) => s,
@@ -244,25 +288,37 @@ fn error_text(body: &[u8]) -> String {
                 (None, Some(e), Some(d)) => format!("{e}: {d}"),
                 (None, Some(e), None) => e,
                 (None, None, Some(d)) => d,
-                (None, None, None) => serde_json::Value::Object(map).to_string(),
+                (None, None, None) => String::new(),
             }
         }
-        Ok(other) => other.to_string(),
-        Err(_) => String::from_utf8_lossy(body).trim().to_owned(),
+        _ => String::new(),
     };
-    truncate(text)
+    bounded(&text)
 }
 
-fn truncate(mut text: String) -> String {
-    if text.len() > MAX_MESSAGE {
-        let mut end = MAX_MESSAGE;
-        while !text.is_char_boundary(end) {
-            end -= 1;
+/// `text` without control characters, whitespace runs collapsed, at most [`MAX_MESSAGE`]
+/// characters (an ellipsis marks a cut).
+pub(crate) fn bounded(text: &str) -> String {
+    let mut out = String::new();
+    let mut count = 0;
+    for word in text
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+    {
+        for c in (!out.is_empty())
+            .then_some(' ')
+            .into_iter()
+            .chain(word.chars())
+        {
+            if count == MAX_MESSAGE {
+                out.push('…');
+                return out;
+            }
+            out.push(c);
+            count += 1;
         }
-        text.truncate(end);
-        text.push('…');
     }
-    text
+    out
 }
 
 /// The error and its causes on one line, without the request URL.
@@ -330,8 +386,27 @@ mod tests {
             text(r#""MCMS_UWH_Runtime_GeneralFailure_probeCallbackLiveness: x""#),
             "MCMS_UWH_Runtime_GeneralFailure_probeCallbackLiveness: x"
         );
-        assert_eq!(text("plain words\n"), "plain words");
-        assert!(text(&"x".repeat(5000)).chars().count() <= MAX_MESSAGE + 1);
+        assert_eq!(text("\"two\\nlines\\u0007 \""), "two lines");
+        assert!(text(&format!("\"{}\"", "x".repeat(5000))).chars().count() <= MAX_MESSAGE + 1);
+    }
+
+    #[test]
+    fn a_foreign_body_is_reported_by_status_only() {
+        for body in [
+            "<html><body>Sign in to Evil Corp</body></html>",
+            "plain words from somewhere",
+            r#"{"html":"<b>x</b>"}"#,
+            r#"[1,2]"#,
+        ] {
+            let e = EnsError::from_status(R, 400, None, body.as_bytes());
+            assert_eq!(e.ens_message(), Some(""), "{body}");
+            assert_eq!(e.to_string(), format!("{R}: rejected (400): "));
+        }
+        let e = EnsError::from_status(R, 302, None, b"<a href=x>moved</a>");
+        assert!(!e.to_string().contains("moved"), "{e}");
+        let serde = serde_json::from_slice::<u64>(br#""secret-looking text""#).unwrap_err();
+        let e = EnsError::unreadable(R, "answer", &serde);
+        assert!(!e.to_string().contains("secret-looking"), "{e}");
     }
 
     #[test]

@@ -3,12 +3,14 @@
 
 pub mod auth;
 pub mod client;
+pub mod endpoint;
 pub mod error;
 pub mod signing;
 pub mod wire;
 
-pub use auth::{ClientSecret, Credentials};
+pub use auth::{ClientSecret, Credentials, TenantKey};
 pub use client::{CallObserver, ClientConfig, EnsClient};
+pub use endpoint::{EndpointPolicy, HostPattern};
 pub use error::EnsError;
 pub use wire::{
     Callback, CallbackUpdate, Created, CreatedCallback, Deleted, NewCallback, NewSubscription,

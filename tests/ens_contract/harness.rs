@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use clap::Parser;
 use ens_operator::emulator::{self, DeliveryRecord};
 use ens_operator::ens::{
-    ClientConfig, Created, CreatedCallback, Credentials, EnsClient, NewCallback,
+    ClientConfig, Created, CreatedCallback, Credentials, EndpointPolicy, EnsClient, NewCallback,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -101,6 +101,15 @@ impl Drop for Env {
     }
 }
 
+/// The client settings for the emulator: plain http on 127.0.0.1 allowed.
+pub fn emulator_config() -> ClientConfig {
+    let local = vec!["127.0.0.1".parse().unwrap()];
+    ClientConfig {
+        endpoints: EndpointPolicy::new(local.clone(), local, true),
+        ..ClientConfig::default()
+    }
+}
+
 pub fn emulator_args(receiver: SocketAddr, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "emulator",
@@ -139,7 +148,7 @@ impl Env {
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move { emulator::serve(config, listener).await.unwrap() });
         let emulator = format!("http://{addr}");
-        let client = EnsClient::new(ClientConfig::default()).unwrap();
+        let client = EnsClient::new(emulator_config()).unwrap();
         let creds = Credentials {
             client_id: CLIENT_ID.into(),
             client_secret: SECRET.parse().unwrap(),

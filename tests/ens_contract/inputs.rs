@@ -355,7 +355,7 @@ async fn emulator_runs_from_the_command_line() {
         .unwrap()
         .to_owned();
     assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-    let client = ens_operator::ens::EnsClient::new(Default::default()).unwrap();
+    let client = ens_operator::ens::EnsClient::new(crate::harness::emulator_config()).unwrap();
     let creds = ens_operator::ens::Credentials {
         client_id: CLIENT_ID.into(),
         client_secret: SECRET.parse().unwrap(),

@@ -2,6 +2,7 @@
 //! of `shared/ens-api.md` (section numbers in each test's doc line).
 
 mod delivery;
+mod endpoints;
 mod harness;
 mod inputs;
 mod transport;

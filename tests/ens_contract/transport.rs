@@ -125,7 +125,7 @@ async fn slow_ens_times_out() {
     env.faults(json!({"apiLatencyMs": 2000})).await;
     let quick = ens_operator::ens::EnsClient::new(ens_operator::ens::ClientConfig {
         timeout: Duration::from_millis(300),
-        ..Default::default()
+        ..crate::harness::emulator_config()
     })
     .unwrap();
     let err = quick.list_callbacks(&env.creds).await.unwrap_err();

@@ -448,6 +448,7 @@ async fn kustomize_default_applies_client_and_server_side_and_reapplies_without_
             "delete",
             "namespace",
             "ens-system",
+            "ens-system-receiver",
             "--wait=false",
             "--ignore-not-found",
         ]));
@@ -470,6 +471,7 @@ async fn kustomize_default_applies_client_and_server_side_and_reapplies_without_
         "wait",
         "--for=delete",
         "namespace/ens-system",
+        "namespace/ens-system-receiver",
         "--timeout=120s",
     ]));
     let _cleanup = Cleanup(cleanup);
@@ -525,9 +527,17 @@ async fn kustomize_default_applies_client_and_server_side_and_reapplies_without_
     .unwrap();
     let args = deploy["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
     assert!(
-        args.contains("--receiver-namespace=$(POD_NAMESPACE)"),
+        args.contains("--receiver-namespace=ens-system-receiver"),
         "{args}"
     );
+    // The receiver runs in its own namespace, beside no credentials.
+    ok(&mut kubectl(&[
+        "get",
+        "deployment",
+        "ens-operator-receiver",
+        "-n",
+        "ens-system-receiver",
+    ]));
 }
 
 /// Installs ServiceMonitor and HTTPRoute CRDs (idempotent) so the full chart can be installed.
@@ -600,6 +610,8 @@ async fn helm_installs_with_default_values_and_rbac_is_least_privilege() {
         "create secret generic sfmc-ens-credentials",
         "kubectl get ens -A",
         "kubectl wait --for=condition=Ready",
+        "never put ENS credentials there",
+        "scope them with",
     ] {
         assert!(out.contains(needle), "NOTES lack {needle:?}:\n{out}");
     }
@@ -607,10 +619,9 @@ async fn helm_installs_with_default_values_and_rbac_is_least_privilege() {
         "system:serviceaccount:{}:{release}-ens-operator-controller",
         ns.name
     );
-    let receiver = format!(
-        "system:serviceaccount:{}:{release}-ens-operator-receiver",
-        ns.name
-    );
+    // The receiver runs in a namespace of its own, created by the chart.
+    let rx = format!("{}-receiver", ns.name);
+    let receiver = format!("system:serviceaccount:{rx}:{release}-ens-operator-receiver");
     let lease = format!("leases/{release}-ens-operator-controller");
     let (own, team) = (ns.name.as_str(), other.name.as_str());
     check_access(
@@ -672,21 +683,45 @@ async fn helm_installs_with_default_values_and_rbac_is_least_privilege() {
     check_access(
         &receiver,
         &[
-            ("get", "secrets", own, true),
-            ("list", "secrets", own, true),
-            ("watch", "secrets", own, true),
-            ("create", "secrets", own, true),
-            ("patch", "secrets", own, true),
-            // Never another namespace's Secrets, nothing else at all.
+            ("get", "secrets", &rx, true),
+            ("list", "secrets", &rx, true),
+            ("watch", "secrets", &rx, true),
+            ("create", "secrets", &rx, true),
+            ("patch", "secrets", &rx, true),
+            // Never the release namespace's Secrets (the default credentials live there), nor
+            // another namespace's, nothing else at all.
+            ("get", "secrets", own, false),
+            ("list", "secrets", own, false),
             ("get", "secrets", team, false),
             ("list", "secrets", "*", false),
-            ("delete", "secrets", own, false),
-            ("update", "secrets", own, false),
-            ("get", "enscallbacks.ens-operator.io", own, false),
-            ("create", "events.events.k8s.io", own, false),
-            ("get", "configmaps", own, false),
-            ("create", "leases.coordination.k8s.io", own, false),
+            ("delete", "secrets", &rx, false),
+            ("update", "secrets", &rx, false),
+            ("get", "enscallbacks.ens-operator.io", &rx, false),
+            ("create", "events.events.k8s.io", &rx, false),
+            ("get", "configmaps", &rx, false),
+            ("create", "leases.coordination.k8s.io", &rx, false),
         ],
+    );
+    // The controller writes routes there, and looks for the receiver there.
+    check_access(&controller, &[("patch", "secrets", &rx, true)]);
+    let deploy: Value = serde_json::from_str(&ok(&mut kubectl(&[
+        "get",
+        "deployment",
+        &format!("{release}-ens-operator-controller"),
+        "-n",
+        own,
+        "-o",
+        "json",
+    ])))
+    .unwrap();
+    let args = deploy["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains(&format!("--receiver-namespace={rx}")),
+        "{args}"
+    );
+    assert!(
+        args.contains(&format!("ens-operator-receiver.{rx}.svc")),
+        "{args}"
     );
 
     ok(&mut helm(&[
@@ -802,6 +837,15 @@ async fn helm_installs_every_optional_part_and_upgrades_without_changes() {
             ),
             ("watch", "enscallbacks.ens-operator.io", "*", false),
             ("create", "events.events.k8s.io", &unwatched.name, false),
+            // …and Secrets only where it needs them: the watched namespace, the receiver's, and
+            // the default credentials' (the release namespace), read-only there.
+            ("watch", "secrets", &team.name, true),
+            ("patch", "secrets", &team.name, true),
+            ("patch", "secrets", &format!("{}-receiver", ns.name), true),
+            ("watch", "secrets", &ns.name, true),
+            ("patch", "secrets", &ns.name, false),
+            ("get", "secrets", &unwatched.name, false),
+            ("watch", "secrets", "*", false),
         ],
     );
 

@@ -27,6 +27,14 @@ use crate::common::{TestNamespace, client, control_plane, install_crds};
 pub const HOST: &str = "events.example.com";
 /// The credentials Secret in the team namespace.
 pub const CREDENTIALS: &str = "sfmc-ens-credentials";
+/// Controller flags that let it call the emulator: plain http on 127.0.0.1.
+pub const EMULATOR_ENDPOINTS: &[&str] = &[
+    "--ens-allow-http",
+    "--ens-auth-hosts",
+    "127.0.0.1",
+    "--ens-rest-hosts",
+    "127.0.0.1",
+];
 
 /// A child process killed (SIGKILL) and reaped on drop; only ever our own PID.
 pub struct Proc {
@@ -141,12 +149,23 @@ pub struct Stack {
 impl Stack {
     /// Starts everything; `emulator_args` and `controller_args` are appended to the defaults.
     pub async fn start(prefix: &str, emulator_args: &[&str], controller_args: &[&str]) -> Self {
-        Self::start_with(prefix, emulator_args, controller_args, None).await
+        Self::start_with(prefix, emulator_args, controller_args, None, true).await
+    }
+
+    /// [`Stack::start`] with a controller that watches every namespace, for tests of several
+    /// tenants (namespaces). Two of them must never run at once: they would reconcile each
+    /// other's objects (the tenancy tests hold one lock).
+    pub async fn start_cluster_wide(
+        prefix: &str,
+        emulator_args: &[&str],
+        controller_args: &[&str],
+    ) -> Self {
+        Self::start_with(prefix, emulator_args, controller_args, None, false).await
     }
 
     /// Starts everything with debug logging, each process's log in `log_dir/{process}.log`.
     pub async fn start_logged(prefix: &str, log_dir: &std::path::Path) -> Self {
-        Self::start_with(prefix, &[], &[], Some(log_dir.to_owned())).await
+        Self::start_with(prefix, &[], &[], Some(log_dir.to_owned()), true).await
     }
 
     async fn start_with(
@@ -154,6 +173,7 @@ impl Stack {
         emulator_args: &[&str],
         controller_args: &[&str],
         log_dir: Option<std::path::PathBuf>,
+        scoped: bool,
     ) -> Self {
         let log = |name: &str| log_dir.as_ref().map(|d| d.join(format!("{name}.log")));
         let debug: &[(&str, &str)] = if log_dir.is_some() {
@@ -208,10 +228,11 @@ impl Stack {
             )
             .await
             .unwrap();
-        let mut cargs = strings(&[
-            "controller",
-            "--watch-namespace",
-            &team.name,
+        let mut cargs = strings(&["controller"]);
+        if scoped {
+            cargs.extend(strings(&["--watch-namespace", &team.name]));
+        }
+        cargs.extend(strings(&[
             "--receiver-namespace",
             &rx.name,
             "--receiver-url",
@@ -220,7 +241,8 @@ impl Stack {
             "127.0.0.1:0",
             "--cluster-name",
             "test",
-        ]);
+        ]));
+        cargs.extend(strings(EMULATOR_ENDPOINTS));
         if !controller_args.contains(&"--lease-duration") {
             cargs.push("--no-leader-election".into());
         }

@@ -73,6 +73,19 @@ app.kubernetes.io/component: receiver
 {{- end }}
 {{- end }}
 
+{{/* The receiver's namespace: never the one holding ENS credentials (design: the receiver
+faces the internet and reads the Secrets of its namespace). Default: <release namespace>-receiver. */}}
+{{- define "ens-operator.receiver.namespace" -}}
+{{- default (printf "%s-receiver" .Release.Namespace) .Values.receiver.namespace }}
+{{- end }}
+
+{{/* The namespace of the default credentials Secret ("" when there are none). */}}
+{{- define "ens-operator.defaultCredentials.namespace" -}}
+{{- if .Values.defaultCredentials.secretName }}
+{{- default .Release.Namespace .Values.defaultCredentials.namespace }}
+{{- end }}
+{{- end }}
+
 {{/* The lease the controller replicas elect a leader with. */}}
 {{- define "ens-operator.leaseName" -}}
 {{- include "ens-operator.controller.fullname" . }}
@@ -121,6 +134,15 @@ controller.watchNamespace). */}}
 {{- end }}
 {{- if and $.Values.defaultCredentials.namespace (ne $.Values.defaultCredentials.namespace $.Release.Namespace) }}
 {{- fail "defaultCredentials.create=true creates the Secret in the release namespace: leave defaultCredentials.namespace empty" }}
+{{- end }}
+{{- end }}
+{{- if .Values.receiver.enabled }}
+{{- $rx := include "ens-operator.receiver.namespace" . }}
+{{- if eq $rx (include "ens-operator.defaultCredentials.namespace" .) }}
+{{- fail (printf "unsafe layout: the receiver's namespace %s would hold the ENS default credentials (defaultCredentials.namespace, default: the release namespace). The receiver faces the internet and reads the Secrets of its namespace: give it a namespace of its own (receiver.namespace) or move the credentials" $rx) }}
+{{- end }}
+{{- if eq $rx .Values.controller.watchNamespace }}
+{{- fail (printf "unsafe layout: receiver.namespace %s is controller.watchNamespace, where the teams' credentials Secrets live: give the receiver a namespace of its own" $rx) }}
 {{- end }}
 {{- end }}
 {{- if and .Values.receiver.httpRoute.enabled (not .Values.receiver.httpRoute.parentRefs) }}
