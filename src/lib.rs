@@ -1,7 +1,7 @@
 //! ens-operator: manages Salesforce Marketing Cloud Event Notification Service (ENS) callbacks
 //! and subscriptions from Kubernetes, and ships the receiver that serves the callback URL.
 //!
-//! Modules follow the architecture (`shared/design.md` §1): `api` (resource types), `crd`
+//! Modules follow the architecture (`docs/design.md` §1): `api` (resource types), `crd`
 //! (generated manifests), `ens` (ENS protocol), and one module per binary role (`emulator`: a local ENS).
 
 pub mod api;

@@ -5,7 +5,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-/// Condition types of both kinds: kstatus' three plus the domain ones of design §2.
+/// Condition types of both kinds: kstatus' three plus the domain ones of docs/design.md §2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConditionType {
     /// kstatus: the object is fully reconciled and usable.

@@ -1,5 +1,5 @@
-//! OAuth2 client credentials against `{auth base}/v2/token` (`ens-api.md` §2) and the token
-//! cache: one token per (client id, account id, auth base URL), shared by every caller and
+//! OAuth2 client credentials against `{auth base}/v2/token` (`docs/ens-protocol.md` §2) and the
+//! token cache: one token per (client id, account id, auth base URL), shared by every caller and
 //! refreshed shortly before `expires_in` runs out.
 //!
 //! Never logs or formats a secret or token: both are wrapped in types whose `Debug` is `***`.
@@ -18,7 +18,7 @@ use super::error::EnsError;
 /// Route label of the token call.
 pub const TOKEN_ROUTE: &str = "POST /v2/token";
 
-/// How long before expiry a cached token is replaced (`ens-api.md` §9.1).
+/// How long before expiry a cached token is replaced (`docs/ens-protocol.md` §9.1).
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
 /// An installed package's client secret. `Debug` and `Display` print `***`.
@@ -235,8 +235,9 @@ async fn request_token(
     })
 }
 
-/// `rest_instance_url` comes with or without scheme and trailing slash (`ens-api.md` §2.3):
-/// adds `https://` when there is no scheme and strips trailing slashes.
+/// `rest_instance_url` comes with or without scheme and trailing slash
+/// (`docs/ens-protocol.md` §2.3): adds `https://` when there is no scheme and strips trailing
+/// slashes.
 pub fn normalise_base(url: &str) -> String {
     let url = url.trim().trim_end_matches('/');
     if url.contains("://") {

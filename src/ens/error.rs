@@ -1,4 +1,4 @@
-//! How an ENS call can fail, classified for retry policy (`ens-api.md` §2.5, §3).
+//! How an ENS call can fail, classified for retry policy (`docs/ens-protocol.md` §2.5, §3).
 //!
 //! Every variant names the route it came from and keeps ENS's own error text; none carries a
 //! token, a client secret or a signature key.
@@ -159,8 +159,9 @@ impl EnsError {
         }
     }
 
-    /// Whether this is the synchronous probe failure of callback create (`ens-api.md` §3.1): a
-    /// callback record was probably left behind and must be found by URL and deleted.
+    /// Whether this is the synchronous probe failure of callback create
+    /// (`docs/ens-protocol.md` §3.1): a callback record was probably left behind and must be found
+    /// by URL and deleted.
     pub fn is_probe_failure(&self) -> bool {
         matches!(self, Self::BadRequest { message, .. } if message.contains(PROBE_FAILURE))
     }
@@ -226,14 +227,15 @@ impl EnsError {
     }
 }
 
-/// The reason-string prefix of a failed verification probe (`ens-api.md` §3.1).
+/// The reason-string prefix of a failed verification probe (`docs/ens-protocol.md` §3.1).
 pub const PROBE_FAILURE: &str = "MCMS_UWH_Runtime_GeneralFailure_probeCallbackLiveness";
 
 /// Longest error text kept from a response body.
 const MAX_MESSAGE: usize = 1024;
 
 /// ENS error bodies come as `{"message": ...}`, `{"error": ..., "error_description": ...}`, a
-/// bare JSON string, or plain text (`ens-api.md` §2.3, §2.5, §3.1); this extracts the text.
+/// bare JSON string, or plain text (`docs/ens-protocol.md` §2.3, §2.5, §3.1); this extracts the
+/// text.
 fn error_text(body: &[u8]) -> String {
     let text = match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(serde_json::Value::String(s)) => s,

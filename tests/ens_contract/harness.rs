@@ -41,7 +41,7 @@ pub struct Script {
     pub default_status: u16,
     /// Delay before answering.
     pub delay: Duration,
-    /// Verify from inside the probe handler (like SAS, `ens-api.md` §3.1).
+    /// Verify from inside the probe handler (like SAS, `docs/ens-protocol.md` §3.1).
     pub verify_in_probe: Option<(EnsClient, Credentials)>,
 }
 

@@ -1,6 +1,7 @@
-//! Chooses the next lifecycle step of an `EnsCallback` (design §3) and the status that describes
-//! it. Pure: no client, no clock — everything it needs is in [`Observed`] and `now`. Each plan has
-//! at most one mutating step; the next reconcile observes its effect before taking another.
+//! Chooses the next lifecycle step of an `EnsCallback` (docs/design.md §3) and the status that
+//! describes it. Pure: no client, no clock — everything it needs is in [`Observed`] and `now`. Each
+//! plan has at most one mutating step; the next reconcile observes its effect before taking
+//! another.
 
 use std::time::Duration;
 
