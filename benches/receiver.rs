@@ -45,7 +45,7 @@ use support::{
 };
 use tokio::net::{TcpListener, TcpStream};
 
-/// `ens-api.md` §6.4's example key; the receiver's route and the peer use it.
+/// `docs/ens-protocol.md` §6.4's example key; the receiver's route and the peer use it.
 const KEY: &str = "V27FXfqI3DnhfQW1bhFDeJixpt8eDAY5R24UJI3cK6M=";
 /// The callback path served.
 const PATH: &str = "/ens/bench";
@@ -414,7 +414,7 @@ fn make_bodies(batch: usize, serial: &mut u64) -> Vec<Body> {
         .collect()
 }
 
-/// Event `n`: the `ens-api.md` §5.5.1–5.5.2 shapes (transactional email: sent, not sent,
+/// Event `n`: the `docs/ens-protocol.md` §5.5.1–5.5.2 shapes (transactional email: sent, not sent,
 /// bounced; engagement: open, click, unsubscribe), compact JSON as ENS sends it, with `=`/`&`
 /// escaped as `\u003d`/`\u0026`, and values unique per `n`.
 fn event(n: u64) -> String {

@@ -3,7 +3,7 @@
 # from the Go module proxy into $ENS_CACHE/bin/<tool>-<version>/ (outside the clone), copies the
 # ServiceMonitor and HTTPRoute CRDs out of their Go modules into $ENS_CACHE/crds/, and installs a
 # Lua interpreter (apt) for the Argo CD health-check tests. Idempotent: anything already cached is
-# skipped. Recipe and pitfalls: shared/local-control-plane.md.
+# skipped.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 here=$(cd "$(dirname "$0")" && pwd)

@@ -7,7 +7,7 @@
 #   scripts/control-plane.sh stop  RUN_DIR     # stops only the PIDs recorded in RUN_DIR
 #   scripts/control-plane.sh restart-apiserver RUN_DIR   # for the API-server restart test
 #
-# Binaries come from scripts/build-tools.sh. Recipe: shared/local-control-plane.md §3–§4.
+# Binaries come from scripts/build-tools.sh.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 

@@ -24,10 +24,13 @@ phase "cargo fmt --check"
 cargo fmt --all -- --check || die "formatting differs: run cargo fmt"
 
 phase "cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --all-targets --features fault-injection -- -D warnings
 
 phase "building test binaries"
-cargo test --locked --no-run
+cargo test --locked --no-run --features fault-injection
+
+phase "without fault-injection (release builds) ENS_OPERATOR_CRASH_AT is ignored"
+cargo test --locked --lib -- controller::crash
 
 phase "control-plane tools (cached after the first run)"
 scripts/build-tools.sh
@@ -38,6 +41,6 @@ trap 'scripts/control-plane.sh stop "$run"' EXIT
 . "$run/env"
 
 phase "cargo test"
-cargo test --locked -- "$@"
+cargo test --locked --features fault-injection -- "$@"
 
 phase "all tests passed"

@@ -1,4 +1,4 @@
-//! Command line: one binary, one subcommand per role (design §1).
+//! Command line: one binary, one subcommand per role (docs/design.md §1).
 
 use std::path::PathBuf;
 
@@ -29,6 +29,6 @@ pub enum Command {
     },
     /// Run a local ENS emulator (token endpoint, management API, probe, delivery).
     Emulator(Box<crate::emulator::Config>),
-    /// Serve ENS callback URLs: verify, hand off, acknowledge (design §4).
+    /// Serve ENS callback URLs: verify, hand off, acknowledge (docs/design.md §4).
     Receiver(Box<crate::receiver::Args>),
 }

@@ -1,8 +1,12 @@
 //! ens-operator: manages Salesforce Marketing Cloud Event Notification Service (ENS) callbacks
 //! and subscriptions from Kubernetes, and ships the receiver that serves the callback URL.
 //!
-//! Modules follow the architecture (`shared/design.md` §1): `api` (resource types), `crd`
+//! Modules follow the architecture (`docs/design.md` §1): `api` (resource types), `crd`
 //! (generated manifests), `ens` (ENS protocol), and one module per binary role (`emulator`: a local ENS).
+
+// No `unwrap` outside tests (clippy.toml lets unit tests unwrap; integration tests and benches
+// are other crates): reconcile, act and request paths return errors instead of panicking.
+#![deny(clippy::unwrap_used)]
 
 pub mod api;
 pub mod cli;

@@ -1,3 +1,9 @@
+//! The `ens-operator` binary: parses the command line, starts logging, runs the chosen role.
+
+// Request paths and start-up alike return errors instead of panicking (unit tests may unwrap:
+// clippy.toml).
+#![deny(clippy::unwrap_used)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -108,26 +108,33 @@ async fn callback_and_two_subscriptions_become_ready_and_events_flow() {
         "{table}"
     );
 
-    // Steady state (drift interval 1 h): no ENS calls and no API-server writes at all.
+    // Steady state (drift interval 1 h): a reconcile pass calls nothing in ENS and writes nothing
+    // to the API server. Each object is poked, and the check follows the pass over each.
     let route = ens_operator::controller::names::route_secret(&stack.team.name, "orders");
-    let rvs = || async {
-        let cb = cbs.get("orders").await.unwrap().metadata.resource_version;
-        let s1 = subs.get("sent").await.unwrap().metadata.resource_version;
-        let s2 = subs.get("bounced").await.unwrap().metadata.resource_version;
-        let r = Api::<Secret>::namespaced(stack.client.clone(), &stack.rx.name)
+    let route_rv = || async {
+        Api::<Secret>::namespaced(stack.client.clone(), &stack.rx.name)
             .get(&route)
             .await
             .unwrap()
             .metadata
-            .resource_version;
-        (cb, s1, s2, r)
+            .resource_version
     };
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rvs = || async {
+        let cb = cbs.get("orders").await.unwrap().metadata.resource_version;
+        let s1 = subs.get("sent").await.unwrap().metadata.resource_version;
+        let s2 = subs.get("bounced").await.unwrap().metadata.resource_version;
+        (cb, s1, s2, route_rv().await)
+    };
     stack
         .emulator_send(reqwest::Method::POST, "reset-stats", json!({}))
         .await;
-    let before = rvs().await;
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    let route_before = route_rv().await;
+    let before = (
+        poke(&stack, &cbs, "orders", "EnsCallback").await,
+        poke(&stack, &subs, "sent", "EnsSubscription").await,
+        poke(&stack, &subs, "bounced", "EnsSubscription").await,
+        route_before,
+    );
     assert_eq!(
         rvs().await,
         before,
@@ -137,7 +144,9 @@ async fn callback_and_two_subscriptions_become_ready_and_events_flow() {
     assert!(
         calls
             .as_object()
-            .is_none_or(|c| c.values().all(|n| n.as_u64() == Some(0))),
+            .unwrap()
+            .values()
+            .all(|n| n.as_u64() == Some(0)),
         "ENS calls in steady state: {calls}"
     );
 
@@ -364,18 +373,29 @@ async fn drift_is_repaired_and_steady_state_is_quiet() {
         "a Warning Event names the out-of-band deletion"
     );
 
-    // A quiet minute with a 3 s drift interval: only the drift checks' reads reach ENS, and
-    // nothing at all is written to the API server (no object, Secret or Event changes).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A quiet spell with a 3 s drift interval: only the drift checks' reads reach ENS, and nothing
+    // at all is written to the API server (no object, Secret or Event changes). It ends when each
+    // object has been drift-checked six times. One check of each first: the re-creation's writes
+    // are over once the periodic checks run.
+    const DRIFT: [&str; 2] = [
+        "GET /platform/v1/ens-callbacks/{id}",
+        "GET /platform/v1/ens-subscriptions/{id}",
+    ];
+    stack
+        .emulator_send(reqwest::Method::POST, "reset-stats", json!({}))
+        .await;
+    drift_checks(&stack, &DRIFT, 1).await;
     stack
         .emulator_send(reqwest::Method::POST, "reset-stats", json!({}))
         .await;
     let before = written_state(&stack).await;
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    let started = tokio::time::Instant::now();
+    drift_checks(&stack, &DRIFT, 6).await;
+    let elapsed = started.elapsed().as_secs_f64();
     assert_eq!(
         written_state(&stack).await,
         before,
-        "the controller wrote to the API server during a quiet minute"
+        "the controller wrote to the API server while quiet"
     );
     let calls = stack.calls().await;
     let writes: u64 = calls
@@ -386,17 +406,70 @@ async fn drift_is_repaired_and_steady_state_is_quiet() {
         .map(|(_, n)| n.as_u64().unwrap())
         .sum();
     assert_eq!(writes, 0, "mutating ENS calls in steady state: {calls}");
-    // 60 s / (3 s ± 10%) ≈ 18–22 checks of each object; allow for scheduling slack.
-    for route in [
-        "GET /platform/v1/ens-callbacks/{id}",
-        "GET /platform/v1/ens-subscriptions/{id}",
-    ] {
-        let gets = count(&calls, route);
+    // At most one check per 3 s − 10% jitter, plus the one in flight at each end.
+    for route in DRIFT {
+        let gets = count(&calls, route) as f64;
         assert!(
-            (12..=26).contains(&gets),
-            "{route}: drift checks are bounded by the interval: {calls}"
+            gets <= elapsed / 2.7 + 2.0,
+            "{route}: {gets} drift checks in {elapsed:.1} s exceed the interval: {calls}"
         );
     }
+}
+
+/// Waits until each of `routes` was called at least `n` times since the last stats reset.
+async fn drift_checks(stack: &Stack, routes: &[&str], n: u64) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let calls = stack.calls().await;
+        if routes.iter().all(|r| count(&calls, r) >= n) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fewer than {n} drift checks of each of {routes:?}: {calls}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sets an annotation the controller does not read on `name`, then waits until the controller
+/// has finished a reconcile of `kind` since; returns the object's resourceVersion after the poke.
+/// A negative check after it reads what a real pass did, instead of waiting out a fixed time.
+async fn poke<K>(stack: &Stack, api: &Api<K>, name: &str, kind: &str) -> Option<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let passes = async || reconciles(&stack.controller_metrics().await, kind);
+    let before = passes().await;
+    let poke = json!({"metadata": {"annotations": {"example.com/poke": format!("p{before}")}}});
+    let poked = api
+        .patch(name, &PatchParams::default(), &Patch::Merge(poke))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    while passes().await <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {kind} reconcile after poking {name}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    poked.meta().resource_version.clone()
+}
+
+/// Finished reconciles of `kind`, whatever their result.
+fn reconciles(metrics: &str, kind: &str) -> f64 {
+    let prefix = format!(r#"ens_operator_reconciles_total{{kind="{kind}","#);
+    metrics
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix(&prefix)?
+                .rsplit(' ')
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum()
 }
 
 /// Every object the controller could write in the stack's namespaces, with its resourceVersion.
@@ -694,13 +767,37 @@ async fn key_rotation_serves_both_keys_during_the_overlap_then_only_the_new_one(
         post_signed(&stack, "/ens/orders", &new, "new key after overlap").await,
         200
     );
-    // One regenerate call per request: the same annotation again does nothing.
-    annotate("r1").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // One regenerate call per new value: changing it rotates once more ...
+    annotate("r2").await;
+    wait_for(&cbs, "orders", T, |cb| {
+        cb_ready(cb) && cb.status.as_ref().and_then(|s| s.key_rotation.as_deref()) == Some("r2")
+    })
+    .await;
+    let newer = route_key(&stack, "orders", "signatureKey").await.unwrap();
+    assert_ne!(newer, new, "a second rotation stores another key");
+    // ... and a later pass that finds the value unchanged (a spec change: the batch size) does not.
+    let changed = cbs
+        .patch(
+            "orders",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"maxBatchSize": 500}})),
+        )
+        .await
+        .unwrap();
+    wait_for(&cbs, "orders", T, |cb| {
+        cb_ready(cb)
+            && cb.status.as_ref().and_then(|s| s.observed_generation) == changed.metadata.generation
+    })
+    .await;
     let calls = stack.calls().await;
     assert_eq!(
-        count(&calls, "PUT /platform/v1/ens-regenerate"),
+        count(&calls, "PUT /platform/v1/ens-callbacks"),
         1,
+        "the batch size change reached ENS: {calls}"
+    );
+    assert_eq!(
+        count(&calls, "PUT /platform/v1/ens-regenerate"),
+        2,
         "{calls}"
     );
 }
@@ -790,8 +887,9 @@ async fn a_second_callback_for_the_same_url_is_refused_not_merged() {
         .clone();
     assert!(msg.contains(&format!("{}/first", stack.team.name)), "{msg}");
 
-    // The first keeps its callback, key and route; the second wrote nothing anywhere.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The first keeps its callback, key and route; the second wrote nothing anywhere, even on a
+    // later pass.
+    poke(&stack, &cbs, "second", "EnsCallback").await;
     let remote = stack.remote_callbacks().await;
     assert_eq!(remote.len(), 1, "{remote:#?}");
     assert_eq!(
@@ -1088,12 +1186,23 @@ async fn a_subscription_name_used_on_another_callback_stalls_without_a_create_st
         .message
         .clone();
     assert!(stalled.contains("\"shared\""), "{stalled}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Each pass tries the create once: the stall's pass and a later one (a poke) make two
+    // attempts, not a storm, and the object stays stalled.
+    poke(&stack, &subs, "b", "EnsSubscription").await;
     let calls = stack.calls().await;
     assert_eq!(
         count(&calls, "POST /platform/v1/ens-subscriptions"),
-        1,
+        2,
         "{calls}"
+    );
+    let b = subs.get("b").await.unwrap();
+    let still = b
+        .status
+        .as_ref()
+        .and_then(|st| find(&st.conditions, ConditionType::Stalled));
+    assert!(
+        still.is_some_and(|c| c.status == "True" && c.reason == "NameInUse"),
+        "{b:?}"
     );
     // The first keeps its subscription.
     assert!(sub_ready(&subs.get("a").await.unwrap()));

@@ -706,7 +706,7 @@ async fn an_event_type_with_control_characters_does_not_block_the_spool() {
         || sink.accepted().len() == 2,
     )
     .await;
-    // CloudEvents HTTP binding §3.1.3.2: percent-encoded header values.
+    // CloudEvents HTTP binding, section 3.1.3.2: percent-encoded header values.
     assert_eq!(
         sink.accepted()[0].header("ce-type"),
         Some("com.salesforce.marketingcloud.ens.Odd%01Type%20%22x%22")

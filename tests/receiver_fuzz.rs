@@ -153,8 +153,8 @@ impl Sig {
     }
 }
 
-/// Header names: the real one in several cases (HTTP names are case-insensitive, ens-api.md
-/// §6.3), then near misses that must count as no signature at all.
+/// Header names: the real one in several cases (HTTP names are case-insensitive,
+/// docs/ens-protocol.md §6.3), then near misses that must count as no signature at all.
 const NAMES: &[&str] = &[
     "x-sfmc-ens-signature",
     "X-SFMC-ENS-Signature",
@@ -355,8 +355,8 @@ fn field(common: &'static str) -> impl Strategy<Value = Field> {
     ]
 }
 
-/// A verification probe (`ens-api.md` §4) or a near miss: a field missing or not a string,
-/// another callback id, a lowercased key, a duplicated key, wrapped in an array, a BOM.
+/// A verification probe (`docs/ens-protocol.md` §4) or a near miss: a field missing or not a
+/// string, another callback id, a lowercased key, a duplicated key, wrapped in an array, a BOM.
 fn probe() -> impl Strategy<Value = (Vec<u8>, Option<String>)> {
     (
         field("cb-1"),

@@ -1,6 +1,6 @@
 //! The receiver's HTTP contract, standalone, against the real binary and an in-test sink:
-//! `ens-api.md` §6.4 vectors, refusals (401/413/415/400/404), probes, duplicates, sink outages,
-//! batched mode, rotation via a two-line key file, and the SIGTERM drain.
+//! `docs/ens-protocol.md` §6.4 vectors, refusals (401/413/415/400/404), probes, duplicates, sink
+//! outages, batched mode, rotation via a two-line key file, and the SIGTERM drain.
 
 mod receiver_support;
 

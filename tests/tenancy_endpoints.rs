@@ -1,4 +1,4 @@
-//! Tenant isolation, tried as a hostile team would (design §8; `docs/security.md`, "Tenant
+//! Tenant isolation, tried as a hostile team would (docs/design.md §8; `docs/security.md`, "Tenant
 //! isolation: endpoints, fairness and layout"): the real controller (watching every namespace,
 //! as the chart's default does), emulator and receiver processes on the real API server. The
 //! attacking team acts through impersonation with nothing but the built-in `edit` role in its own

@@ -1,6 +1,6 @@
 // The peer for the receiver benchmark: what ENS integrations typically hand-write — one Node
 // process, Express, the raw body kept for the HMAC, crypto.createHmac + timingSafeEqual, the key
-// base64-decoded first and as text second (ens-api.md §6.3), JSON.parse, then 200.
+// base64-decoded first and as text second (docs/ens-protocol.md §6.3), JSON.parse, then 200.
 //
 //   node server.js KEYFILE [PATH]    # prints "listening on http://127.0.0.1:PORT"
 'use strict';

@@ -1,4 +1,4 @@
-//! `EnsCallback`: one ENS callback (a registered HTTPS endpoint), design §2.
+//! `EnsCallback`: one ENS callback (a registered HTTPS endpoint), docs/design.md §2.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};

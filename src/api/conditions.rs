@@ -5,7 +5,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-/// Condition types of both kinds: kstatus' three plus the domain ones of design §2.
+/// Condition types of both kinds: kstatus' three plus the domain ones of docs/design.md §2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConditionType {
     /// kstatus: the object is fully reconciled and usable.
@@ -213,21 +213,44 @@ mod tests {
         Time(Timestamp::from_second(secs).unwrap())
     }
 
+    /// The chart's Argo CD health checks match on condition types and reasons by string; each
+    /// one they name must be a string the controller writes.
     #[test]
-    fn reasons_are_unique_camel_case() {
-        let mut seen = std::collections::HashSet::new();
-        for r in Reason::ALL {
-            let s = r.as_str();
-            assert!(seen.insert(s), "duplicate reason {s}");
-            assert!(
-                s.chars().next().unwrap().is_ascii_uppercase(),
-                "{s} is not CamelCase"
-            );
-            assert!(
-                s.chars().all(|c| c.is_ascii_alphanumeric()),
-                "{s} has a separator"
-            );
+    fn the_health_checks_name_only_types_and_reasons_that_exist() {
+        const TYPES: [ConditionType; 7] = [
+            ConditionType::Ready,
+            ConditionType::Reconciling,
+            ConditionType::Stalled,
+            ConditionType::ReceiverReady,
+            ConditionType::Registered,
+            ConditionType::Verified,
+            ConditionType::Active,
+        ];
+        let quoted_after = |lua: &'static str, marker: &str| -> Vec<&'static str> {
+            lua.split(marker)
+                .skip(1)
+                .filter_map(|rest| rest.strip_prefix('"')?.split('"').next())
+                .collect()
+        };
+        let mut named = 0;
+        for lua in [
+            include_str!("../../charts/ens-operator/argocd/ensCallback-health.lua"),
+            include_str!("../../charts/ens-operator/argocd/ensSubscription-health.lua"),
+        ] {
+            for t in quoted_after(lua, "condition(conditions, ") {
+                assert!(
+                    TYPES.iter().any(|c| c.as_str() == t),
+                    "no condition type {t}"
+                );
+                named += 1;
+            }
+            for r in quoted_after(lua, ".reason == ") {
+                assert!(Reason::ALL.iter().any(|x| x.as_str() == r), "no reason {r}");
+                named += 1;
+            }
         }
+        // Ready, Stalled, Verified, AwaitingVerification; Ready, Stalled, Active, Paused.
+        assert_eq!(named, 8, "the health checks changed: update this test");
     }
 
     #[test]

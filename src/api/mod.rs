@@ -1,8 +1,8 @@
 //! The custom resources and their vocabulary. Types only: no I/O.
 //!
 //! Everything a user writes or reads on the API server lives here: the `EnsCallback` and
-//! `EnsSubscription` kinds (design §2), their condition/reason vocabulary, and every annotation,
-//! label and finalizer name the project uses.
+//! `EnsSubscription` kinds (docs/design.md §2), their condition/reason vocabulary, and every
+//! annotation, label and finalizer name the project uses.
 
 pub mod annotations;
 pub mod callback;

@@ -1,4 +1,4 @@
-//! `EnsSubscription`: one ENS subscription (event types routed to a callback), design §2.
+//! `EnsSubscription`: one ENS subscription (event types routed to a callback), docs/design.md §2.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};

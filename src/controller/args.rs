@@ -126,8 +126,8 @@ mod tests {
         args: ControllerArgs,
     }
 
-    /// ENS waits up to 30 s for the probe inside the create call (`ens-api.md` §3.1): a shorter
-    /// timeout turns every slow probe into an ambiguous create.
+    /// ENS waits up to 30 s for the probe inside the create call (`docs/ens-protocol.md` §3.1): a
+    /// shorter timeout turns every slow probe into an ambiguous create.
     #[test]
     fn the_default_ens_timeout_outlasts_the_probe() {
         let parsed = <Command as clap::Parser>::parse_from(["controller"]);

@@ -3,8 +3,8 @@
 //!
 //! An object's own `credentialsRef` names a Secret of its own namespace (nothing here resolves
 //! another namespace for it). The operator's default credentials serve only the namespaces they
-//! are scoped to (design §8), like ESO's `ClusterSecretStore` conditions: a list and/or a label
-//! selector on Namespaces, set once at startup ([`DefaultScope::install`]).
+//! are scoped to (docs/design.md §8), like ESO's `ClusterSecretStore` conditions: a list and/or a
+//! label selector on Namespaces, set once at startup ([`DefaultScope::install`]).
 
 use std::{collections::BTreeSet, sync::OnceLock};
 

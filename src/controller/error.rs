@@ -1,5 +1,5 @@
 //! Errors of both reconcilers, each mapped to a condition reason and a retry policy, so one
-//! vocabulary serves conditions, Events and metrics (style §3).
+//! vocabulary serves conditions, Events and metrics (docs/design.md §11.3).
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! labelled for the receiver's watch): its data also says which path to serve and whether a
 //! verification probe is expected. For an `External` callback it is a Secret in the object's
 //! namespace, owned by it, that the user's endpoint reads. Either way the key goes straight from
-//! the ENS response into this Secret (design §3 step 3) and nowhere else.
+//! the ENS response into this Secret (docs/design.md §3 step 3) and nowhere else.
 
 use std::collections::BTreeMap;
 

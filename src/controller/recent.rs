@@ -23,7 +23,7 @@
 //! the callback up in ENS again.
 //!
 //! The entries live in memory only: a restarted (or newly elected) controller starts empty and
-//! reads everything, which is what the crash-recovery paths of design §3 rely on.
+//! reads everything, which is what the crash-recovery paths of docs/design.md §3 rely on.
 
 use std::{
     collections::HashMap,

@@ -74,7 +74,7 @@ fn backoff_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 
 /// Runs `apply` or `cleanup` behind the finalizer, unless the object is paused; counts the
 /// result and resets the object's backoff on success. Holds one of the tenant's slots
-/// throughout; when they are all taken, requeues soon without reading anything (design §8:
+/// throughout; when they are all taken, requeues soon without reading anything (docs/design.md §8:
 /// one tenant's slow ENS never holds the workers another's reconciles need).
 pub async fn reconcile<K, A, AF, C, CF, P, PF>(
     obj: Arc<K>,

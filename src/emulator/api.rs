@@ -1,5 +1,5 @@
-//! The ENS management routes (`ens-api.md` §3.1–§3.12) with their status codes and the rules
-//! of §9.3. Handlers parse, authorize, and apply the rules to the [`Store`].
+//! The ENS management routes (`docs/ens-protocol.md` §3.1–§3.12) with their status codes and the
+//! rules of §9.3. Handlers parse, authorize, and apply the rules to the [`Store`].
 
 use std::sync::Arc;
 

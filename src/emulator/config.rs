@@ -1,5 +1,5 @@
 //! The emulator's command line (`docs/emulator.md`): credentials, timing knobs and the choices
-//! ENS leaves open (`ens-api.md` §9.3). Parsing only.
+//! ENS leaves open (`docs/ens-protocol.md` §9.3). Parsing only.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,7 +66,8 @@ pub struct Config {
     /// Delay before a new or resumed subscription receives events (ENS: up to 2 min).
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     pub activation_delay: Duration,
-    /// How notifications are signed: `decoded` (mode A) or `text` (mode B), `ens-api.md` §6.2.
+    /// How notifications are signed: `decoded` (mode A) or `text` (mode B),
+    /// `docs/ens-protocol.md` §6.2.
     #[arg(long, value_enum, default_value_t = KeyModeArg::Decoded)]
     pub key_mode: KeyModeArg,
     /// Deadline of one delivery attempt.
@@ -90,7 +91,7 @@ pub struct Config {
     pub max_body_bytes: usize,
 }
 
-/// What the verification window's end does (`ens-api.md` §4.3 leaves it open).
+/// What the verification window's end does (`docs/ens-protocol.md` §4.3 leaves it open).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OnExpiry {
     /// Status becomes `expired`; the URL stays taken until deleted.
@@ -99,7 +100,7 @@ pub enum OnExpiry {
     Delete,
 }
 
-/// What a failed probe does to the callback record (`ens-api.md` §3.1).
+/// What a failed probe does to the callback record (`docs/ens-protocol.md` §3.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OnProbeFailure {
     /// Keep it (what the ENS message implies): the caller must delete it.
@@ -108,7 +109,7 @@ pub enum OnProbeFailure {
     Delete,
 }
 
-/// The answer to a duplicate (`ens-api.md` §8.2).
+/// The answer to a duplicate (`docs/ens-protocol.md` §8.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Duplicate {
     /// 304 with an empty body.
@@ -117,7 +118,7 @@ pub enum Duplicate {
     BadRequest,
 }
 
-/// Retry model (`ens-api.md` §7.1).
+/// Retry model (`docs/ens-protocol.md` §7.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RetryModel {
     /// Current docs: defer failed batches, redeliver at intervals for up to 7 days.
@@ -144,7 +145,7 @@ impl From<KeyModeArg> for KeyMode {
     }
 }
 
-/// All eight ENS scopes (`ens-api.md` §2.1).
+/// All eight ENS scopes (`docs/ens-protocol.md` §2.1).
 pub const ALL_SCOPES: [&str; 8] = [
     "event_notification_callback_create",
     "event_notification_callback_read",

@@ -1,4 +1,4 @@
-//! The delivery engine (`ens-api.md` §5, §7): injected events are matched to active
+//! The delivery engine (`docs/ens-protocol.md` §5, §7): injected events are matched to active
 //! subscriptions by type and filters, queued per callback, batched up to `maxBatchSize`, signed
 //! and POSTed; failures are retried (3 immediate attempts), then deferred on a compressible
 //! schedule (current model) or dropped with suspension (legacy model). Every attempt is logged.
@@ -25,7 +25,7 @@ pub(super) type Queue = mpsc::UnboundedSender<Vec<String>>;
 const LOG_CAP: usize = 50_000;
 
 /// Deferred redelivery intervals (current model): first after 10 min, growing, then shrinking,
-/// until the 7-day horizon; all scaled by `--retry-scale` (`ens-api.md` §7.1).
+/// until the 7-day horizon; all scaled by `--retry-scale` (`docs/ens-protocol.md` §7.1).
 const DEFERRED: [u64; 14] = [
     600, 1_800, 3_600, 7_200, 14_400, 28_800, 57_600, 86_400, 86_400, 57_600, 28_800, 14_400,
     7_200, 3_600,
@@ -131,7 +131,7 @@ fn matches(sub: &SubscriptionRec, event: &Value) -> bool {
 }
 
 /// `name=value`: exact equality on a top-level field, else on `info.<name>`; dotted names are
-/// paths (`ens-api.md` §7.4). A missing field does not match.
+/// paths (`docs/ens-protocol.md` §7.4). A missing field does not match.
 fn filter_matches(filter: &str, event: &Value) -> bool {
     let Some((name, want)) = filter.split_once('=') else {
         return false;

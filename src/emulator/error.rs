@@ -1,5 +1,5 @@
-//! ENS-shaped error answers (`ens-api.md` §2.5): `{"message", "errorcode", "documentation"}`,
-//! or the bare JSON string ENS uses for a failed probe (§3.1).
+//! ENS-shaped error answers (`docs/ens-protocol.md` §2.5): `{"message", "errorcode",
+//! "documentation"}`, or the bare JSON string ENS uses for a failed probe (§3.1).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -94,7 +94,7 @@ impl ApiError {
         }
     }
 
-    /// 304 with an empty body: "already exists" / "no change" (`ens-api.md` §8.2).
+    /// 304 with an empty body: "already exists" / "no change" (`docs/ens-protocol.md` §8.2).
     pub fn not_modified() -> Self {
         Self::new(StatusCode::NOT_MODIFIED, 0, "")
     }
@@ -104,7 +104,7 @@ impl ApiError {
         Self::new(status, 0, message)
     }
 
-    /// The probe failure, as the bare string ENS sends (`ens-api.md` §3.1).
+    /// The probe failure, as the bare string ENS sends (`docs/ens-protocol.md` §3.1).
     pub fn probe_failed(message: String) -> Self {
         Self {
             bare: true,

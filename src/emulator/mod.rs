@@ -1,6 +1,7 @@
-//! A faithful local ENS (`ens-api.md` §9.3, design §5): token endpoint, management API with
-//! ENS's rules, the synchronous verification probe, a signing delivery engine with retries, and
-//! a test API to inject events, inspect state and deliveries, and switch faults on.
+//! A faithful local ENS (`docs/ens-protocol.md` §9.3, docs/design.md §5): token endpoint,
+//! management API with ENS's rules, the synchronous verification probe, a signing delivery engine
+//! with retries, and a test API to inject events, inspect state and deliveries, and switch faults
+//! on.
 //!
 //! One listener serves everything; `serve` runs it on a listener the caller bound (tests use
 //! `127.0.0.1:0`), `run` binds `--listen` and prints `listening on http://ADDR`.

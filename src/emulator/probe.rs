@@ -1,4 +1,5 @@
-//! The synchronous verification probe of callback create (`ens-api.md` §3.1, §4): an unsigned
+//! The synchronous verification probe of callback create (`docs/ens-protocol.md` §3.1, §4): an
+//! unsigned
 //! `POST {callbackId, verificationKey}` that must answer exactly 200 within `--probe-timeout`,
 //! and the `--resolve` host map that lets `https://` URLs reach a local plain-HTTP receiver.
 

@@ -1,5 +1,5 @@
 //! The emulator's account: callbacks, subscriptions and issued tokens, the ENS rules that
-//! govern them (`ens-api.md` §3, §4, §8.1), and their persistence to `--state-file`.
+//! govern them (`docs/ens-protocol.md` §3, §4, §8.1), and their persistence to `--state-file`.
 //!
 //! No network I/O: the probe and deliveries live in `probe.rs` and `delivery.rs`. Times are
 //! Unix milliseconds so the file survives restarts.
@@ -22,9 +22,9 @@ pub const EXPIRED: &str = "expired";
 pub const ACTIVE: &str = "active";
 /// Paused: events are dropped.
 pub const PAUSED: &str = "paused";
-/// Subscriptions per callback (`ens-api.md` §3.8).
+/// Subscriptions per callback (`docs/ens-protocol.md` §3.8).
 pub const MAX_SUBSCRIPTIONS: usize = 200;
-/// Longest accepted callback or subscription name (`ens-api.md` §7.5, emulator choice).
+/// Longest accepted callback or subscription name (`docs/ens-protocol.md` §7.5, emulator choice).
 pub const MAX_NAME: usize = 128;
 
 /// A registered callback.
@@ -193,8 +193,8 @@ pub fn duplicate(config: &Config, what: &str) -> ApiError {
     }
 }
 
-/// Checks a callback URL against `ens-api.md` §8.1: `https://host[/path]`, no port, query,
-/// fragment or userinfo.
+/// Checks a callback URL against `docs/ens-protocol.md` §8.1: `https://host[/path]`, no port,
+/// query, fragment or userinfo.
 pub fn validate_url(raw: &str) -> Result<(), ApiError> {
     let bad = |why: &str| ApiError::bad_request(format!("Invalid callback url `{raw}`: {why}"));
     let rest = raw
@@ -227,7 +227,7 @@ pub fn validate_url(raw: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Checks `maxBatchSize` (100..=1000, `ens-api.md` §3.1) and applies the default.
+/// Checks `maxBatchSize` (100..=1000, `docs/ens-protocol.md` §3.1) and applies the default.
 pub fn batch_size(value: Option<i32>) -> Result<i32, ApiError> {
     match value {
         None => Ok(1000),
@@ -251,7 +251,7 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks event types against the catalogue of `ens-api.md` §5.4.
+/// Checks event types against the catalogue of `docs/ens-protocol.md` §5.4.
 pub fn validate_types(types: &[String]) -> Result<(), ApiError> {
     if types.is_empty() {
         return Err(ApiError::bad_request("eventCategoryTypes is required"));
@@ -267,7 +267,7 @@ pub fn validate_types(types: &[String]) -> Result<(), ApiError> {
     }
 }
 
-/// Checks `name=value` filters (`ens-api.md` §7.4).
+/// Checks `name=value` filters (`docs/ens-protocol.md` §7.4).
 pub fn validate_filters(filters: &[String]) -> Result<(), ApiError> {
     match filters
         .iter()

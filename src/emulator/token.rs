@@ -1,5 +1,5 @@
-//! `POST /v2/token`: OAuth2 client credentials (`ens-api.md` §2.2, §2.3) and the bearer check
-//! every management route runs.
+//! `POST /v2/token`: OAuth2 client credentials (`docs/ens-protocol.md` §2.2, §2.3) and the bearer
+//! check every management route runs.
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
-//! OAuth2 client credentials against `{auth base}/v2/token` (`ens-api.md` §2) and the token
-//! cache: one token per tenant (auth base URL, client id, account id and client secret), shared
-//! by every caller and refreshed shortly before `expires_in` runs out. Both endpoints pass the
-//! [`EndpointPolicy`] first.
+//! OAuth2 client credentials against `{auth base}/v2/token` (`docs/ens-protocol.md` §2) and the
+//! token cache: one token per tenant (auth base URL, client id, account id and client secret),
+//! shared by every caller and refreshed shortly before `expires_in` runs out. Both endpoints pass
+//! the [`EndpointPolicy`] first.
 //!
 //! Never logs or formats a secret or token: both are wrapped in types whose `Debug` is `***`.
 
@@ -20,7 +20,7 @@ use super::error::EnsError;
 /// Route label of the token call.
 pub const TOKEN_ROUTE: &str = "POST /v2/token";
 
-/// How long before expiry a cached token is replaced (`ens-api.md` §9.1).
+/// How long before expiry a cached token is replaced (`docs/ens-protocol.md` §9.1).
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
 /// An installed package's client secret. `Debug` and `Display` print `***`.

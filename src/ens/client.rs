@@ -1,5 +1,5 @@
-//! Typed calls for every ENS management route (`ens-api.md` §3), over one shared HTTP client
-//! and token cache.
+//! Typed calls for every ENS management route (`docs/ens-protocol.md` §3), over one shared HTTP
+//! client and token cache.
 //!
 //! Each call gets a token, sends once, and on 401 sends exactly once more with a fresh token. It
 //! runs in a `ens.call` span with the route label and the status; bodies are never logged.
@@ -152,8 +152,8 @@ impl EnsClient {
         })
     }
 
-    /// Registers a callback; ENS probes the URL before answering (`ens-api.md` §3.1). A probe
-    /// failure is [`EnsError::BadRequest`] with [`EnsError::is_probe_failure`], and usually
+    /// Registers a callback; ENS probes the URL before answering (`docs/ens-protocol.md` §3.1). A
+    /// probe failure is [`EnsError::BadRequest`] with [`EnsError::is_probe_failure`], and usually
     /// leaves a callback record behind.
     pub async fn create_callback(
         &self,
@@ -218,8 +218,8 @@ impl EnsClient {
         deleted(self.call(c, &DELETE_CALLBACK, path, None::<&()>).await)
     }
 
-    /// Verifies a callback with the key its probe delivered (`ens-api.md` §3.6). A wrong id or
-    /// key is [`EnsError::NotFound`].
+    /// Verifies a callback with the key its probe delivered (`docs/ens-protocol.md` §3.6). A wrong
+    /// id or key is [`EnsError::NotFound`].
     pub async fn verify_callback(
         &self,
         c: &Credentials,
@@ -235,7 +235,8 @@ impl EnsClient {
             .map(drop)
     }
 
-    /// Replaces a callback's signature key; the old key stops signing (`ens-api.md` §3.7).
+    /// Replaces a callback's signature key; the old key stops signing
+    /// (`docs/ens-protocol.md` §3.7).
     pub async fn regenerate_key(
         &self,
         c: &Credentials,
@@ -249,7 +250,7 @@ impl EnsClient {
             .one()
     }
 
-    /// Subscribes a verified callback to event types (`ens-api.md` §3.8).
+    /// Subscribes a verified callback to event types (`docs/ens-protocol.md` §3.8).
     pub async fn create_subscription(
         &self,
         c: &Credentials,
@@ -299,7 +300,7 @@ impl EnsClient {
         }
     }
 
-    /// Replaces a subscription's state, including pause/resume (`ens-api.md` §3.11).
+    /// Replaces a subscription's state, including pause/resume (`docs/ens-protocol.md` §3.11).
     pub async fn update_subscription(
         &self,
         c: &Credentials,

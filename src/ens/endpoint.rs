@@ -2,7 +2,7 @@
 //! `authBaseUrl` and the `rest_instance_url` of the token answer must be `https://host[:port]`
 //! (no userinfo, path, query or fragment) on an allowed host. Anything else is refused before a
 //! request is sent, so a tenant cannot aim the controller, with its credentials and network
-//! position, at an arbitrary URL (design §8).
+//! position, at an arbitrary URL (docs/design.md §8).
 //!
 //! Pure: no I/O.
 
@@ -123,7 +123,7 @@ impl EndpointPolicy {
     }
 
     /// The checked REST base. ENS sends `rest_instance_url` with or without scheme
-    /// (`ens-api.md` §2.3): without one, `https://` is assumed.
+    /// (`docs/ens-protocol.md` §2.3): without one, `https://` is assumed.
     pub fn rest_base(&self, raw: &str) -> Result<String, EndpointRefused> {
         let raw = raw.trim();
         let with_scheme = if raw.contains("://") {

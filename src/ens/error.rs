@@ -1,4 +1,4 @@
-//! How an ENS call can fail, classified for retry policy (`ens-api.md` §2.5, §3).
+//! How an ENS call can fail, classified for retry policy (`docs/ens-protocol.md` §2.5, §3).
 //!
 //! Every variant names the route it came from and keeps ENS's own error text, bounded
 //! ([`MAX_MESSAGE`] characters, control characters dropped) and only from an ENS-shaped JSON
@@ -181,8 +181,9 @@ impl EnsError {
         }
     }
 
-    /// Whether this is the synchronous probe failure of callback create (`ens-api.md` §3.1): a
-    /// callback record was probably left behind and must be found by URL and deleted.
+    /// Whether this is the synchronous probe failure of callback create
+    /// (`docs/ens-protocol.md` §3.1): a callback record was probably left behind and must be found
+    /// by URL and deleted.
     pub fn is_probe_failure(&self) -> bool {
         matches!(self, Self::BadRequest { message, .. } if message.contains(PROBE_FAILURE))
     }
@@ -267,7 +268,7 @@ impl EnsError {
     }
 }
 
-/// The reason-string prefix of a failed verification probe (`ens-api.md` §3.1).
+/// The reason-string prefix of a failed verification probe (`docs/ens-protocol.md` §3.1).
 pub const PROBE_FAILURE: &str = "MCMS_UWH_Runtime_GeneralFailure_probeCallbackLiveness";
 
 /// Longest error text kept from a response body, in characters: enough for ENS's longest
@@ -276,8 +277,8 @@ pub const PROBE_FAILURE: &str = "MCMS_UWH_Runtime_GeneralFailure_probeCallbackLi
 pub const MAX_MESSAGE: usize = 512;
 
 /// ENS error bodies come as `{"message": ...}`, `{"error": ..., "error_description": ...}` or a
-/// bare JSON string (`ens-api.md` §2.3, §2.5, §3.1); this extracts the text. Anything else is
-/// not ENS's and yields no text (the status code speaks for it).
+/// bare JSON string (`docs/ens-protocol.md` §2.3, §2.5, §3.1); this extracts the text. Anything
+/// else is not ENS's and yields no text (the status code speaks for it).
 fn error_text(body: &[u8]) -> String {
     let text = match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(serde_json::Value::String(s)) => s,

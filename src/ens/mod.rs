@@ -17,7 +17,7 @@ pub use wire::{
     Subscription, SubscriptionState, SubscriptionUpdate, Updated,
 };
 
-/// Every documented `eventCategoryType` (`ens-api.md` §5.4).
+/// Every documented `eventCategoryType` (`docs/ens-protocol.md` §5.4).
 pub const EVENT_TYPES: &[&str] = &[
     "TransactionalSendEvents.EmailSent",
     "TransactionalSendEvents.EmailNotSent",

@@ -1,7 +1,7 @@
-//! Notification signing, `ens-api.md` §6: `x-sfmc-ens-signature` is the base64 HMAC-SHA256 of
-//! the raw body. Which bytes the `signatureKey` stands for is an open question (§6.2), so the
-//! verifier tries the base64-decoded key (mode A) first and the key's UTF-8 text (mode B) second,
-//! and reports which matched.
+//! Notification signing, `docs/ens-protocol.md` §6: `x-sfmc-ens-signature` is the base64
+//! HMAC-SHA256 of the raw body. Which bytes the `signatureKey` stands for is an open question
+//! (§6.2), so the verifier tries the base64-decoded key (mode A) first and the key's UTF-8 text
+//! (mode B) second, and reports which matched.
 //!
 //! Pure: no I/O. Keys never appear in `Debug` output.
 
@@ -42,7 +42,7 @@ impl std::fmt::Debug for SignatureKey {
     }
 }
 
-/// How the `signatureKey` text becomes HMAC key bytes (`ens-api.md` §6.2).
+/// How the `signatureKey` text becomes HMAC key bytes (`docs/ens-protocol.md` §6.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeyMode {
     /// A: the base64-decoded key (what every live-tested integration does; the default).
@@ -145,7 +145,7 @@ pub fn verify(
 mod tests {
     use super::*;
 
-    // ens-api.md §6.4.
+    // docs/ens-protocol.md §6.4.
     const KEY: &str = "V27FXfqI3DnhfQW1bhFDeJixpt8eDAY5R24UJI3cK6M=";
     const BODY1: &str = r#"[{"eventCategoryType":"TransactionalSendEvents.EmailSent","timestampUTC":1600698608530,"definitionKey":"makana-appt","mid":1447640,"eid":1447640,"info":{"to":"user@example.com","subscriberKey":"sk-1","messageKey":"f2b21aa0-fc16-11ea-9bc1-fbf804a5a66e","status":"Sent"}}]"#;
     const V1_A: &str = "ngOcFiUkdp0NBnJRb8hFH2Al99ovJrayTbVFNu7BrLo=";

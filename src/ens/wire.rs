@@ -1,5 +1,5 @@
-//! The JSON shapes of the ENS management API (`ens-api.md` §3), shared by the client and the
-//! emulator. Field names are ENS's camelCase; unknown fields are ignored.
+//! The JSON shapes of the ENS management API (`docs/ens-protocol.md` §3), shared by the client and
+//! the emulator. Field names are ENS's camelCase; unknown fields are ignored.
 //!
 //! Pure data: no I/O. The only secret here, `signatureKey`, is a [`SignatureKey`] whose `Debug`
 //! prints `***`.
@@ -36,7 +36,7 @@ pub struct CreatedCallback {
     /// Events per notification (regenerate omits it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_size: Option<i32>,
-    /// The HMAC key notifications are signed with (`ens-api.md` §6).
+    /// The HMAC key notifications are signed with (`docs/ens-protocol.md` §6).
     #[serde(
         deserialize_with = "signature_key_de",
         serialize_with = "signature_key_ser"
@@ -59,7 +59,7 @@ pub struct Callback {
     /// Events per notification.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_size: Option<i32>,
-    /// `"verified"` once verified; anything else means not ready (`ens-api.md` §3.3).
+    /// `"verified"` once verified; anything else means not ready (`docs/ens-protocol.md` §3.3).
     #[serde(default)]
     pub status: String,
     /// `"none"`, `""` or absent when healthy.
@@ -122,9 +122,9 @@ pub struct NewSubscription {
     pub callback_id: String,
     /// Unique name.
     pub subscription_name: String,
-    /// `Category.Type` strings (`ens-api.md` §5.4).
+    /// `Category.Type` strings (`docs/ens-protocol.md` §5.4).
     pub event_category_types: Vec<String>,
-    /// `name=value` strings, all of which must match (`ens-api.md` §7.4).
+    /// `name=value` strings, all of which must match (`docs/ens-protocol.md` §7.4).
     #[serde(default)]
     pub filters: Vec<String>,
 }
@@ -178,7 +178,7 @@ pub struct SubscriptionUpdate {
 pub enum SubscriptionState {
     /// Delivering events.
     Active,
-    /// Events are dropped (not queued) while paused (`ens-api.md` §7.2).
+    /// Events are dropped (not queued) while paused (`docs/ens-protocol.md` §7.2).
     Paused,
     /// A value this client does not know.
     Other(String),
@@ -264,8 +264,8 @@ fn signature_key_ser<S: Serializer>(key: &SignatureKey, s: S) -> Result<S::Ok, S
     s.serialize_str(key.expose())
 }
 
-/// ENS wraps most bodies in a one-element array (`ens-api.md` §3.0); this accepts that or a bare
-/// object.
+/// ENS wraps most bodies in a one-element array (`docs/ens-protocol.md` §3.0); this accepts that or
+/// a bare object.
 #[derive(Deserialize)]
 #[serde(untagged)]
 pub(crate) enum OneOrMany<T> {

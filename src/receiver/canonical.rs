@@ -72,7 +72,8 @@ impl Text<'_> {
 }
 
 impl Node<'_> {
-    /// Epoch milliseconds from an integer or a numeric string (ENS families differ, §5.5.4).
+    /// Epoch milliseconds from an integer or a numeric string (ENS families differ,
+    /// docs/ens-protocol.md §5.5.4).
     pub fn epoch_millis(&self) -> Option<i64> {
         match self {
             Self::U64(n) => i64::try_from(*n).ok(),

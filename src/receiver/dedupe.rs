@@ -1,5 +1,5 @@
 //! A bounded memory of recently acknowledged CloudEvent ids, so ENS's at-least-once redeliveries
-//! (`ens-api.md` §5.2) are dropped (and still acknowledged) instead of forwarded again.
+//! (`docs/ens-protocol.md` §5.2) are dropped (and still acknowledged) instead of forwarded again.
 //!
 //! Best effort: bounded, in memory, per process. Downstream must still dedupe by source and id.
 //!

@@ -1,5 +1,6 @@
-//! ENS events as CloudEvents: parsing a notification batch tolerantly (`ens-api.md` §5.3, §9.2)
-//! and giving each event a deterministic id, type, source and time.
+//! ENS events as CloudEvents: parsing a notification batch tolerantly
+//! (`docs/ens-protocol.md` §5.3, §9.2) and giving each event a deterministic id, type, source and
+//! time.
 //!
 //! Pure: no I/O.
 //!

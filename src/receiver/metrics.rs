@@ -27,7 +27,7 @@ pub struct ReasonLabel {
 /// Which key (current/previous) and key mode (decoded/text) verified a batch.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyMatchLabel {
-    /// `decoded` (mode A) or `text` (mode B), `ens-api.md` §6.2.
+    /// `decoded` (mode A) or `text` (mode B), `docs/ens-protocol.md` §6.2.
     pub mode: &'static str,
     /// `current` or `previous`.
     pub key: &'static str,
@@ -94,7 +94,7 @@ impl Metrics {
         );
         registry.register(
             "ens_receiver_signature_key_matches",
-            "Accepted signatures by key mode (ens-api.md 6.2) and key slot",
+            "Accepted signatures by key mode (docs/ens-protocol.md §6.2) and key slot",
             m.key_matches.clone(),
         );
         registry.register(

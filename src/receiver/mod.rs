@@ -1,4 +1,4 @@
-//! The companion receiver (design §4): serves callback URLs, captures verification probes,
+//! The companion receiver (docs/design.md §4): serves callback URLs, captures verification probes,
 //! verifies notification signatures and hands events off durably before acknowledging them.
 //!
 //! Standalone, routes come from `--route`/`--expect-probe`; in a cluster, from route Secrets

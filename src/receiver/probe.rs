@@ -1,12 +1,12 @@
-//! The verification probe (`ens-api.md` §4): recognising `{callbackId, verificationKey}` and
-//! handing it to whoever calls `ens-verify`.
+//! The verification probe (`docs/ens-protocol.md` §4): recognising `{callbackId, verificationKey}`
+//! and handing it to whoever calls `ens-verify`.
 //!
 //! The probe is answered 200 only after the hand-off succeeded, so a lost key shows up as a
 //! failed ENS create instead of a silently unverifiable callback. The hand-off is bounded by
 //! [`HANDOFF_TIMEOUT`] (ENS waits 30 s); it normally takes milliseconds. Standalone, the probe is
 //! printed to stdout as one JSON line and, with `--probe-dir`, written to
 //! `<dir>/<callbackId>.json` (fsync'd). In a cluster it is server-side applied to the Secret
-//! `<route secret>-probe` that the controller reads (design §3 step 4).
+//! `<route secret>-probe` that the controller reads (docs/design.md §3 step 4).
 
 use std::path::PathBuf;
 use std::time::Duration;

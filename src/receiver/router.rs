@@ -2,8 +2,8 @@
 //! controller checks before asking ENS to probe one), and every other path as a callback route.
 //!
 //! A notification is acknowledged (200) only after its events were handed off (sink 2xx or
-//! spool fsync); every failure to do so is a 503 so ENS retries (anchors §4: never 200 for
-//! something dropped). Duplicates of recently acknowledged events are dropped but acknowledged.
+//! spool fsync); every failure to do so is a 503 so ENS retries (docs/design.md §10.3: never 200
+//! for something dropped). Duplicates of recently acknowledged events are dropped but acknowledged.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -24,7 +24,8 @@ pub struct Route {
 }
 
 impl Route {
-    /// Whether a probe for `callback_id` may be accepted on this route (`ens-api.md` §6.5).
+    /// Whether a probe for `callback_id` may be accepted on this route
+    /// (`docs/ens-protocol.md` §6.5).
     pub fn accepts_probe(&self, callback_id: &str) -> bool {
         self.expect_probe
             && self

@@ -1,5 +1,6 @@
-//! Deciding what a request on a callback route is (`ens-api.md` §9.2): an expected verification
-//! probe, a correctly signed notification batch, or something to refuse, with the status code.
+//! Deciding what a request on a callback route is (`docs/ens-protocol.md` §9.2): an expected
+//! verification probe, a correctly signed notification batch, or something to refuse, with the
+//! status code.
 //!
 //! Pure: no I/O. Rejections carry no key material, so their text is safe in logs and bodies.
 

@@ -1,4 +1,4 @@
-//! Delivery contract (`ens-api.md` §5–§7): signing vectors, escaping, filters, batching,
+//! Delivery contract (`docs/ens-protocol.md` §5–§7): signing vectors, escaping, filters, batching,
 //! retries, pausing, faults.
 
 use std::time::Duration;
@@ -12,7 +12,7 @@ use crate::harness::{Env, event};
 const SENT: &str = "TransactionalSendEvents.EmailSent";
 const BOUNCED: &str = "TransactionalSendEvents.EmailBounced";
 
-// ens-api.md §6.4.
+// docs/ens-protocol.md §6.4.
 const DOC_KEY: &str = "V27FXfqI3DnhfQW1bhFDeJixpt8eDAY5R24UJI3cK6M=";
 const BODY1: &str = r#"[{"eventCategoryType":"TransactionalSendEvents.EmailSent","timestampUTC":1600698608530,"definitionKey":"makana-appt","mid":1447640,"eid":1447640,"info":{"to":"user@example.com","subscriberKey":"sk-1","messageKey":"f2b21aa0-fc16-11ea-9bc1-fbf804a5a66e","status":"Sent"}}]"#;
 const V1_A: &str = "ngOcFiUkdp0NBnJRb8hFH2Al99ovJrayTbVFNu7BrLo=";

@@ -1,4 +1,4 @@
-//! The endpoint policy (design §8): a tenant's `authBaseUrl` and the token's
+//! The endpoint policy (docs/design.md §8): a tenant's `authBaseUrl` and the token's
 //! `rest_instance_url` are called only when they are `https://host[:port]` on an allowed host
 //! (http only with the emulator flag), redirects are not followed, a foreign body never reaches
 //! an error's text, and a token request has its own timeout.

@@ -41,7 +41,7 @@ pub struct Script {
     pub default_status: u16,
     /// Delay before answering.
     pub delay: Duration,
-    /// Verify from inside the probe handler (like SAS, `ens-api.md` §3.1).
+    /// Verify from inside the probe handler (like SAS, `docs/ens-protocol.md` §3.1).
     pub verify_in_probe: Option<(EnsClient, Credentials)>,
 }
 
@@ -212,15 +212,16 @@ impl Env {
         cb
     }
 
+    /// `GET` on the emulator; anything but a 2xx fails the test.
     pub async fn emu_get(&self, path: &str) -> Value {
-        self.http
+        let r = self
+            .http
             .get(format!("{}{path}", self.emulator))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
     }
 
     pub async fn emu_send(&self, method: reqwest::Method, path: &str, body: Value) -> u16 {
@@ -292,11 +293,13 @@ impl Env {
         records
     }
 
-    /// Calls per route from the emulator's counters.
+    /// Calls of `route` from the emulator's counters (a route never called has no key).
     pub async fn calls(&self, route: &str) -> u64 {
-        self.emu_get("/emulator/v1/stats").await["calls"][route]
-            .as_u64()
-            .unwrap_or(0)
+        let stats = self.emu_get("/emulator/v1/stats").await;
+        let calls = stats["calls"]
+            .as_object()
+            .unwrap_or_else(|| panic!("stats without calls: {stats}"));
+        calls.get(route).map_or(0, |n| n.as_u64().unwrap())
     }
 }
 

@@ -1,5 +1,5 @@
 //! Bad inputs get ENS-shaped errors (never a panic), the inspection API, and the emulator as a
-//! separate process started from its documented command line.
+//! separate process started from its documented command line. Sections: `docs/ens-protocol.md`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

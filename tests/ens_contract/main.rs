@@ -1,5 +1,5 @@
 //! Contract suite: the real ENS client against the emulator, one test per documented behaviour
-//! of `shared/ens-api.md` (section numbers in each test's doc line).
+//! of `docs/ens-protocol.md` (section numbers in each test's doc line).
 
 mod delivery;
 mod endpoints;

@@ -1,4 +1,4 @@
-//! Tokens, scopes, throttling and timeouts (`ens-api.md` §2, §2.5, §9.1).
+//! Tokens, scopes, throttling and timeouts (`docs/ens-protocol.md` §2, §2.5, §9.1).
 
 use std::time::Duration;
 

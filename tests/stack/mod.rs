@@ -379,16 +379,16 @@ impl Stack {
         }
     }
 
-    /// `GET` on the emulator's test API.
+    /// `GET` on the emulator's test API; anything but a 2xx fails the test.
     pub async fn emulator_get(&self, path: &str) -> Value {
-        self.http
+        let r = self
+            .http
             .get(format!("{}/emulator/v1/{path}", self.emulator.url))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
     }
 
     /// A request with a JSON body on the emulator's test API.
@@ -413,9 +413,11 @@ impl Stack {
             .unwrap_or_default()
     }
 
-    /// Calls per route since the last reset.
+    /// Calls per route since the last reset (a route never called has no key).
     pub async fn calls(&self) -> Value {
-        self.emulator_get("stats").await["calls"].clone()
+        let stats = self.emulator_get("stats").await;
+        assert!(stats["calls"].is_object(), "stats without calls: {stats}");
+        stats["calls"].clone()
     }
 
     /// The callback URL for `path`.

@@ -1,6 +1,6 @@
 //! Carries out a callback plan's step against ENS and the API server, with an Event for every
 //! remote mutation. The signature key goes from the ENS response straight into the key Secret,
-//! before the callback id is recorded on the object (design §3 step 3).
+//! before the callback id is recorded on the object (docs/design.md §3 step 3).
 
 use std::time::Instant;
 
@@ -356,7 +356,7 @@ fn remember(ctx: &Context, obj: &EnsCallback, c: &Credentials, at: Instant, cb: 
     }
 }
 
-/// ENS reports a new callback unverified until `ens-verify` (`ens-api.md` §3.1); `decide`
+/// ENS reports a new callback unverified until `ens-verify` (`docs/ens-protocol.md` §3.1); `decide`
 /// only tells `verified` (and `expired`) from anything else.
 const JUST_CREATED: &str = "unverified";
 

@@ -1,11 +1,12 @@
-//! Chooses the next lifecycle step of an `EnsCallback` (design §3) and the status that describes
-//! it. Pure: no client, no clock — everything it needs is in [`Observed`] and `now`. Each plan has
-//! at most one mutating step; the next reconcile observes its effect before taking another.
+//! Chooses the next lifecycle step of an `EnsCallback` (docs/design.md §3) and the status that
+//! describes it. Pure: no client, no clock — everything it needs is in [`Observed`] and `now`. Each
+//! plan has at most one mutating step; the next reconcile observes its effect before taking
+//! another.
 //!
 //! The decision runs in phases, each settling the plan or handing on: `guards` (whose the URL,
-//! credentials, key Secret and remote callback are: design §8), `route` (keys and receiver route
-//! before any ENS call), `registration` (create, record or adopt), `verification` (within ENS's
-//! window) and `steady` (rotation, drift, Ready).
+//! credentials, key Secret and remote callback are: docs/design.md §8), `route` (keys and receiver
+//! route before any ENS call), `registration` (create, record or adopt), `verification` (within
+//! ENS's window) and `steady` (rotation, drift, Ready).
 
 #![allow(
     clippy::result_large_err,

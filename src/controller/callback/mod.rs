@@ -1,5 +1,5 @@
-//! The `EnsCallback` reconciler: observe → decide → act (design §3), behind the finalizer that
-//! deletes the remote callback (subscriptions first) before the object goes.
+//! The `EnsCallback` reconciler: observe → decide → act (docs/design.md §3), behind the finalizer
+//! that deletes the remote callback (subscriptions first) before the object goes.
 
 pub mod act;
 pub mod decide;
@@ -228,7 +228,7 @@ async fn delete_own(
     };
     match outcome {
         Ok(()) => Ok(()),
-        // Refused credentials must not block deletion forever (anchors §4.5).
+        // Refused credentials must not block deletion forever (docs/design.md §10.5).
         Err(Error::Ens { source, op }) if source.refuses_credentials() => {
             let left = match &id {
                 Some(id) => format!("ENS callback {id} was NOT deleted"),

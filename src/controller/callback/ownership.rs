@@ -1,4 +1,4 @@
-//! Whether a callback ENS holds is this object's to act on (design §8): checked before any
+//! Whether a callback ENS holds is this object's to act on (docs/design.md §8): checked before any
 //! mutation of it, by reconcile and by cleanup alike. A callback id on the object is only an
 //! annotation anyone with edit rights can write; what ENS holds under it decides.
 //!

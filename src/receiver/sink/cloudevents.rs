@@ -193,7 +193,7 @@ impl HttpSink {
 }
 
 /// An attribute as a binary-mode header value: space, `"`, `%` and everything outside printable
-/// ASCII percent-encoded (CloudEvents HTTP binding §3.1.3.2). ENS types are plain ASCII and pass
+/// ASCII percent-encoded (CloudEvents HTTP binding, section 3.1.3.2). ENS types are plain ASCII and pass
 /// as they are; unencoded, a type with a control character made a request reqwest refuses, and
 /// the batch was answered 503 on every retry (and, spooled, blocked the records behind it).
 fn header_value(v: &str) -> Cow<'_, str> {

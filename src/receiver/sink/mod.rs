@@ -1,4 +1,4 @@
-//! Hand-off of verified events before the acknowledgement (design §4, anchors §4: never 200 for
+//! Hand-off of verified events before the acknowledgement (docs/design.md §4, §10.3: never 200 for
 //! something dropped): straight to an HTTP CloudEvents sink, or into the durable spool that a
 //! forwarder drains to that sink.
 

@@ -1,5 +1,5 @@
-//! The durable spool (design §4): accepted batches are appended to segment files and fsync'd
-//! before ENS gets its 200; a forwarder ([`forward`]) drains them to the HTTP sink.
+//! The durable spool (docs/design.md §4): accepted batches are appended to segment files and
+//! fsync'd before ENS gets its 200; a forwarder ([`forward`]) drains them to the HTTP sink.
 //!
 //! Appends commit in groups: an appender writes its frame under the state lock, then waits until
 //! the frame is durable. One sync loop at a time, on a blocking thread started by the appender
