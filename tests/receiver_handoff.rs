@@ -91,12 +91,14 @@ async fn batched_mode_answers_503_at_the_budget_and_the_retry_completes() {
     let body = batch("batched", 20);
     assert_eq!(post(&rx, &body).await, 503);
     assert_eq!(metric_of(&rx, BUDGET_503).await, 1.0);
-    assert_eq!(sink.started(), 1, "one request for the batch");
+    assert!(sink.started() <= 1, "one request for the batch");
     sink.set_delay(Duration::ZERO);
     assert_eq!(post(&rx, &body).await, 200);
     assert_eq!(metric_of(&rx, BUDGET_503).await, 1.0);
-    // The cut-off request may still land (a batch is all or nothing): at most two copies.
-    assert_eq!(sink.started(), 2);
+    // The retry's request was taken; the cut-off one may still land (a batch is all or
+    // nothing, the sink dedupes by id): at most two requests, never one per event.
+    assert!(sink.accepted_len() >= 1);
+    assert!(sink.started() <= 2, "{} requests", sink.started());
 }
 
 #[tokio::test]
