@@ -7,9 +7,13 @@
 //! body. Beside it, in the same run and on the same bodies: the in-process limit (HMAC
 //! verification + a JSON parse, no HTTP, 1 thread and one per core), the receiver's own request
 //! pipeline in-process (signature check + batch parse + CloudEvent ids, no HTTP), and the peer:
-//! a minimal Express receiver (`bench/peer/server.js`) doing the same raw-body HMAC check. And
+//! a minimal Express receiver (`bench/peer/server.js`) doing the same raw-body HMAC check, and
+//! a Go `net/http` one (`bench/peer-go`, the same check, `encoding/json`). And
 //! the HTTP floor: this harness as a bare hyper server answering 200 without any work, the
 //! ceiling for any HTTP/1.1 receiver on the machine (where per-request costs dominate, batch 1).
+//! And the CPU floor per event: two SHA-256 passes over the body in process (the HMAC and the
+//! CloudEvent id each hash the event's bytes once), which the receiver's CPU per event is
+//! reported against.
 //!
 //! Figures that matter are ratios measured in the same run; the machine is shared and noisy, so
 //! `--full` repeats every measurement in interleaved rounds and reports the median round.
@@ -18,7 +22,11 @@
 //!       [--concurrency 8] [--duration 10s] [--warmup 2s] [--rounds 3]
 //!       [--targets discard,batched,binary,spool,peer,floor] [--sweep 1,4,16,64]
 //!   cargo bench --bench receiver -- --replot DIR   # tables and plots again from DIR/receiver.json
+//!   cargo bench --bench receiver -- --short|--full --part ack [--batches ..] [--latencies 0,5,20,50]
+//!       [--repeats 9]   # acknowledgement time against sink latency per hand-off mode (`ack`)
 
+#[path = "receiver/ack.rs"]
+mod ack;
 mod support;
 
 use std::net::SocketAddr;
@@ -79,18 +87,21 @@ enum Target {
     Spool,
     /// `bench/peer/server.js` (Express).
     Peer,
+    /// `bench/peer-go` (Go `net/http`).
+    GoPeer,
     /// This harness as a bare hyper server that reads the body and answers 200, no work: what
     /// HTTP/1.1 alone costs on this machine, the ceiling for any HTTP receiver.
     Floor,
 }
 
 impl Target {
-    const ALL: [Target; 6] = [
+    const ALL: [Target; 7] = [
         Self::Discard,
         Self::Batched,
         Self::Binary,
         Self::Spool,
         Self::Peer,
+        Self::GoPeer,
         Self::Floor,
     ];
 
@@ -99,7 +110,9 @@ impl Target {
             .into_iter()
             .find(|t| t.key() == s)
             .unwrap_or_else(|| {
-                panic!("unknown target {s:?} (discard, batched, binary, spool, peer, floor)")
+                panic!(
+                    "unknown target {s:?} (discard, batched, binary, spool, peer, go-peer, floor)"
+                )
             })
     }
 
@@ -110,6 +123,7 @@ impl Target {
             Self::Binary => "binary",
             Self::Spool => "spool",
             Self::Peer => "peer",
+            Self::GoPeer => "go-peer",
             Self::Floor => "floor",
         }
     }
@@ -121,12 +135,13 @@ impl Target {
             Self::Binary => "receiver, HTTP sink (binary, default)",
             Self::Spool => "receiver, fsync'd spool",
             Self::Peer => "Express peer",
+            Self::GoPeer => "Go net/http peer",
             Self::Floor => "HTTP floor (hyper, no work)",
         }
     }
 
     fn is_receiver(self) -> bool {
-        !matches!(self, Self::Peer | Self::Floor)
+        !matches!(self, Self::Peer | Self::GoPeer | Self::Floor)
     }
 
     /// Its colour in the plots (after the in-process series' four).
@@ -211,6 +226,11 @@ fn main() {
     std::fs::create_dir_all(&work).expect("work dir");
     let key_file = work.join("bench.key");
     std::fs::write(&key_file, KEY).expect("key file");
+    if opts.get("part") == Some("ack") {
+        ack::run(&opts, &work, &key_file);
+        let _ = std::fs::remove_dir_all(&work);
+        return;
+    }
     let machine = support::machine_note();
     eprintln!(
         "receiver bench ({:?}): batches {batches:?}, concurrency {concurrency}, {duration:?} per run after {warmup:?} warm-up, {rounds} round(s); {machine}",
@@ -228,7 +248,17 @@ fn main() {
         sink_url: sink.url.clone(),
         sink_stats: sink.stats.clone(),
         peer: targets.contains(&Target::Peer).then(peer_command).flatten(),
+        go_peer: targets
+            .contains(&Target::GoPeer)
+            .then(go_peer_command)
+            .flatten(),
     };
+    if targets.contains(&Target::GoPeer) && env.go_peer.is_none() {
+        panic!(
+            "the Go peer is not built: run scripts/bench.sh (it builds bench/peer-go into \
+             ~/.cache/ens-operator), or set ENS_BENCH_GO_PEER, or leave go-peer out of --targets"
+        );
+    }
     if targets.contains(&Target::Peer) && env.peer.is_none() {
         panic!(
             "the Express peer needs node and its modules: run scripts/bench.sh (npm ci into \
@@ -261,6 +291,14 @@ fn main() {
                     limit_step,
                 ));
             }
+            limits.push(in_process(
+                round,
+                "floor",
+                &bodies,
+                1,
+                in_process_time,
+                floor_step,
+            ));
             for threads in [1, cores] {
                 limits.push(in_process(
                     round,
@@ -307,7 +345,7 @@ fn main() {
         }
         if batch == 100 {
             for &c in &sweep {
-                for target in [Target::Discard, Target::Peer] {
+                for target in [Target::Discard, Target::Peer, Target::GoPeer] {
                     if targets.contains(&target) {
                         let mut run = rt.block_on(load(
                             &env,
@@ -463,6 +501,15 @@ fn limit_step(keys: &[SignatureKey], _route: &Route, b: &Body) {
     signing::verify(keys, Some(&b.sig), &b.bytes).expect("signature verifies");
     let v: Value = serde_json::from_slice(&b.bytes).expect("JSON");
     std::hint::black_box(v);
+}
+
+/// The CPU floor per event: two SHA-256 passes over the body (the HMAC hashes the raw body once,
+/// the CloudEvent id hashes each event's canonical JSON once: about the same bytes).
+fn floor_step(_keys: &[SignatureKey], _route: &Route, b: &Body) {
+    use sha2::{Digest, Sha256};
+    let first = Sha256::digest(&b.bytes);
+    let second = Sha256::digest(&b.bytes);
+    std::hint::black_box((first, second));
 }
 
 /// The receiver's request pipeline without HTTP: classify (signature, batch parse, CloudEvents).
@@ -631,6 +678,14 @@ struct Env {
     sink_stats: Arc<SinkStats>,
     /// `node server.js` with NODE_PATH set, if node and the modules are there.
     peer: Option<(String, PathBuf)>,
+    /// The built `bench/peer-go` binary, if there.
+    go_peer: Option<PathBuf>,
+}
+
+/// The Go peer's binary: `ENS_BENCH_GO_PEER` (scripts/bench.sh builds it and sets it).
+fn go_peer_command() -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os("ENS_BENCH_GO_PEER")?);
+    path.is_file().then_some(path)
 }
 
 /// `node` and the peer's `node_modules`.
@@ -660,6 +715,11 @@ fn start_target(env: &Env, target: Target, log: &Path) -> (Proc, Option<PathBuf>
             let mut cmd = Command::new(std::env::current_exe().expect("own path"));
             cmd.arg(FLOOR_FLAG);
             (Proc::spawn("http floor", cmd, log, true), None)
+        }
+        Target::GoPeer => {
+            let mut cmd = Command::new(env.go_peer.as_ref().expect("Go peer available"));
+            cmd.arg(&env.key_file).arg(PATH).env("GOMAXPROCS", "2");
+            (Proc::spawn("go peer", cmd, log, true), None)
         }
         Target::Peer => {
             let (node, modules) = env.peer.as_ref().expect("peer available");
@@ -1119,6 +1179,7 @@ impl Report<'_> {
         ]);
         for b in self.batches() {
             for (what, threads, label) in [
+                ("floor", 1, "CPU floor: two SHA-256 passes"),
                 ("limit", 1, "limit: HMAC + JSON parse"),
                 ("limit", self.cores, "limit: HMAC + JSON parse"),
                 (
@@ -1155,6 +1216,9 @@ impl Report<'_> {
             "HTTP floor events/s ÷ limit",
             "events/s ÷ Express peer",
             "peer CPU/event ÷ receiver CPU/event",
+            "events/s ÷ Go peer",
+            "Go peer CPU/event ÷ receiver CPU/event",
+            "receiver CPU/event ÷ CPU floor",
         ]);
         for b in self.batches() {
             let (Some(rx), Some(lim)) = (
@@ -1166,6 +1230,8 @@ impl Report<'_> {
             let lim1 = self.limit("limit", b, 1);
             let pipe = self.limit("pipeline", b, self.cores);
             let peer = self.closed(Target::Peer, b);
+            let go = self.closed(Target::GoPeer, b);
+            let cpu_floor = self.limit("floor", b, 1);
             let floor = self.closed(Target::Floor, b);
             let of = |x: f64, y: f64| format!("{} ({} of {})", ratio(x / y), int(x), int(y));
             t.row(vec![
@@ -1180,6 +1246,18 @@ impl Report<'_> {
                 peer.map_or("—".into(), |p| ratio(rx.events_per_s / p.events_per_s)),
                 peer.map_or("—".into(), |p| {
                     ratio(p.cpu_us_per_event / rx.cpu_us_per_event)
+                }),
+                go.map_or("—".into(), |p| ratio(rx.events_per_s / p.events_per_s)),
+                go.map_or("—".into(), |p| {
+                    ratio(p.cpu_us_per_event / rx.cpu_us_per_event)
+                }),
+                cpu_floor.map_or("—".into(), |f| {
+                    format!(
+                        "{} ({} of {} µs)",
+                        ratio(rx.cpu_us_per_event / f.cpu_us_per_event),
+                        dec(rx.cpu_us_per_event, 2),
+                        dec(f.cpu_us_per_event, 2)
+                    )
                 }),
             ]);
         }
@@ -1290,6 +1368,30 @@ impl Report<'_> {
                     ratio(c),
                     verdict(r >= 5.0),
                     verdict(c >= 5.0)
+                ));
+            }
+        }
+        for b in self.batches() {
+            if let (Some(rx), Some(f)) =
+                (self.closed(Target::Discard, b), self.limit("floor", b, 1))
+            {
+                let m = rx.cpu_us_per_event / f.cpu_us_per_event;
+                out.push(format!(
+                    "batch {b}: receiver CPU per event {} µs, {} the floor of two SHA-256 passes ({} µs) (target ≤ 2× at batch 1000): {}",
+                    dec(rx.cpu_us_per_event, 2),
+                    ratio(m),
+                    dec(f.cpu_us_per_event, 2),
+                    verdict(m <= 2.0)
+                ));
+            }
+            if let (Some(rx), Some(g)) = (
+                self.closed(Target::Discard, b),
+                self.closed(Target::GoPeer, b),
+            ) {
+                out.push(format!(
+                    "batch {b}: receiver at {} the Go peer's events/s, {} its CPU efficiency",
+                    ratio(rx.events_per_s / g.events_per_s),
+                    ratio(g.cpu_us_per_event / rx.cpu_us_per_event)
                 ));
             }
         }
@@ -1449,7 +1551,7 @@ impl Report<'_> {
 
         let sweep: Vec<&Run> = self.runs.iter().filter(|r| r.kind == "sweep").collect();
         if !sweep.is_empty() {
-            let series: Vec<Series> = [Target::Discard, Target::Peer]
+            let series: Vec<Series> = [Target::Discard, Target::Peer, Target::GoPeer]
                 .iter()
                 .map(|&t| {
                     Series::new(

@@ -4,11 +4,13 @@
 #
 #   scripts/bench.sh            # --short: a few minutes; results under $CARGO_TARGET_DIR/ens-bench/short
 #   scripts/bench.sh --full     # the figures in BENCHMARKS.md; results and plots into docs/bench/
-#   scripts/bench.sh --full --only receiver|controller [-- EXTRA BENCH ARGS]
+#   scripts/bench.sh --full --only receiver|receiver-ack|controller [-- EXTRA BENCH ARGS]
 #
 # It builds the release binary and the bench harnesses, installs the Express peer's modules with
-# `npm ci` into ~/.cache/ens-operator/bench-peer (outside the clone), starts its own control
-# plane for the controller bench and stops it on exit.
+# `npm ci` into ~/.cache/ens-operator/bench-peer and builds the Go peer with the machine's Go
+# into ~/.cache/ens-operator/bench-peer-go/<source hash> (outside the clone), starts its own
+# control plane for the controller bench and stops it on exit. `receiver-ack` is the
+# acknowledgement time against sink latency per hand-off mode (also run with `receiver`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -17,9 +19,9 @@ mode=--short only=all extra=()
 while [ $# -gt 0 ]; do
   case $1 in
     --short|--full) mode=$1 ;;
-    --only) only=${2:?--only receiver|controller}; shift ;;
+    --only) only=${2:?--only receiver|receiver-ack|controller}; shift ;;
     --) shift; extra=("$@"); break ;;
-    *) die "usage: scripts/bench.sh [--short|--full] [--only receiver|controller] [-- BENCH ARGS]" ;;
+    *) die "usage: scripts/bench.sh [--short|--full] [--only receiver|receiver-ack|controller] [-- BENCH ARGS]" ;;
   esac
   shift
 done
@@ -47,8 +49,23 @@ if [ "$only" = all ] || [ "$only" = receiver ]; then
   fi
   export ENS_BENCH_PEER_MODULES=$peer/node_modules
 
+  phase "Go peer: go build (cached by source hash)"
+  command -v go >/dev/null || die "go is missing: the receiver bench's second peer is a Go net/http app"
+  hash=$( (go version; cat bench/peer-go/go.mod bench/peer-go/main.go) | sha256sum | cut -c1-16)
+  go_peer=$ENS_CACHE/bench-peer-go/$hash/peer-go
+  if [ ! -x "$go_peer" ]; then
+    mkdir -p "$(dirname "$go_peer")"
+    (cd bench/peer-go && go build -trimpath -o "$go_peer" .)
+  fi
+  export ENS_BENCH_GO_PEER=$go_peer
+
   phase "receiver benchmark ($mode)"
   cargo bench --locked --bench receiver -- "$mode" --out "$out" "${extra[@]}"
+fi
+
+if [ "$only" = all ] || [ "$only" = receiver ] || [ "$only" = receiver-ack ]; then
+  phase "receiver acknowledgement time against sink latency ($mode)"
+  cargo bench --locked --bench receiver -- "$mode" --part ack --out "$out" "${extra[@]}"
 fi
 
 if [ "$only" = all ] || [ "$only" = controller ]; then

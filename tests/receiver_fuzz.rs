@@ -31,6 +31,7 @@ use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE};
 use ens_operator::ens::signing::{self, KeyMode, SIGNATURE_HEADER, SignatureKey};
+use ens_operator::receiver::budget::BodyBudget;
 use ens_operator::receiver::dedupe::RecentIds;
 use ens_operator::receiver::event::event_id;
 use ens_operator::receiver::metrics::Metrics;
@@ -38,7 +39,7 @@ use ens_operator::receiver::probe::ProbeSink;
 use ens_operator::receiver::router::{self, App};
 use ens_operator::receiver::routes::{Route, RouteTable, Routes};
 use ens_operator::receiver::sink::Handoff;
-use ens_operator::receiver::sink::cloudevents::{HttpSink, SinkMode};
+use ens_operator::receiver::sink::cloudevents::{HttpSink, SinkMode, SinkOptions};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -631,7 +632,11 @@ impl Harness {
             routes: Arc::new(table),
             // Generous: a slow sink on a busy machine must not turn a 200 into a 503.
             handoff: Handoff::Direct(
-                HttpSink::new(sink.url.clone(), SinkMode::Binary, Duration::from_secs(30)).unwrap(),
+                HttpSink::new(
+                    sink.url.clone(),
+                    SinkOptions::new(SinkMode::Binary, Duration::from_secs(30)),
+                )
+                .unwrap(),
             ),
             probes: ProbeSink::Standalone {
                 dir: Some(probe_dir.clone()),
@@ -640,6 +645,16 @@ impl Harness {
             metrics: Arc::new(Metrics::new()),
             max_body: MAX_BODY,
             body_timeout: Duration::from_secs(30),
+            budget: Arc::new(
+                BodyBudget::new(
+                    64 * MAX_BODY,
+                    64 * MAX_BODY,
+                    MAX_BODY,
+                    Duration::from_secs(5),
+                )
+                .unwrap(),
+            ),
+            ack_budget: Duration::from_secs(30),
             draining: AtomicBool::new(false),
         });
         Self {

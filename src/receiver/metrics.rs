@@ -60,6 +60,12 @@ pub struct Metrics {
     pub probes: Family<OutcomeLabel, Counter>,
     /// Routes currently served.
     pub routes: Gauge,
+    /// The sink's adaptive in-flight limit now.
+    pub sink_in_flight_limit: Gauge,
+    /// Connections closed when accepted: their client had the most allowed open.
+    pub refused_connections: Counter,
+    /// Request body bytes reserved from the body budget (set when scraped).
+    pub body_bytes_reserved: Gauge,
 }
 
 impl Metrics {
@@ -78,6 +84,9 @@ impl Metrics {
             spool_forwarded_events: Counter::default(),
             probes: Family::default(),
             routes: Gauge::default(),
+            sink_in_flight_limit: Gauge::default(),
+            refused_connections: Counter::default(),
+            body_bytes_reserved: Gauge::default(),
             registry: Registry::default(),
         };
         let registry = &mut m.registry;
@@ -136,6 +145,21 @@ impl Metrics {
             "ens_receiver_routes",
             "Routes currently served",
             m.routes.clone(),
+        );
+        registry.register(
+            "ens_receiver_sink_in_flight_limit",
+            "The sink's adaptive limit of requests in flight",
+            m.sink_in_flight_limit.clone(),
+        );
+        registry.register(
+            "ens_receiver_refused_connections",
+            "Connections closed when accepted: their client had the most allowed open",
+            m.refused_connections.clone(),
+        );
+        registry.register(
+            "ens_receiver_body_bytes_reserved",
+            "Request body bytes reserved from the body budget",
+            m.body_bytes_reserved.clone(),
         );
         m
     }

@@ -4,8 +4,10 @@
 //! Standalone, routes come from `--route`/`--expect-probe`; in a cluster, from route Secrets
 //! (`cluster`). Events go to a CloudEvents sink directly or through the spool (`sink`).
 
+pub mod budget;
 pub mod canonical;
 pub mod cluster;
+pub mod connections;
 pub mod dedupe;
 pub mod event;
 pub mod metrics;
@@ -25,12 +27,13 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use self::budget::BodyBudget;
 use self::metrics::Metrics;
 use self::probe::ProbeSink;
 use self::router::App;
 use self::routes::{RouteTable, Routes};
 use self::sink::Handoff;
-use self::sink::cloudevents::{HttpSink, SinkMode};
+use self::sink::cloudevents::{HttpSink, SinkMode, SinkOptions, SinkProtocol};
 use self::sink::spool::Spool;
 
 /// `ens-operator receiver` flags.
@@ -68,6 +71,19 @@ pub struct Args {
     /// Per-request sink timeout, milliseconds (ENS waits 3 s for the acknowledgement).
     #[arg(long, default_value_t = 2000)]
     pub sink_timeout_ms: u64,
+    /// Most requests in flight to the sink at once; the limit adapts below this to what the
+    /// sink sustains (it halves on 429, 5xx, timeouts and refused connections).
+    #[arg(long, default_value_t = sink::cloudevents::DEFAULT_MAX_IN_FLIGHT)]
+    pub sink_max_in_flight: usize,
+    /// HTTP version to the sink: `auto` (HTTP/2 where an https sink offers it), `http1`, or
+    /// `h2c` (HTTP/2 over cleartext, for sinks that speak it).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub sink_protocol: SinkProtocol,
+    /// Longest from a batch's arrival to its hand-off, milliseconds: past it no more events are
+    /// sent and the batch is answered 503 at once (ENS gives 2-3 s; the events the sink took
+    /// are remembered, so the retry sends only the rest).
+    #[arg(long, default_value_t = 1500)]
+    pub ack_budget_ms: u64,
     /// Durable spool directory: acknowledge after fsync, forward asynchronously.
     #[arg(long)]
     pub spool_dir: Option<PathBuf>,
@@ -80,6 +96,23 @@ pub struct Args {
     /// Longest a client may take to send a request body, seconds (408 beyond).
     #[arg(long, default_value_t = 10)]
     pub body_timeout_secs: u64,
+    /// Request body bytes held at once, all clients together; beyond it requests wait
+    /// --body-budget-wait-ms, then get 503 unread.
+    #[arg(long, default_value_t = 48 << 20)]
+    pub body_budget_bytes: usize,
+    /// Request body bytes one client (TCP peer address) may hold at once.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub client_body_budget_bytes: usize,
+    /// Longest a request waits for room in the body budgets, milliseconds.
+    #[arg(long, default_value_t = 250)]
+    pub body_budget_wait_ms: u64,
+    /// Open connections per client (TCP peer address); more are closed at once (0: no limit).
+    #[arg(long, default_value_t = 256)]
+    pub max_client_connections: usize,
+    /// Longest a client may take to send a request's headers or finish a TLS handshake, seconds,
+    /// and so the longest a keep-alive connection stays open idle.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_secs: u64,
     /// How many recent event ids to remember for dropping duplicates (0 disables).
     #[arg(long, default_value_t = 100_000)]
     pub dedupe_ids: usize,
@@ -112,6 +145,9 @@ pub enum Error {
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] sink::spool::SpoolError),
+    /// The body budgets do not fit together.
+    #[error(transparent)]
+    Budget(#[from] budget::BudgetError),
     /// No Kubernetes client.
     #[error("cannot create a Kubernetes client: {0}")]
     Kube(#[source] kube::Error),
@@ -139,8 +175,13 @@ pub async fn run(args: Args) -> Result<(), Error> {
     } else {
         let sink = HttpSink::new(
             sink_url,
-            args.sink_mode,
-            Duration::from_millis(args.sink_timeout_ms),
+            SinkOptions {
+                mode: args.sink_mode,
+                timeout: Duration::from_millis(args.sink_timeout_ms),
+                max_in_flight: args.sink_max_in_flight,
+                protocol: args.sink_protocol,
+                limit_gauge: metrics.sink_in_flight_limit.clone(),
+            },
         )?;
         match &args.spool_dir {
             Some(dir) => {
@@ -152,6 +193,12 @@ pub async fn run(args: Args) -> Result<(), Error> {
         }
     };
 
+    let budget = Arc::new(BodyBudget::new(
+        args.body_budget_bytes,
+        args.client_body_budget_bytes,
+        args.max_body_bytes,
+        Duration::from_millis(args.body_budget_wait_ms),
+    )?);
     let routes = Arc::new(Routes::default());
     let standalone = !args.routes.is_empty() || !args.expect_probe.is_empty();
     let probes = if standalone {
@@ -190,6 +237,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
         metrics,
         max_body: args.max_body_bytes,
         body_timeout: Duration::from_secs(args.body_timeout_secs),
+        budget,
+        ack_budget: Duration::from_millis(args.ack_budget_ms),
         draining: AtomicBool::new(false),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -211,6 +260,11 @@ pub async fn run(args: Args) -> Result<(), Error> {
         listener,
         tls,
         router::router(app.clone()),
+        server::ConnectionLimits {
+            per_client: args.max_client_connections,
+            header_timeout: Duration::from_secs(args.header_timeout_secs),
+            refused: app.metrics.refused_connections.clone(),
+        },
         stop_rx.clone(),
         Duration::from_secs(args.drain_timeout_secs),
     ));

@@ -4,6 +4,11 @@
 //! A notification is acknowledged (200) only after its events were handed off (sink 2xx or
 //! spool fsync); every failure to do so is a 503 so ENS retries (docs/design.md §10.3: never 200
 //! for something dropped). Duplicates of recently acknowledged events are dropped but acknowledged.
+//!
+//! A body is read only into bytes reserved from the body budget (`budget`), and a batch's
+//! hand-off gets at most `--ack-budget-ms` from the request's start: when that runs out the
+//! request is answered 503 at once, so ENS retries quickly instead of timing out; the events
+//! the sink took by then are remembered, so the retry sends only the rest.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,13 +16,14 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
-use axum::extract::{Request, State};
+use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 
 use crate::ens::signing::SIGNATURE_HEADER;
+use crate::receiver::budget::{BodyBudget, ClientAddr, Refusal, Reservation};
 use crate::receiver::dedupe::{RecentIds, Scope};
 use crate::receiver::event::CloudEvent;
 use crate::receiver::metrics::{KeyMatchLabel, Metrics, OutcomeLabel};
@@ -42,6 +48,10 @@ pub struct App {
     pub max_body: usize,
     /// `--body-timeout-secs`: the whole body must arrive within this (slow-body clients).
     pub body_timeout: Duration,
+    /// Bytes request bodies may hold, in all and per client.
+    pub budget: Arc<BodyBudget>,
+    /// `--ack-budget-ms`: longest from a request's start to the end of its hand-off.
+    pub ack_budget: Duration,
     /// Set on SIGTERM: readiness turns false while in-flight requests finish.
     pub draining: AtomicBool,
 }
@@ -76,6 +86,9 @@ async fn served_paths(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
+    app.metrics
+        .body_bytes_reserved
+        .set(app.budget.reserved() as i64);
     match app.metrics.encode() {
         Ok(text) => (
             [(
@@ -94,8 +107,13 @@ fn refuse(app: &App, status: StatusCode, outcome: &'static str, why: &str) -> Re
     (status, format!("{why}\n")).into_response()
 }
 
-async fn callback(State(app): State<Arc<App>>, req: Request) -> Response {
+async fn callback(
+    State(app): State<Arc<App>>,
+    client: Option<Extension<ClientAddr>>,
+    req: Request,
+) -> Response {
     let started = Instant::now();
+    let client = client.map_or(ClientAddr::UNKNOWN, |Extension(c)| c);
     let path = req.uri().path().to_owned();
     let Some(route) = app.routes.current().get(&path) else {
         return refuse(
@@ -119,16 +137,9 @@ async fn callback(State(app): State<Arc<App>>, req: Request) -> Response {
         let r = Rejection::MediaType;
         return refuse(&app, r.status(), r.outcome(), &r.to_string());
     }
-    let body = match read_body(req.into_body(), app.max_body, app.body_timeout).await {
+    let (body, _reserved) = match read_body(&app, client, req.into_body()).await {
         Ok(b) => b,
-        Err(status) => {
-            let outcome = match status {
-                StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-                StatusCode::REQUEST_TIMEOUT => "body_timeout",
-                _ => "body_error",
-            };
-            return refuse(&app, status, outcome, "cannot read body");
-        }
+        Err(e) => return refuse(&app, e.status(), e.outcome(), &e.to_string()),
     };
     let signature = header_str(&headers, SIGNATURE_HEADER);
     let refused_probe = || app.metrics.probe("unexpected");
@@ -211,16 +222,29 @@ async fn accept_batch(
         app.recent
             .insert_all(scope, handed.iter().map(|e| e.id.as_str()));
     };
-    if !fresh.is_empty()
-        && let Err(e) = app.handoff.hand_off(&fresh, &taken).await
-    {
-        tracing::warn!(route = %path, events = total, error = %e, "batch not handed off; answering 503");
-        return refuse(
-            app,
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.outcome(),
-            "events not accepted, retry",
-        );
+    if !fresh.is_empty() {
+        let deadline = tokio::time::Instant::from_std(started + app.ack_budget);
+        match tokio::time::timeout_at(deadline, app.handoff.hand_off(&fresh, &taken)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(route = %path, events = total, error = %e, "batch not handed off; answering 503");
+                return refuse(
+                    app,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    e.outcome(),
+                    "events not accepted, retry",
+                );
+            }
+            Err(_) => {
+                tracing::warn!(route = %path, events = total, budget = ?app.ack_budget, "hand-off outlasted --ack-budget-ms; answering 503");
+                return refuse(
+                    app,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ack_budget",
+                    "events not all accepted in time, retry",
+                );
+            }
+        }
     }
     count_events(&app.metrics, "accepted", fresh.len());
     count_events(&app.metrics, "duplicate", duplicates);
@@ -245,17 +269,90 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Reads the whole body, refusing more than `max` bytes with 413 (before reading any of it when
-/// the Content-Length says so) and a body not complete within `timeout` with 408, so a client
-/// trickling its body cannot hold a request open (the header timeout is in `server`).
-async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<bytes::Bytes, StatusCode> {
+/// Why a body was not read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    /// Longer than `--max-body-bytes`.
+    #[error("body too large")]
+    TooLarge,
+    /// Not complete within `--body-timeout-secs`.
+    #[error("body not received in time")]
+    Timeout,
+    /// The connection failed midway.
+    #[error("cannot read body")]
+    Broken,
+    /// No room in the body budget (ENS retries the 503).
+    #[error("busy, retry: {0}")]
+    Budget(Refusal),
+}
+
+impl BodyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Broken => StatusCode::BAD_REQUEST,
+            Self::Budget(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::Timeout => "body_timeout",
+            Self::Broken => "body_error",
+            Self::Budget(r) => r.outcome(),
+        }
+    }
+}
+
+/// Reservations for bodies of unknown length grow by at least this much at a time.
+const GROW_STEP: usize = 64 << 10;
+
+/// Reads the whole body into bytes reserved from the body budget (returned with it, to hold
+/// while the body and what is parsed from it live). A declared length is reserved before any of
+/// the body is read, and refused with 413 beyond `max_body`; a chunked body's reservation grows
+/// as it arrives. A body not complete within `body_timeout` gets 408, so a client trickling its
+/// body cannot hold a request open (the header timeout is in `server`).
+async fn read_body(
+    app: &App,
+    client: ClientAddr,
+    body: Body,
+) -> Result<(bytes::Bytes, Reservation), BodyError> {
+    let max = app.max_body;
+    let declared = body.size_hint().exact();
     if body.size_hint().lower() > max as u64 {
-        return Err(StatusCode::PAYLOAD_TOO_LARGE);
+        return Err(BodyError::TooLarge);
     }
-    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(StatusCode::PAYLOAD_TOO_LARGE),
-        Ok(Err(_)) => Err(StatusCode::BAD_REQUEST),
-        Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
-    }
+    let up_front = declared.map_or(0, |n| n as usize);
+    let read = async {
+        let mut reserved = app
+            .budget
+            .reserve(client, up_front)
+            .await
+            .map_err(BodyError::Budget)?;
+        let mut buf = bytes::BytesMut::with_capacity(up_front);
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| BodyError::Broken)?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let len = buf.len() + data.len();
+            if len > max {
+                return Err(BodyError::TooLarge);
+            }
+            if len > reserved.bytes() {
+                // len <= max, so the step stays within max.
+                let needed = len - reserved.bytes();
+                let step = needed.max(GROW_STEP).min(max - reserved.bytes());
+                reserved.grow(step).await.map_err(BodyError::Budget)?;
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok((buf.freeze(), reserved))
+    };
+    tokio::time::timeout(app.body_timeout, read)
+        .await
+        .unwrap_or(Err(BodyError::Timeout))
 }

@@ -1,5 +1,6 @@
-//! The listener: plain HTTP/1.1 or TLS (rustls), one task per connection, and a graceful drain
-//! (stop accepting, let in-flight requests finish, within a bound) when asked to stop.
+//! The listener: plain HTTP/1.1 or TLS (rustls), one task per connection, at most so many per
+//! client, idle keep-alive connections closed after a bound, and a graceful drain (stop
+//! accepting, let in-flight requests finish, within a bound) when asked to stop.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,9 +15,22 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
-/// Longest a client may take to send request headers or finish a TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::receiver::budget::ClientAddr;
+use crate::receiver::connections::ClientConnections;
+
+/// What one client may hold of the listener.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    /// Open connections per client address (0: no limit); more are closed when accepted.
+    pub per_client: usize,
+    /// Longest a client may take to finish a TLS handshake or send a request's headers,
+    /// including the wait for the next request on an idle keep-alive connection.
+    pub header_timeout: Duration,
+    /// Counts connections closed for the per-client limit.
+    pub refused: prometheus_client::metrics::counter::Counter,
+}
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -69,14 +83,18 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 }
 
 /// Serves `router` on `listener` until `stop` turns true, then drains for at most `drain`.
+/// Each request carries its client's [`ClientAddr`] in its extensions.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     router: Router,
+    limits: ConnectionLimits,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
     let graceful = GracefulShutdown::new();
+    let clients = ClientConnections::new(limits.per_client);
+    let header_timeout = limits.header_timeout;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -97,20 +115,36 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(slot) = clients.admit(peer.ip()) else {
+            limits.refused.inc();
+            tracing::debug!(%peer, "connection refused: this client has the most allowed open");
+            drop(stream);
+            continue;
+        };
         let watcher = graceful.watcher();
-        let service = TowerToHyperService::new(router.clone());
+        let client = ClientAddr(peer.ip());
+        let router = router.clone();
+        let service = TowerToHyperService::new(tower::service_fn(
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(client);
+                router.clone().oneshot(req)
+            },
+        ));
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut http = hyper::server::conn::http1::Builder::new();
+            // hyper starts this timer whenever it waits for a request head, so it also closes
+            // keep-alive connections left idle.
             http.timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT);
+                .header_read_timeout(header_timeout);
             let result = match tls {
                 None => {
                     let conn = http.serve_connection(TokioIo::new(stream), service);
                     watcher.watch(conn).await
                 }
                 Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
                             let conn = http.serve_connection(TokioIo::new(tls_stream), service);
                             watcher.watch(conn).await

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, Version};
 use ens_operator::ens::signing::{KeyMode, SIGNATURE_HEADER, SignatureKey, sign};
 
 /// `docs/ens-protocol.md` §6.4.
@@ -175,6 +175,7 @@ impl Drop for Receiver {
 pub struct Delivery {
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub version: Version,
 }
 
 impl Delivery {
@@ -194,6 +195,10 @@ struct SinkState {
     too_large: std::sync::atomic::AtomicUsize,
     accepted: Mutex<Vec<Delivery>>,
     refused: Mutex<usize>,
+    connections: std::sync::atomic::AtomicUsize,
+    active: std::sync::atomic::AtomicUsize,
+    max_active: Mutex<Option<usize>>,
+    overloaded: std::sync::atomic::AtomicUsize,
 }
 
 /// An in-test CloudEvents sink: answers 200 and records while up, 503 while down.
@@ -203,37 +208,82 @@ pub struct TestSink {
 }
 
 impl TestSink {
-    /// Starts a sink on 127.0.0.1:0, up or down.
+    /// Starts a sink on 127.0.0.1:0, up or down. It speaks HTTP/1.1 and HTTP/2 (h2c by prior
+    /// knowledge) and counts the connections it accepted.
     pub async fn start(up: bool) -> Self {
         let state = Arc::new(SinkState::default());
         state.up.store(up, Ordering::SeqCst);
         let app = Router::new()
-            .fallback(
-                |State(s): State<Arc<SinkState>>, headers: HeaderMap, body: Bytes| async move {
-                    s.started.fetch_add(1, Ordering::SeqCst);
-                    let delay = *s.delay.lock().unwrap();
-                    tokio::time::sleep(delay).await;
-                    let max_body = *s.max_body.lock().unwrap();
-                    if max_body.is_some_and(|max| body.len() > max) {
-                        s.too_large.fetch_add(1, Ordering::SeqCst);
-                        return StatusCode::PAYLOAD_TOO_LARGE;
-                    }
-                    if s.up.load(Ordering::SeqCst) {
-                        s.accepted.lock().unwrap().push(Delivery { headers, body });
-                        let hold = *s.hold.lock().unwrap();
-                        tokio::time::sleep(hold).await;
-                        StatusCode::OK
-                    } else {
-                        *s.refused.lock().unwrap() += 1;
-                        StatusCode::SERVICE_UNAVAILABLE
-                    }
-                },
-            )
+            .fallback(|State(s): State<Arc<SinkState>>, req: Request| async move {
+                s.started.fetch_add(1, Ordering::SeqCst);
+                let active = s.active.fetch_add(1, Ordering::SeqCst) + 1;
+                let _active = Active(&s.active);
+                let (parts, body) = req.into_parts();
+                let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+                    return StatusCode::BAD_REQUEST;
+                };
+                let max_active = *s.max_active.lock().unwrap();
+                if max_active.is_some_and(|max| active > max) {
+                    s.overloaded.fetch_add(1, Ordering::SeqCst);
+                    return StatusCode::TOO_MANY_REQUESTS;
+                }
+                let delay = *s.delay.lock().unwrap();
+                tokio::time::sleep(delay).await;
+                let max_body = *s.max_body.lock().unwrap();
+                if max_body.is_some_and(|max| body.len() > max) {
+                    s.too_large.fetch_add(1, Ordering::SeqCst);
+                    return StatusCode::PAYLOAD_TOO_LARGE;
+                }
+                if s.up.load(Ordering::SeqCst) {
+                    s.accepted.lock().unwrap().push(Delivery {
+                        headers: parts.headers,
+                        body,
+                        version: parts.version,
+                    });
+                    let hold = *s.hold.lock().unwrap();
+                    tokio::time::sleep(hold).await;
+                    StatusCode::OK
+                } else {
+                    *s.refused.lock().unwrap() += 1;
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            })
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let counted = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                counted.connections.fetch_add(1, Ordering::SeqCst);
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        });
         Self { url, state }
+    }
+
+    /// How many TCP connections the sink accepted.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Makes the sink answer 429 to a request while more than `max` are being served.
+    pub fn set_max_active(&self, max: usize) {
+        *self.state.max_active.lock().unwrap() = Some(max);
+    }
+
+    /// How many requests it answered 429 for being over `set_max_active`.
+    pub fn overloaded(&self) -> usize {
+        self.state.overloaded.load(Ordering::SeqCst)
     }
 
     /// Switches the sink up or down.
@@ -286,6 +336,15 @@ impl TestSink {
     /// How many requests it refused while down.
     pub fn refused(&self) -> usize {
         *self.state.refused.lock().unwrap()
+    }
+}
+
+/// Counts one request being served until dropped.
+struct Active<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

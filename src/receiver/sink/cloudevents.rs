@@ -5,23 +5,71 @@
 //! A delivery succeeds only when the sink answered 2xx for every event. In binary mode a failed
 //! delivery may have reached the sink for some events; the retry re-sends them with the same
 //! `ce-id`, so the sink can drop the copies.
+//!
+//! Requests in flight to the sink are bounded by an adaptive limit ([`super::limit`]) shared by
+//! every delivery; connections are pooled and reused, and HTTP/2 is used where the sink speaks
+//! it (ALPN on `https://`, or `--sink-protocol h2c` on cleartext).
 
 use std::borrow::{Borrow, Cow};
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{StreamExt, stream};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use prometheus_client::metrics::gauge::Gauge;
 use reqwest::header::CONTENT_TYPE;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::limit::{AdaptiveLimit, Permit, Signal};
 use crate::receiver::event::CloudEvent;
 
 /// Content type of a batched CloudEvents request.
 pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
-/// Concurrent POSTs per delivery in binary mode.
-const BINARY_CONCURRENCY: usize = 8;
+/// Default bound of the adaptive in-flight limit (`--sink-max-in-flight`).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+
+/// Which HTTP version to speak to the sink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SinkProtocol {
+    /// HTTP/2 when an `https://` sink offers it (ALPN), else HTTP/1.1 with pooled connections.
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 without TLS, by prior knowledge (the sink must speak h2c).
+    H2c,
+}
+
+/// How to reach a sink.
+#[derive(Clone, Debug)]
+pub struct SinkOptions {
+    /// How events are put on the wire.
+    pub mode: SinkMode,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Bound of the adaptive in-flight limit.
+    pub max_in_flight: usize,
+    /// HTTP version.
+    pub protocol: SinkProtocol,
+    /// Shows the current in-flight limit.
+    pub limit_gauge: Gauge,
+}
+
+impl SinkOptions {
+    /// `mode` and `timeout`, with the default limit and protocol and an unregistered gauge.
+    pub fn new(mode: SinkMode, timeout: Duration) -> Self {
+        Self {
+            mode,
+            timeout,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            protocol: SinkProtocol::Auto,
+            limit_gauge: Gauge::default(),
+        }
+    }
+}
 
 /// How events are put on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -78,20 +126,29 @@ pub struct HttpSink {
     /// Parsed once: parsing it for every request cost ≈ 2 % of CPU in binary mode.
     url: reqwest::Url,
     mode: SinkMode,
+    limit: Arc<AdaptiveLimit>,
 }
 
 impl HttpSink {
-    /// A sink at `url`; each request gives up after `timeout`.
-    pub fn new(url: String, mode: SinkMode, timeout: Duration) -> Result<Self, SinkError> {
+    /// A sink at `url`, reached as `options` say.
+    pub fn new(url: String, options: SinkOptions) -> Result<Self, SinkError> {
         let url = match reqwest::Url::parse(&url) {
             Ok(parsed) => parsed,
             Err(source) => return Err(SinkError::Url { url, source }),
         };
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(SinkError::Transport)?;
-        Ok(Self { client, url, mode })
+        let builder = reqwest::Client::builder().timeout(options.timeout);
+        let builder = match options.protocol {
+            SinkProtocol::Auto => builder,
+            SinkProtocol::Http1 => builder.http1_only(),
+            SinkProtocol::H2c => builder.http2_prior_knowledge(),
+        };
+        let client = builder.build().map_err(SinkError::Transport)?;
+        Ok(Self {
+            client,
+            url,
+            mode: options.mode,
+            limit: AdaptiveLimit::new(options.max_in_flight, options.limit_gauge),
+        })
     }
 
     /// Delivers all `events`; `Ok` only if the sink took every one. `taken` hears of each event
@@ -129,7 +186,7 @@ impl HttpSink {
                     .post(self.url.clone())
                     .header(CONTENT_TYPE, BATCH_CONTENT_TYPE)
                     .body(body);
-                send(req).await?;
+                self.send(req).await?;
                 // One report for the whole batch when it was all pending, as it mostly is.
                 let whole = pending.len() == events.len();
                 for i in pending {
@@ -144,19 +201,29 @@ impl HttpSink {
                 Ok(())
             }
             SinkMode::Binary => {
-                let requests: Vec<_> = pending
-                    .into_iter()
-                    .map(|i| (i, self.binary(&events[i])))
-                    .collect();
-                let mut sent = stream::iter(requests)
-                    .map(|(i, req)| async move { (i, send(req).await) })
-                    .buffer_unordered(BINARY_CONCURRENCY);
-                while let Some((i, result)) = sent.next().await {
-                    result?;
-                    delivered[i] = true;
-                    taken(std::slice::from_ref(&events[i]));
+                // One place in flight is waited for at a time, and a request is built only
+                // once it has one.
+                let mut queue = pending.into_iter().peekable();
+                let mut in_flight = FuturesUnordered::new();
+                loop {
+                    let more = queue.peek().is_some();
+                    if !more && in_flight.is_empty() {
+                        return Ok(());
+                    }
+                    tokio::select! {
+                        Some((i, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                            result?;
+                            delivered[i] = true;
+                            taken(std::slice::from_ref(&events[i]));
+                        }
+                        permit = self.limit.acquire(), if more => {
+                            if let Some(i) = queue.next() {
+                                let req = self.binary(&events[i]);
+                                in_flight.push(async move { (i, send(permit, req).await) });
+                            }
+                        }
+                    }
                 }
-                Ok(())
             }
         }
     }
@@ -173,7 +240,12 @@ impl HttpSink {
             .post(self.url.clone())
             .header(CONTENT_TYPE, BATCH_CONTENT_TYPE)
             .body(body);
-        send(req).await
+        self.send(req).await
+    }
+
+    /// Sends one request once the in-flight limit has room for it.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<(), SinkError> {
+        send(self.limit.acquire().await, req).await
     }
 
     fn binary(&self, e: &CloudEvent) -> reqwest::RequestBuilder {
@@ -281,20 +353,20 @@ impl Default for BatchBody {
     }
 }
 
-async fn send(req: reqwest::RequestBuilder) -> Result<(), SinkError> {
-    let resp = req.send().await.map_err(|e| {
-        if e.is_timeout() {
-            SinkError::Timeout
-        } else {
-            SinkError::Transport(e.without_url())
-        }
-    })?;
-    let status = resp.status();
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(SinkError::Status(status.as_u16()))
-    }
+/// Sends `req` in the place `permit` holds, and tells the limit what the answer said.
+async fn send(permit: Permit, req: reqwest::RequestBuilder) -> Result<(), SinkError> {
+    let result = match req.send().await {
+        Ok(resp) if resp.status().is_success() => Ok(()),
+        Ok(resp) => Err(SinkError::Status(resp.status().as_u16())),
+        Err(e) if e.is_timeout() => Err(SinkError::Timeout),
+        Err(e) => Err(SinkError::Transport(e.without_url())),
+    };
+    permit.done(match &result {
+        Err(SinkError::Status(s)) if *s == 429 || *s >= 500 => Signal::Overloaded,
+        Err(SinkError::Timeout | SinkError::Transport(_)) => Signal::Overloaded,
+        _ => Signal::Fine,
+    });
+    result
 }
 
 #[cfg(test)]
@@ -305,12 +377,13 @@ mod tests {
     fn a_sink_url_that_does_not_parse_is_refused_at_start() {
         crate::ens::client::install_crypto_provider();
         let t = Duration::from_secs(1);
-        let e = HttpSink::new("/ens-events".into(), SinkMode::Binary, t).unwrap_err();
+        let options = SinkOptions::new(SinkMode::Binary, t);
+        let e = HttpSink::new("/ens-events".into(), options.clone()).unwrap_err();
         assert_eq!(
             e.to_string(),
             "invalid sink URL \"/ens-events\": relative URL without a base"
         );
-        assert!(HttpSink::new("http://sink.default.svc/".into(), SinkMode::Binary, t).is_ok());
+        assert!(HttpSink::new("http://sink.default.svc/".into(), options).is_ok());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! forwarder drains to that sink.
 
 pub mod cloudevents;
+pub mod limit;
 pub mod spool;
 
 use cloudevents::{HttpSink, SinkError};

@@ -1,0 +1,3 @@
+module ens-operator/bench/peer-go
+
+go 1.22
