@@ -1,0 +1,372 @@
+//! The operator as users run it: real pods on a real kubelet (`scripts/node.sh`, started by
+//! `scripts/test.sh` on a control plane of its own), from the image `scripts/image.sh` built.
+//! `helm install` with the chart's defaults and `kubectl apply -k deploy/default` each give
+//! Running and Ready pods in a namespace enforcing Pod Security `restricted`; the node's network
+//! has no route out of the machine.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// How long pods get to become Ready (image import is done; this is start-up on 2 busy cores).
+const READY: Duration = Duration::from_secs(240);
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is unset: run scripts/test.sh, or scripts/node.sh start (docs/real-node.md)")
+    })
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `program ARGS` against the node's control plane; panics with its output on failure.
+fn run(program: &str, args: &[&str]) -> String {
+    let out = try_run(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn try_run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .env("KUBECONFIG", env("ENS_TEST_NODE_KUBECONFIG"))
+        .current_dir(repo())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
+fn kubectl(args: &[&str]) -> String {
+    let kubectl = std::env::var("ENS_TEST_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    run(&kubectl, args)
+}
+
+fn pods(namespace: &str) -> Vec<Value> {
+    let list: Value =
+        serde_json::from_str(&kubectl(&["-n", namespace, "get", "pods", "-o", "json"])).unwrap();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn ready(pod: &Value) -> bool {
+    pod["status"]["phase"] == "Running"
+        && pod["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// The pods' logs as the kubelet wrote them (the API server cannot reach the node's kubelet).
+fn pod_logs(namespace: &str) -> String {
+    let dir = PathBuf::from(env("ENS_TEST_NODE_RUN")).join("node/pod-logs");
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&format!("{namespace}_")) {
+            continue;
+        }
+        for file in walk(&entry.path()) {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out += &format!("--- {}\n", file.display());
+            for line in tail.into_iter().rev() {
+                out += line;
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Waits until `namespace` has `want` pods, all Running and Ready, and returns them.
+fn wait_ready(namespace: &str, want: usize) -> Vec<Value> {
+    let deadline = Instant::now() + READY;
+    loop {
+        let pods = pods(namespace);
+        if pods.len() == want && pods.iter().all(ready) {
+            return pods;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "pods in {namespace} not all Ready:\n{}\n{}\nlogs:\n{}",
+                kubectl(&["-n", namespace, "get", "pods", "-o", "wide"]),
+                kubectl(&["-n", namespace, "get", "events", "--sort-by=.lastTimestamp"]),
+                pod_logs(namespace)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The processes of our image running on the node (found through the node's cgroup, which
+/// holds every container): `(pid, uid, root mount options)`.
+fn operator_processes() -> Vec<(u32, u32, String)> {
+    let root = PathBuf::from("/sys/fs/cgroup/pids").join(env("ENS_TEST_NODE_CGROUP"));
+    let mut found = Vec::new();
+    for file in walk(&root) {
+        if file.file_name().is_none_or(|n| n != "cgroup.procs") {
+            continue;
+        }
+        for pid in std::fs::read_to_string(&file).unwrap_or_default().lines() {
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if !cmdline.starts_with(b"/ens-operator\0") {
+                continue;
+            }
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|u| u.parse().ok())
+                .unwrap_or(u32::MAX);
+            let mounts =
+                std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+            let root_opts = mounts
+                .lines()
+                .find(|l| l.split_whitespace().nth(4) == Some("/"))
+                .and_then(|l| l.split_whitespace().nth(5))
+                .unwrap_or_default()
+                .to_owned();
+            found.push((pid, uid, root_opts));
+        }
+    }
+    found
+}
+
+/// Every running pod of `pods` is our image running as 65532 on a read-only root filesystem:
+/// read from the processes themselves, not from the specs.
+fn assert_restricted(pods: &[Value]) {
+    let procs = operator_processes();
+    assert!(
+        procs.len() >= pods.len(),
+        "one /ens-operator process per pod at least: {procs:?}"
+    );
+    for (pid, uid, root) in &procs {
+        assert_eq!(*uid, 65532, "process {pid} runs as 65532");
+        assert!(
+            root.split(',').any(|o| o == "ro"),
+            "process {pid}: root filesystem mounted {root}"
+        );
+    }
+}
+
+fn component(pods: &[Value], name: &str) -> usize {
+    pods.iter()
+        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == name)
+        .count()
+}
+
+fn restricted_namespace(name: &str) {
+    let _ = try_run(
+        &std::env::var("ENS_TEST_KUBECTL").unwrap_or_else(|_| "kubectl".into()),
+        &["delete", "namespace", name, "--wait=true", "--timeout=60s"],
+    );
+    kubectl(&["create", "namespace", name]);
+    kubectl(&[
+        "label",
+        "namespace",
+        name,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+}
+
+/// One install at a time: both install the same CRDs, and the process checks count every pod.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn helm_install_with_defaults_runs_ready_pods_under_restricted() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = "helm-defaults";
+    restricted_namespace(ns);
+    // The chart's defaults; the receiver cannot start without a sink, so one is named (no
+    // event is sent here: this test is about the pods).
+    run(
+        "helm",
+        &[
+            "install",
+            "node-test",
+            "charts/ens-operator",
+            "-n",
+            ns,
+            "--set",
+            "receiver.sink=http://event-sink.helm-defaults.svc/",
+        ],
+    );
+    let pods = wait_ready(ns, 3);
+    assert_eq!(component(&pods, "controller"), 1, "one controller");
+    assert_eq!(component(&pods, "receiver"), 2, "two receivers");
+    assert_restricted(&pods);
+    for pod in &pods {
+        assert_eq!(
+            pod["spec"]["containers"][0]["image"],
+            env("ENS_TEST_NODE_IMAGE"),
+            "the chart's default image, imported from scripts/image.sh"
+        );
+    }
+    run("helm", &["uninstall", "node-test", "-n", ns, "--wait"]);
+}
+
+#[test]
+fn kubectl_apply_k_deploy_default_runs_ready_pods_under_restricted() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // deploy/default as it is, plus the sink every overlay must set (deploy/README.md).
+    let overlay = std::env::temp_dir().join(format!("ens-node-overlay-{}", std::process::id()));
+    std::fs::create_dir_all(&overlay).unwrap();
+    // kustomize takes a relative path only.
+    let up = "../".repeat(overlay.components().count() - 1);
+    let base = format!("{up}{}", repo().join("deploy/default").display()).replace("//", "/");
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\n\
+             patches:\n  - target: {{kind: Deployment, name: ens-operator-receiver}}\n    patch: |\n\
+             \x20     - op: add\n        path: /spec/template/spec/containers/0/env/-\n\
+             \x20       value: {{name: K_SINK, value: \"http://event-sink.ens-system.svc/\"}}\n",
+            base
+        ),
+    )
+    .unwrap();
+    kubectl(&["apply", "-k", overlay.to_str().unwrap(), "--server-side"]);
+    let labels: Value = serde_json::from_str(&kubectl(&[
+        "get",
+        "namespace",
+        "ens-system",
+        "-o",
+        "jsonpath={.metadata.labels}",
+    ]))
+    .unwrap();
+    assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");
+    let pods = wait_ready("ens-system", 3);
+    assert_eq!(component(&pods, "controller"), 1);
+    assert_eq!(component(&pods, "receiver"), 2);
+    assert_restricted(&pods);
+    kubectl(&["delete", "-k", overlay.to_str().unwrap(), "--wait=true"]);
+    let _ = std::fs::remove_dir_all(&overlay);
+}
+
+/// Runs `program ARGS` inside a network namespace (a path under /proc or /run/netns).
+fn in_netns(netns: &str, program: &str, args: &[&str]) -> Output {
+    Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("run nsenter")
+}
+
+/// Packets the node's namespace saw pods send to addresses outside the cluster ranges.
+fn egress_attempts() -> u64 {
+    let netns = format!("/run/netns/{}", env("ENS_TEST_NODE_NETNS"));
+    let out = in_netns(
+        &netns,
+        "iptables",
+        &["-w", "-t", "raw", "-nvxL", "PREROUTING"],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains("pod-egress-attempt"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the node's pod-egress-attempt counter")
+}
+
+/// Packets and bytes from or to the node's ranges that left through the host's outbound
+/// interface (`scripts/node.sh check`).
+fn host_outbound() -> (u64, u64) {
+    let out = Command::new(repo().join("scripts/node.sh"))
+        .args(["check", &env("ENS_TEST_NODE_RUN")])
+        .output()
+        .expect("scripts/node.sh check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|n| n.parse().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+#[test]
+fn no_packet_from_a_pod_leaves_the_machine() {
+    let ns = "egress";
+    restricted_namespace(ns);
+    let marker = "http://egress-probe.invalid";
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "probe", "namespace": ns},
+        "spec": {
+            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "emulator", "image": env("ENS_TEST_NODE_IMAGE"), "imagePullPolicy": "Never",
+                "args": ["emulator", "--listen", "0.0.0.0:8090", "--client-id", "c",
+                         "--client-secret", "s", "--public-url", marker],
+                "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                    "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    });
+    let file = std::env::temp_dir().join(format!("ens-node-probe-{}.json", std::process::id()));
+    std::fs::write(&file, pod.to_string()).unwrap();
+    kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    wait_ready(ns, 1);
+    let pid = (0..100)
+        .find_map(|_| {
+            let found = operator_processes().into_iter().find(|(pid, ..)| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+            });
+            if found.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            found
+        })
+        .expect("the probe pod's process")
+        .0;
+    let pod_netns = format!("/proc/{pid}/ns/net");
+
+    assert_eq!(host_outbound(), (0, 0), "nothing left before the test");
+    let before = egress_attempts();
+    // An address outside the machine (TEST-NET-2), and an unassigned Service address.
+    for url in ["http://198.51.100.7/", "http://10.0.0.250/"] {
+        let out = in_netns(&pod_netns, "curl", &["-sS", "--max-time", "5", url]);
+        assert!(!out.status.success(), "{url} answered from the pod");
+    }
+    assert!(
+        egress_attempts() > before,
+        "the pod's packet reached the node (the counter can see it)"
+    );
+    let route = in_netns(
+        &format!("/run/netns/{}", env("ENS_TEST_NODE_NETNS")),
+        "ip",
+        &["route", "get", "198.51.100.7"],
+    );
+    assert!(!route.status.success(), "the node has no route out");
+    assert_eq!(
+        host_outbound(),
+        (0, 0),
+        "no packet from or to the node's ranges left through the machine's interface"
+    );
+    kubectl(&["delete", "namespace", ns, "--wait=false"]);
+    let _ = std::fs::remove_file(&file);
+}
