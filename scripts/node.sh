@@ -169,6 +169,8 @@ for h in $(hierarchies | tr '\n' ' '); do echo \$\$ >"\$h/$CG/system/cgroup.proc
 for d in /run /var/lib /var/log; do mount -t tmpfs -o mode=0755 tmpfs "\$d"; done
 ip link set lo up
 ip addr add $NODE_IP/32 dev lo
+# Service addresses from the node itself (not only from pods): kube-proxy rewrites them in OUTPUT.
+ip route add $SERVICE_CIDR dev lo
 sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.route_localnet=1
 # Counts what pods send to addresses outside the node (the no-route-out test reads it).
 iptables -w -t raw -A PREROUTING -s $POD_CIDR ! -d 10.0.0.0/8 -m comment --comment pod-egress-attempt

@@ -2,7 +2,7 @@
 //! `scripts/test.sh` on a control plane of its own), from the image `scripts/image.sh` built.
 //! `helm install` with the chart's defaults and `kubectl apply -k deploy/default` each give
 //! Running and Ready pods in a namespace enforcing Pod Security `restricted`; the node's network
-//! has no route out of the machine.
+//! has no route out of the machine; the whole lifecycle runs through pods and Services.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use serde_json::{Value, json};
+
+mod receiver_support;
 
 /// How long pods get to become Ready (image import is done; this is start-up on 2 busy cores).
 const READY: Duration = Duration::from_secs(240);
@@ -369,4 +371,219 @@ fn no_packet_from_a_pod_leaves_the_machine() {
     );
     kubectl(&["delete", "namespace", ns, "--wait=false"]);
     let _ = std::fs::remove_file(&file);
+}
+
+/// Applies a JSON manifest (a `List` or one object).
+fn apply_json(doc: &Value) {
+    let file = std::env::temp_dir().join(format!(
+        "ens-node-{}-{}.json",
+        std::process::id(),
+        doc.to_string().len()
+    ));
+    std::fs::write(&file, doc.to_string()).unwrap();
+    kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+}
+
+/// A pod spec's restricted security settings, for the pods the tests add.
+fn restricted_container(name: &str, args: &[&str]) -> Value {
+    json!({
+        "name": name, "image": env("ENS_TEST_NODE_IMAGE"), "imagePullPolicy": "Never", "args": args,
+        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]}},
+    })
+}
+
+/// `curl ARGS` from inside the node's network namespace (where Service addresses route).
+fn node_curl(args: &[&str]) -> String {
+    let out = in_netns(
+        &format!("/run/netns/{}", env("ENS_TEST_NODE_NETNS")),
+        "curl",
+        &[&["-fsS", "--max-time", "10"], args].concat(),
+    );
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cluster_ip(namespace: &str, service: &str) -> String {
+    kubectl(&[
+        "-n",
+        namespace,
+        "get",
+        "svc",
+        service,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lifecycle_runs_through_pods_and_services() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = "lifecycle";
+    restricted_namespace(ns);
+    // The sink runs in this test; pods reach it through the node's proxy, as the Service
+    // `event-sink` (its EndpointSlice names the proxy's address).
+    let sink = receiver_support::TestSink::start(true).await;
+    let port = sink
+        .url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let exposed = run(
+        repo().join("scripts/node.sh").to_str().unwrap(),
+        &[
+            "expose",
+            &env("ENS_TEST_NODE_RUN"),
+            &format!("sink-{port}"),
+            &port,
+        ],
+    );
+    let (ip, port) = exposed.trim().split_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    apply_json(&json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "event-sink", "namespace": ns},
+         "spec": {"ports": [{"port": 80, "targetPort": port}]}},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+         "metadata": {"name": "event-sink-host", "namespace": ns,
+                      "labels": {"kubernetes.io/service-name": "event-sink"}},
+         "addressType": "IPv4", "endpoints": [{"addresses": [ip]}],
+         "ports": [{"port": port, "protocol": "TCP"}]},
+    ]}));
+    run(
+        "helm",
+        &[
+            "install",
+            "life",
+            "charts/ens-operator",
+            "-n",
+            ns,
+            "--set",
+            &format!("receiver.sink=http://event-sink.{ns}.svc/"),
+        ],
+    );
+    let service = "life-ens-operator-receiver";
+    let receiver = format!(
+        "{}:{}",
+        cluster_ip(ns, service),
+        kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "svc",
+            service,
+            "-o",
+            "jsonpath={.spec.ports[0].port}"
+        ])
+    );
+    // The emulator: a pod of the same image; the callback host resolves to the receiver Service.
+    let public = format!("http://ens-emulator.{ns}.svc:8090");
+    let resolve = format!("events.example.com={receiver}");
+    apply_json(&json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "ens-emulator", "namespace": ns},
+         "spec": {"selector": {"matchLabels": {"app": "ens-emulator"}},
+                  "template": {"metadata": {"labels": {"app": "ens-emulator"}},
+                   "spec": {"securityContext": {"runAsNonRoot": true,
+                                                "seccompProfile": {"type": "RuntimeDefault"}},
+                            "containers": [restricted_container("emulator", &[
+                                "emulator", "--listen", "0.0.0.0:8090", "--client-id", "c",
+                                "--client-secret", "s", "--public-url", &public,
+                                "--resolve", &resolve])]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ens-emulator", "namespace": ns},
+         "spec": {"selector": {"app": "ens-emulator"}, "ports": [{"port": 8090}]}},
+        {"apiVersion": "v1", "kind": "Secret",
+         "metadata": {"name": "sfmc-ens-credentials", "namespace": ns},
+         "stringData": {"clientId": "c", "clientSecret": "s", "authBaseUrl": public}},
+    ]}));
+    wait_ready(ns, 4);
+
+    // One callback, two subscriptions, all Ready through the pods.
+    let sub = |name: &str, types: &[&str]| {
+        json!({
+            "apiVersion": "ens-operator.io/v1alpha1", "kind": "EnsSubscription",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"callbackRef": {"name": "orders"}, "eventCategoryTypes": types},
+        })
+    };
+    apply_json(&json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "ens-operator.io/v1alpha1", "kind": "EnsCallback",
+         "metadata": {"name": "orders", "namespace": ns},
+         "spec": {"url": "https://events.example.com/ens/orders"}},
+        sub("sent", &["TransactionalSendEvents.EmailSent"]),
+        sub("bounced", &["TransactionalSendEvents.EmailBounced"]),
+    ]}));
+    let waited = try_run(
+        &std::env::var("ENS_TEST_KUBECTL").unwrap_or_else(|_| "kubectl".into()),
+        &[
+            "-n",
+            ns,
+            "wait",
+            "--for=condition=Ready",
+            "enscallbacks,enssubscriptions",
+            "--all",
+            "--timeout=180s",
+        ],
+    );
+    assert!(
+        waited.status.success(),
+        "not Ready: {}\n{}\nlogs:\n{}",
+        String::from_utf8_lossy(&waited.stderr),
+        kubectl(&["-n", ns, "get", "ens", "-o", "yaml"]),
+        pod_logs(ns)
+    );
+
+    // Events injected into ENS reach the sink, each type through its subscription.
+    let events: Vec<Value> = (0..10)
+        .map(|i| {
+            json!({
+                "eventCategoryType": if i % 2 == 0 { "TransactionalSendEvents.EmailSent" }
+                                     else { "TransactionalSendEvents.EmailBounced" },
+                "timestampUTC": 1_700_000_000_000u64 + i, "mid": 1, "eid": 1,
+                "info": {"messageKey": format!("pods-{i}")},
+            })
+        })
+        .collect();
+    let emulator = format!("http://{}:8090", cluster_ip(ns, "ens-emulator"));
+    let answer: Value = serde_json::from_str(&node_curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        &Value::from(events).to_string(),
+        &format!("{emulator}/emulator/v1/events"),
+    ]))
+    .unwrap();
+    assert_eq!(answer["accepted"], 10, "{answer}");
+    receiver_support::wait_until("10 events at the sink", Duration::from_secs(60), || {
+        sink.accepted_len() >= 10
+    })
+    .await;
+    assert_eq!(sink.accepted_len(), 10, "each event once");
+
+    // Deleting the objects runs the controller's finalizers (ENS cleaned), then uninstall.
+    kubectl(&[
+        "-n",
+        ns,
+        "delete",
+        "enssubscriptions,enscallbacks",
+        "--all",
+        "--timeout=120s",
+    ]);
+    let callbacks: Value =
+        serde_json::from_str(&node_curl(&[&format!("{emulator}/emulator/v1/callbacks")])).unwrap();
+    assert_eq!(
+        callbacks.as_array().map(Vec::len),
+        Some(0),
+        "ENS cleaned: {callbacks}"
+    );
+    run("helm", &["uninstall", "life", "-n", ns, "--wait"]);
+    kubectl(&["delete", "namespace", ns, "--wait=false"]);
 }
