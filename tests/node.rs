@@ -421,9 +421,15 @@ fn cluster_ip(namespace: &str, service: &str) -> String {
     ])
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_lifecycle_runs_through_pods_and_services() {
+#[test]
+fn the_lifecycle_runs_through_pods_and_services() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(lifecycle());
+}
+
+async fn lifecycle() {
     let ns = "lifecycle";
     restricted_namespace(ns);
     // The sink runs in this test; pods reach it through the node's proxy, as the Service
