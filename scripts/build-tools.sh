@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kubectl, etcd, helm, kubeconform and kstatus-check
+# Builds kube-apiserver, kube-controller-manager, kubectl, etcd, helm, kubeconform, kstatus-check and
+# the local node's kubelet, kube-proxy, kube-scheduler and CoreDNS (docs/real-node.md)
 # from the Go module proxy into $ENS_CACHE/bin/<tool>-<version>/ (outside the clone), copies the
 # ServiceMonitor and HTTPRoute CRDs out of their Go modules into $ENS_CACHE/crds/, and installs a
 # Lua interpreter (apt) for the Argo CD health-check tests. Idempotent: anything already cached is

@@ -104,10 +104,15 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 /// Waits until `namespace` has `want` pods, all Running and Ready, and returns them.
 fn wait_ready(namespace: &str, want: usize) -> Vec<Value> {
+    wait_pods(namespace, want, want)
+}
+
+/// Waits until `namespace` has `want` pods of which `ready` are Running and Ready.
+fn wait_pods(namespace: &str, want: usize, ready_pods: usize) -> Vec<Value> {
     let deadline = Instant::now() + READY;
     loop {
         let pods = pods(namespace);
-        if pods.len() == want && pods.iter().all(ready) {
+        if pods.len() == want && pods.iter().filter(|p| ready(p)).count() == ready_pods {
             return pods;
         }
         if Instant::now() > deadline {
@@ -429,8 +434,17 @@ fn the_lifecycle_runs_through_pods_and_services() {
         .block_on(lifecycle());
 }
 
-async fn lifecycle() {
-    let ns = "lifecycle";
+/// What [`deploy`] started: the sink in this test and the emulator's URL (from the node).
+struct Deployed {
+    sink: receiver_support::TestSink,
+    emulator: String,
+}
+
+/// In restricted namespace `ns`: the chart as `release` (with `sets`), a sink Service backed
+/// by this test's sink, the emulator pod resolving the callback host to the receiver Service,
+/// and the credentials Secret; waits until every pod is Ready.
+async fn deploy(ns: &str, release: &str, sets: &[&str], pods: usize, ready: usize) -> Deployed {
+    restricted_namespace(ns);
     restricted_namespace(ns);
     // The sink runs in this test; pods reach it through the node's proxy, as the Service
     // `event-sink` (its EndpointSlice names the proxy's address).
@@ -466,15 +480,19 @@ async fn lifecycle() {
         "helm",
         &[
             "install",
-            "life",
+            release,
             "charts/ens-operator",
             "-n",
             ns,
             "--set",
             &format!("receiver.sink=http://event-sink.{ns}.svc/"),
-        ],
+        ]
+        .into_iter()
+        .chain(sets.iter().flat_map(|s| ["--set", *s]))
+        .collect::<Vec<_>>(),
     );
-    let service = "life-ens-operator-receiver";
+    let service = format!("{release}-ens-operator-receiver");
+    let service = service.as_str();
     let receiver = format!(
         "{}:{}",
         cluster_ip(ns, service),
@@ -508,8 +526,13 @@ async fn lifecycle() {
          "metadata": {"name": "sfmc-ens-credentials", "namespace": ns},
          "stringData": {"clientId": "c", "clientSecret": "s", "authBaseUrl": public}},
     ]}));
-    wait_ready(ns, 4);
+    wait_pods(ns, pods, ready);
+    let emulator = format!("http://{}:8090", cluster_ip(ns, "ens-emulator"));
+    Deployed { sink, emulator }
+}
 
+/// Applies callback `orders` and its subscriptions `sent` and `bounced`, and waits for Ready.
+fn orders_ready(ns: &str) {
     // One callback, two subscriptions, all Ready through the pods.
     let sub = |name: &str, types: &[&str]| {
         json!({
@@ -544,19 +567,20 @@ async fn lifecycle() {
         kubectl(&["-n", ns, "get", "ens", "-o", "yaml"]),
         pod_logs(ns)
     );
+}
 
-    // Events injected into ENS reach the sink, each type through its subscription.
-    let events: Vec<Value> = (0..10)
+/// `n` events (EmailSent and EmailBounced alternating) keyed `{tag}-{i}`, injected into ENS.
+fn inject(emulator: &str, tag: &str, from: usize, n: usize) {
+    let events: Vec<Value> = (from..from + n)
         .map(|i| {
             json!({
                 "eventCategoryType": if i % 2 == 0 { "TransactionalSendEvents.EmailSent" }
                                      else { "TransactionalSendEvents.EmailBounced" },
-                "timestampUTC": 1_700_000_000_000u64 + i, "mid": 1, "eid": 1,
-                "info": {"messageKey": format!("pods-{i}")},
+                "timestampUTC": 1_700_000_000_000u64 + i as u64, "mid": 1, "eid": 1,
+                "info": {"messageKey": format!("{tag}-{i}")},
             })
         })
         .collect();
-    let emulator = format!("http://{}:8090", cluster_ip(ns, "ens-emulator"));
     let answer: Value = serde_json::from_str(&node_curl(&[
         "-X",
         "POST",
@@ -567,7 +591,30 @@ async fn lifecycle() {
         &format!("{emulator}/emulator/v1/events"),
     ]))
     .unwrap();
-    assert_eq!(answer["accepted"], 10, "{answer}");
+    assert_eq!(answer["accepted"], n, "{answer}");
+}
+
+/// The message keys of the events a request body carries (a JSON array or one event).
+fn keys(body: &[u8]) -> Vec<String> {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let events = match v {
+        Value::Array(a) => a,
+        one => vec![one],
+    };
+    events
+        .iter()
+        .filter_map(|e| e["info"]["messageKey"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn lifecycle() {
+    let ns = "lifecycle";
+    let d = deploy(ns, "life", &[], 4, 4).await;
+    orders_ready(ns);
+    let emulator = d.emulator.clone();
+    let sink = &d.sink;
+    // Events injected into ENS reach the sink, each type through its subscription.
+    inject(&emulator, "pods", 0, 10);
     receiver_support::wait_until("10 events at the sink", Duration::from_secs(60), || {
         sink.accepted_len() >= 10
     })
@@ -591,5 +638,201 @@ async fn lifecycle() {
         "ENS cleaned: {callbacks}"
     );
     run("helm", &["uninstall", "life", "-n", ns, "--wait"]);
+    kubectl(&["delete", "namespace", ns, "--wait=false"]);
+}
+
+#[test]
+fn receiver_rollout_under_a_steady_stream_loses_no_acknowledged_event() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Runtime::new().unwrap().block_on(rollout());
+}
+
+async fn rollout() {
+    let ns = "rollout";
+    let d = deploy(ns, "roll", &[], 4, 4).await;
+    orders_ready(ns);
+    // A steady stream into ENS (5 events every 100 ms) while the receiver Deployment rolls.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = {
+        let (emulator, stop) = (d.emulator.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                inject(&emulator, "roll", n, 5);
+                n += 5;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let deploy = "deploy/roll-ens-operator-receiver";
+    kubectl(&["-n", ns, "rollout", "restart", deploy]);
+    kubectl(&["-n", ns, "rollout", "status", deploy, "--timeout=240s"]);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let injected = stream.join().unwrap();
+
+    // ENS redelivers what was refused; wait until it has had every event acknowledged.
+    let url = format!("{}/emulator/v1/deliveries", d.emulator);
+    let acked = |records: &Value| -> std::collections::HashSet<String> {
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["outcome"] == "delivered")
+            .flat_map(|r| keys(r["body"].as_str().unwrap_or_default().as_bytes()))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let records = loop {
+        let records: Value = serde_json::from_str(&node_curl(&[&url])).unwrap();
+        if acked(&records).len() >= injected || Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let acked = acked(&records);
+    let failed = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "failed")
+        .count();
+    // Every event the receivers acknowledged reached the sink (the receiver hands off before
+    // it answers 200), counted by key.
+    receiver_support::wait_until(
+        "the acknowledged events at the sink",
+        Duration::from_secs(30),
+        || {
+            let sunk: std::collections::HashSet<String> = d
+                .sink
+                .accepted()
+                .iter()
+                .flat_map(|e| keys(&e.body))
+                .collect();
+            acked.is_subset(&sunk)
+        },
+    )
+    .await;
+    eprintln!(
+        "rollout: {injected} events injected, {} acknowledged, {failed} delivery attempts refused or failed, {} sink requests",
+        acked.len(),
+        d.sink.accepted_len()
+    );
+    assert_eq!(
+        acked.len(),
+        injected,
+        "ENS got every event acknowledged in the end"
+    );
+
+    kubectl(&[
+        "-n",
+        ns,
+        "delete",
+        "enssubscriptions,enscallbacks",
+        "--all",
+        "--timeout=120s",
+    ]);
+    run("helm", &["uninstall", "roll", "-n", ns, "--wait"]);
+    kubectl(&["delete", "namespace", ns, "--wait=false"]);
+}
+
+fn lease_holder(ns: &str, lease: &str) -> String {
+    let out = try_run(
+        &std::env::var("ENS_TEST_KUBECTL").unwrap_or_else(|_| "kubectl".into()),
+        &[
+            "-n",
+            ns,
+            "get",
+            "lease",
+            lease,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn two_controllers_the_standby_leads_when_the_leader_pod_is_deleted() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Runtime::new().unwrap().block_on(leaders());
+}
+
+async fn leaders() {
+    let ns = "leaders";
+    let d = deploy(ns, "lead", &["controller.replicas=2"], 5, 5).await;
+    orders_ready(ns);
+    let lease = "lead-ens-operator-controller";
+    let leader = lease_holder(ns, lease);
+    assert!(
+        leader.starts_with("lead-ens-operator-controller-"),
+        "a pod leads: {leader:?}"
+    );
+
+    // Deleting the leader pod: SIGTERM, the Lease released, the pod gone well inside the 30 s
+    // grace period; the standby leads within the lease duration (15 s).
+    let deleted = Instant::now();
+    kubectl(&[
+        "-n",
+        ns,
+        "delete",
+        "pod",
+        &leader,
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    let gone = deleted.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let next = loop {
+        let h = lease_holder(ns, lease);
+        if !h.is_empty() && h != leader {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "no new leader (holder {h:?})");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let led = deleted.elapsed();
+    eprintln!("leader pod deleted in {gone:?}; {next} led after {led:?}");
+    assert!(
+        gone < Duration::from_secs(30),
+        "the pod did not wait out its grace period"
+    );
+
+    // The new leader reconciles; ENS holds one callback per object.
+    apply_json(
+        &json!({"apiVersion": "ens-operator.io/v1alpha1", "kind": "EnsCallback",
+        "metadata": {"name": "more", "namespace": ns},
+        "spec": {"url": "https://events.example.com/ens/more"}}),
+    );
+    kubectl(&[
+        "-n",
+        ns,
+        "wait",
+        "--for=condition=Ready",
+        "enscallback/more",
+        "--timeout=120s",
+    ]);
+    let callbacks: Value = serde_json::from_str(&node_curl(&[&format!(
+        "{}/emulator/v1/callbacks",
+        d.emulator
+    )]))
+    .unwrap();
+    assert_eq!(
+        callbacks.as_array().map(Vec::len),
+        Some(2),
+        "no duplicate: {callbacks}"
+    );
+
+    kubectl(&[
+        "-n",
+        ns,
+        "delete",
+        "enssubscriptions,enscallbacks",
+        "--all",
+        "--timeout=120s",
+    ]);
+    run("helm", &["uninstall", "lead", "-n", ns, "--wait"]);
     kubectl(&["delete", "namespace", ns, "--wait=false"]);
 }

@@ -37,7 +37,10 @@ impl Controller {
         let child = Command::new(env!("CARGO_BIN_EXE_ens-operator"))
             .args(args)
             .env("KUBECONFIG", &common::control_plane().kubeconfig)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("ENS_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn the controller");
