@@ -836,3 +836,100 @@ async fn leaders() {
     run("helm", &["uninstall", "lead", "-n", ns, "--wait"]);
     kubectl(&["delete", "namespace", ns, "--wait=false"]);
 }
+
+/// ENS calls that change something (everything but reads and tokens), from the emulator.
+fn ens_mutations(emulator: &str) -> Vec<(String, u64)> {
+    let stats: Value =
+        serde_json::from_str(&node_curl(&[&format!("{emulator}/emulator/v1/stats")])).unwrap();
+    let mut calls: Vec<(String, u64)> = stats["calls"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(route, _)| !route.starts_with("GET ") && !route.ends_with("/token"))
+        .map(|(route, n)| (route.clone(), n.as_u64().unwrap()))
+        .collect();
+    calls.sort();
+    calls
+}
+
+/// Reconciles of `kind` the controller pod at `ip` counted since it started.
+fn reconciles(ip: &str, kind: &str) -> f64 {
+    node_curl(&[&format!("http://{ip}:8080/metrics")])
+        .lines()
+        .filter(|l| l.starts_with("ens_operator_reconciles") && l.contains(kind))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn helm_upgrade_keeps_objects_ready_without_touching_ens() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Runtime::new().unwrap().block_on(upgrade());
+}
+
+async fn upgrade() {
+    let ns = "upgrade";
+    let d = deploy(ns, "upg", &[], 4, 4).await;
+    orders_ready(ns);
+    let before = ens_mutations(&d.emulator);
+    assert!(!before.is_empty(), "the install created things in ENS");
+    // An upgrade that replaces the controller pod (a changed value; the chart has one version
+    // here, so this is an upgrade to the same chart with new values).
+    run(
+        "helm",
+        &[
+            "upgrade",
+            "upg",
+            "charts/ens-operator",
+            "-n",
+            ns,
+            "--reuse-values",
+            "--set",
+            "controller.logLevel=debug",
+        ],
+    );
+    let deploy = "deploy/upg-ens-operator-controller";
+    kubectl(&["-n", ns, "rollout", "status", deploy, "--timeout=240s"]);
+    let pods = wait_ready(ns, 4);
+    let ip = pods
+        .iter()
+        .find(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == "controller")
+        .and_then(|p| p["status"]["podIP"].as_str())
+        .unwrap()
+        .to_owned();
+    // The new controller has looked at every object (its own counters) ...
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while reconciles(&ip, "EnsCallback") < 1.0 || reconciles(&ip, "EnsSubscription") < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the new controller never reconciled"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // ... and changed nothing in ENS; the objects stayed Ready.
+    assert_eq!(
+        ens_mutations(&d.emulator),
+        before,
+        "no ENS mutation across the upgrade"
+    );
+    kubectl(&[
+        "-n",
+        ns,
+        "wait",
+        "--for=condition=Ready",
+        "enscallbacks,enssubscriptions",
+        "--all",
+        "--timeout=10s",
+    ]);
+
+    kubectl(&[
+        "-n",
+        ns,
+        "delete",
+        "enssubscriptions,enscallbacks",
+        "--all",
+        "--timeout=120s",
+    ]);
+    run("helm", &["uninstall", "upg", "-n", ns, "--wait"]);
+    kubectl(&["delete", "namespace", ns, "--wait=false"]);
+}
