@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kubectl, etcd, helm, kubeconform and kstatus-check
+# Builds kube-apiserver, kube-controller-manager, kubectl, etcd, helm, kubeconform, kstatus-check and
+# the local node's kubelet, kube-proxy, kube-scheduler and CoreDNS (docs/real-node.md)
 # from the Go module proxy into $ENS_CACHE/bin/<tool>-<version>/ (outside the clone), copies the
 # ServiceMonitor and HTTPRoute CRDs out of their Go modules into $ENS_CACHE/crds/, and installs a
 # Lua interpreter (apt) for the Argo CD health-check tests. Idempotent: anything already cached is
@@ -46,6 +47,52 @@ build_k8s() {
     k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
   rm -rf "$K8S_BIN"; mv "$K8S_BIN.tmp" "$K8S_BIN"
   "$K8S_BIN/kube-apiserver" --version >&2
+}
+
+# The node's Kubernetes parts, from a wrapper module of their own (same replace lines and
+# ldflags as build_k8s, so the two builds never edit one go.mod at once).
+build_node() {
+  if [ -x "$NODE_BIN/kubelet" ] && [ -x "$NODE_BIN/kube-proxy" ] && [ -x "$NODE_BIN/kube-scheduler" ]; then
+    log "node $K8S_VERSION: cached in $NODE_BIN"; return; fi
+  log "node $K8S_VERSION: building kubelet, kube-proxy, kube-scheduler (~3 min once build_k8s ran)"
+  proxy_check "k8s.io/kubernetes@$K8S_VERSION"
+  local minor staging w upstream ld
+  minor=$(echo "$K8S_VERSION" | cut -d. -f2); staging=v0.${K8S_VERSION#v1.}
+  w=$ENS_CACHE/src/node-$K8S_VERSION; mkdir -p "$w"; cd "$w"
+  [ -f go.mod ] || go mod init local.invalid/node-build >/dev/null 2>&1
+  upstream=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  grep -E '^[[:space:]]*k8s\.io/[^ ]+ => \./staging/' "$upstream" | awk '{print $1}' |
+    while read -r m; do go mod edit -replace="$m=$m@$staging"; done
+  go get -tool "k8s.io/kubernetes/cmd/kubelet@$K8S_VERSION" \
+    "k8s.io/kubernetes/cmd/kube-proxy@$K8S_VERSION" "k8s.io/kubernetes/cmd/kube-scheduler@$K8S_VERSION"
+  ld="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+    ld+=" -X $p.gitTreeState=clean -X $p.buildDate=2026-01-01T00:00:00Z"
+  done
+  mkdir -p "$NODE_BIN.tmp"
+  go build -trimpath -ldflags "$ld" -o "$NODE_BIN.tmp/" k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kube-scheduler
+  rm -rf "$NODE_BIN"; mv "$NODE_BIN.tmp" "$NODE_BIN"
+  "$NODE_BIN/kubelet" --version >&2
+}
+
+build_coredns() { # only the plugins the node uses: scripts/coredns/main.go
+  local src=$here/coredns/main.go
+  if [ -x "$COREDNS_BIN/coredns" ] && cmp -s "$src" "$COREDNS_BIN/main.go"; then
+    log "coredns $COREDNS_VERSION: cached in $COREDNS_BIN"; return; fi
+  log "coredns $COREDNS_VERSION: building (cold: ~2 min)"
+  proxy_check "github.com/coredns/coredns@$COREDNS_VERSION"
+  local w=$ENS_CACHE/src/coredns-$COREDNS_VERSION; rm -rf "$w"; mkdir -p "$w"; cd "$w"
+  cp "$src" main.go
+  go mod init local.invalid/coredns >/dev/null 2>&1
+  go get "github.com/coredns/coredns@$COREDNS_VERSION" >/dev/null 2>&1
+  go mod tidy >/dev/null 2>&1
+  mkdir -p "$COREDNS_BIN.tmp"
+  go build -trimpath -ldflags "-s -w" -o "$COREDNS_BIN.tmp/coredns" .
+  cp main.go "$COREDNS_BIN.tmp/main.go"
+  rm -rf "$COREDNS_BIN"; mv "$COREDNS_BIN.tmp" "$COREDNS_BIN"
 }
 
 build_etcd() {
@@ -115,7 +162,7 @@ install_lua() { # Argo CD health checks are Lua: the tests run them in real inte
     die "lua5.4 is missing and could not be installed: install it (Debian/Ubuntu: apt-get install lua5.4)"
 }
 
-want=${*:-k8s etcd helm kubeconform kstatus crds lua}
+want=${*:-k8s etcd helm kubeconform kstatus crds lua node coredns}
 start=$(date +%s)
 for t in $want; do
   case $t in
@@ -129,7 +176,9 @@ for t in $want; do
       fetch_crds github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION" \
         example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml ;;
     lua) install_lua ;;
-    *) die "unknown tool $t (k8s etcd helm kubeconform kstatus crds lua)" ;;
+    node) build_node ;;
+    coredns) build_coredns ;;
+    *) die "unknown tool $t (k8s etcd helm kubeconform kstatus crds lua node coredns)" ;;
   esac
 done
 log "tools ready in $(( $(date +%s) - start )) s under $ENS_CACHE/bin"

@@ -7,7 +7,11 @@
 #   scripts/control-plane.sh stop  RUN_DIR     # stops only the PIDs recorded in RUN_DIR
 #   scripts/control-plane.sh restart-apiserver RUN_DIR   # for the API-server restart test
 #
-# Binaries come from scripts/build-tools.sh.
+#   ENS_WITH_NODE=1 scripts/control-plane.sh start [RUN_DIR]   # for scripts/node.sh: workload
+#     controllers too, and the API server advertises $NODE_IP (lib.sh) so the `kubernetes`
+#     Service has an endpoint pods can reach (it still listens on 127.0.0.1 only)
+#
+# Binaries come from scripts/build-tools.sh. See docs/real-node.md for the node.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -23,7 +27,7 @@ gen_pki() { # DIR: CA, serving cert, client certs (CN=user, O=group), service-ac
 basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1
+subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1,IP:$NODE_IP
 EXT
   openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
   openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -sha256 \
@@ -71,16 +75,19 @@ wait_for() { # CMD SECONDS
 
 # Starts kube-apiserver for RUN (ports from RUN/ports) and waits for /readyz.
 start_apiserver() {
-  local run=$1 p=$1/pki etcd_port api_port
+  local run=$1 p=$1/pki etcd_port api_port with_node=""
   . "$run/ports"
+  # For scripts/node.sh: the `kubernetes` Service's endpoint is $NODE_IP, reachable from pods.
+  local node_flags=(--advertise-address=127.0.0.1 --endpoint-reconciler-type=none)
+  [ -n "$with_node" ] && node_flags=(--advertise-address="$NODE_IP" --kubelet-preferred-address-types=InternalIP)
   "$K8S_BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+    --bind-address=127.0.0.1 --secure-port="$api_port" "${node_flags[@]}" \
     --cert-dir="$run/apiserver" --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
     --client-ca-file="$p/ca.crt" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
     --service-cluster-ip-range=10.0.0.0/24 --authorization-mode=RBAC --allow-privileged=true \
-    --enable-priority-and-fairness=false --endpoint-reconciler-type=none --v=1 \
+    --enable-priority-and-fairness=false --v=1 \
     >>"$run/logs/kube-apiserver.log" 2>&1 &
   echo $! >"$run/apiserver.pid"
   wait_for "curl -fsS --cacert $p/ca.crt https://127.0.0.1:$api_port/readyz" 120 ||
@@ -119,7 +126,9 @@ start() {
   wait_for "curl -fsS http://127.0.0.1:$etcd_port/health" 30 || { tail -20 "$run/logs/etcd.log" >&2; stop "$run"; die "etcd did not become healthy"; }
 
   local p=$run/pki
-  printf 'etcd_port=%s\napi_port=%s\n' "$etcd_port" "$api_port" >"$run/ports"
+  printf 'etcd_port=%s\napi_port=%s\nwith_node=%s\n' "$etcd_port" "$api_port" "${ENS_WITH_NODE:-}" >"$run/ports"
+  local controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,clusterrole-aggregation
+  [ -n "${ENS_WITH_NODE:-}" ] && controllers+=,nodelifecycle,deployment,replicaset,endpoint,endpointslice,endpointslicemirroring,podgc,disruption,root-ca-cert-publisher
   start_apiserver "$run"
   local ready_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 
@@ -128,7 +137,7 @@ start() {
   "$K8S_BIN/kube-controller-manager" --kubeconfig="$run/kcm.kubeconfig" \
     --authentication-kubeconfig="$run/kcm.kubeconfig" --authorization-kubeconfig="$run/kcm.kubeconfig" \
     --bind-address=127.0.0.1 --secure-port="$kcm_port" --cert-dir="$run/kcm" --leader-elect=false \
-    --controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,clusterrole-aggregation \
+    --controllers="$controllers" \
     --service-account-private-key-file="$p/sa.key" --root-ca-file="$p/ca.crt" --v=1 \
     >"$run/logs/kcm.log" 2>&1 &
   echo $! >"$run/kcm.pid"

@@ -3,9 +3,15 @@
 # processes against that API server), the example manifests applied, the callback watched from
 # created through awaiting verification (with ENS's deadline) to Ready, and events injected into
 # ENS arriving at a sink. Everything stops on exit (also on Ctrl-C or failure).
+#
+#   scripts/demo.sh          # the fast path: local processes against a local API server
+#   scripts/demo.sh --pods   # the same story as pods: the chart on a real local node
+#                            # (scripts/node.sh, root), or on the cluster KUBECONFIG names when
+#                            # ENS_DEMO_KUBECONFIG=1 (e.g. kind; load the image first, see README)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+[ "${1:-}" = "--pods" ] && exec scripts/demo-pods.sh
 
 step() { printf '\n\033[1;34m==> %s\033[0m\n' "$*" >&2; }
 pids=()

@@ -10,6 +10,11 @@ KUBECONFORM_VERSION=${KUBECONFORM_VERSION:-v0.7.0}
 CLI_UTILS_VERSION=${CLI_UTILS_VERSION:-v0.37.2}
 GATEWAY_API_VERSION=${GATEWAY_API_VERSION:-v1.4.0}
 PROMETHEUS_OPERATOR_VERSION=${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}
+# The local node (scripts/node.sh): kubelet, kube-proxy, kube-scheduler at K8S_VERSION; CoreDNS.
+COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
+# The address the API server advertises (the `kubernetes` Service's endpoint): it exists only
+# inside the node's network namespace, where a proxy forwards it to the API server on 127.0.0.1.
+NODE_IP=10.200.0.1
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ENS_CACHE/target}
 export GOMODCACHE=${GOMODCACHE_OVERRIDE:-$ENS_CACHE/gomod}
 export GOCACHE=${GOCACHE_OVERRIDE:-$ENS_CACHE/gobuild}
@@ -19,6 +24,8 @@ ETCD_BIN=$ENS_CACHE/bin/etcd-$ETCD_VERSION
 HELM_BIN=$ENS_CACHE/bin/helm-$HELM_VERSION
 KUBECONFORM_BIN=$ENS_CACHE/bin/kubeconform-$KUBECONFORM_VERSION
 KSTATUS_BIN=$ENS_CACHE/bin/kstatus-$CLI_UTILS_VERSION
+NODE_BIN=$ENS_CACHE/bin/node-$K8S_VERSION
+COREDNS_BIN=$ENS_CACHE/bin/coredns-$COREDNS_VERSION
 THIRD_PARTY_CRDS=$ENS_CACHE/crds
 log() { printf '\033[1m[%s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

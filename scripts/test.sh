@@ -37,8 +37,16 @@ scripts/build-tools.sh
 
 phase "starting the control plane"
 run=$(scripts/control-plane.sh start)
-trap 'scripts/control-plane.sh stop "$run"' EXIT
+noderun=""
+trap 'scripts/control-plane.sh stop "$run"; [ -z "$noderun" ] || { scripts/node.sh stop "$noderun"; scripts/control-plane.sh stop "$noderun"; }' EXIT
 . "$run/env"
+
+# A second control plane with a real node (tests/node*.rs), so the pods it runs never meet the
+# other tests' objects. The image is built from the release binary (cached by its hash).
+phase "the node: release build, images, control plane, kubelet"
+noderun=$(ENS_WITH_NODE=1 scripts/control-plane.sh start)
+scripts/node.sh start "$noderun"
+. "$noderun/node-env"
 
 phase "cargo test"
 cargo test --locked --features fault-injection -- "$@"

@@ -15,4 +15,5 @@ pub mod crd;
 pub mod emulator;
 pub mod ens;
 pub mod receiver;
+pub(crate) mod shutdown;
 pub mod telemetry;

@@ -76,7 +76,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>>
     println!("listening on http://{}", listener.local_addr()?);
     tokio::spawn(serve_metrics(listener, registry, ready.clone()));
 
-    let mut lost = if args.no_leader_election {
+    let lost = if args.no_leader_election {
         None
     } else {
         let manager =
@@ -96,35 +96,43 @@ pub async fn run(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>>
         Some((leader, task))
     };
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let signalled = crate::shutdown::terminated()?;
+    let leader = lost.as_ref().map(|(leader, _)| leader.clone());
     let stop = async move {
-        match &mut lost {
-            Some((leader, _)) => {
+        match leader {
+            Some(mut leader) => {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = signalled => {}
                     _ = async { while leader.changed().await.is_ok() && *leader.borrow() {} } => {
                         tracing::error!("lost leadership; stopping");
                     }
                 }
             }
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            None => signalled.await,
         }
     };
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let (rx1, rx2) = (stop_tx.subscribe(), stop_tx.subscribe());
-    tokio::spawn(async move {
+    let deadline = tokio::spawn(async move {
         stop.await;
         let _ = stop_tx.send(());
+        tokio::time::sleep(crate::shutdown::DRAIN).await;
     });
     let wait = |mut rx: tokio::sync::broadcast::Receiver<()>| async move {
         let _ = rx.recv().await;
     };
-    future::join(
+    let controllers = future::join(
         run_callbacks(client.clone(), ctx.clone(), wait(rx1)),
         run_subscriptions(client, ctx, wait(rx2)),
-    )
-    .await;
+    );
+    tokio::select! {
+        _ = controllers => {}
+        _ = deadline => tracing::warn!("reconciles still running after the drain limit; exiting"),
+    }
+    if let Some((leader, task)) = lost {
+        drop(leader);
+        crate::shutdown::release_lease(task).await;
+    }
     Ok(())
 }
 

@@ -119,6 +119,10 @@ pub struct Args {
     /// Longest the SIGTERM drain waits for in-flight requests, seconds.
     #[arg(long, default_value_t = 25)]
     pub drain_timeout_secs: u64,
+    /// After SIGTERM, seconds to go on serving with `/readyz` failing before the drain starts,
+    /// so batches ENS sends while the Service's endpoints update are still accepted.
+    #[arg(long, default_value_t = 5)]
+    pub shutdown_delay_secs: u64,
 }
 
 /// Why the receiver could not start.
@@ -269,8 +273,13 @@ pub async fn run(args: Args) -> Result<(), Error> {
         Duration::from_secs(args.drain_timeout_secs),
     ));
     shutdown_signal().await?;
-    tracing::info!("shutting down: refusing new connections, finishing in-flight requests");
     app.draining.store(true, Ordering::Release);
+    tracing::info!(
+        secs = args.shutdown_delay_secs,
+        "not ready; serving until endpoints update"
+    );
+    tokio::time::sleep(Duration::from_secs(args.shutdown_delay_secs)).await;
+    tracing::info!("shutting down: refusing new connections, finishing in-flight requests");
     let _ = stop_tx.send(true);
     let _ = server.await;
     for t in tasks {
