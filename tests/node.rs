@@ -53,10 +53,21 @@ fn kubectl(args: &[&str]) -> String {
     run(&kubectl, args)
 }
 
+/// The namespace the chart and `deploy/` put the receiver in for a release in `namespace`: one
+/// of its own, holding no credentials (docs/security.md).
+fn receiver_namespace(namespace: &str) -> String {
+    format!("{namespace}-receiver")
+}
+
+/// The pods of a release in `namespace`: its own and its receiver namespace's.
 fn pods(namespace: &str) -> Vec<Value> {
-    let list: Value =
-        serde_json::from_str(&kubectl(&["-n", namespace, "get", "pods", "-o", "json"])).unwrap();
-    list["items"].as_array().cloned().unwrap_or_default()
+    let mut all = Vec::new();
+    for ns in [namespace.to_owned(), receiver_namespace(namespace)] {
+        let list: Value =
+            serde_json::from_str(&kubectl(&["-n", &ns, "get", "pods", "-o", "json"])).unwrap();
+        all.extend(list["items"].as_array().cloned().unwrap_or_default());
+    }
+    all
 }
 
 fn ready(pod: &Value) -> bool {
@@ -493,12 +504,13 @@ async fn deploy(ns: &str, release: &str, sets: &[&str], pods: usize, ready: usiz
     );
     let service = format!("{release}-ens-operator-receiver");
     let service = service.as_str();
+    let rx = receiver_namespace(ns);
     let receiver = format!(
         "{}:{}",
-        cluster_ip(ns, service),
+        cluster_ip(&rx, service),
         kubectl(&[
             "-n",
-            ns,
+            &rx,
             "get",
             "svc",
             service,
@@ -667,8 +679,9 @@ async fn rollout() {
     };
     std::thread::sleep(Duration::from_secs(2));
     let deploy = "deploy/roll-ens-operator-receiver";
-    kubectl(&["-n", ns, "rollout", "restart", deploy]);
-    kubectl(&["-n", ns, "rollout", "status", deploy, "--timeout=240s"]);
+    let rx = receiver_namespace(ns);
+    kubectl(&["-n", &rx, "rollout", "restart", deploy]);
+    kubectl(&["-n", &rx, "rollout", "status", deploy, "--timeout=240s"]);
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let injected = stream.join().unwrap();

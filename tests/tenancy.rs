@@ -120,15 +120,7 @@ impl Tenants {
             + serde::Serialize
             + std::fmt::Debug,
     {
-        let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
-        Api::<K>::namespaced(client.clone(), ns)
-            .patch(
-                &name,
-                &PatchParams::apply("tenancy-tests").force(),
-                &Patch::Apply(&doc),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("apply {ns}/{name}: {e}"))
+        server_apply(Api::<K>::namespaced(client.clone(), ns), doc).await
     }
 
     /// The victim team's callback `orders` (`/ens/victim`) and subscription `sent`, Ready.
@@ -327,6 +319,21 @@ fn controller_args(shard: &str, rx: &str, receiver_url: &str) -> Vec<String> {
     args
 }
 
+/// Server-side applies `doc` (its `metadata.name`) through `api`.
+async fn server_apply<K>(api: Api<K>, doc: Value) -> K
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
+    api.patch(
+        &name,
+        &PatchParams::apply("tenancy-tests").force(),
+        &Patch::Apply(&doc),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {name}: {e}"))
+}
+
 /// A namespace of exactly `name`, deleted when dropped.
 async fn named_namespace(admin: &Client, name: &str) -> TestNamespace {
     let mut ns = Namespace::default();
@@ -343,65 +350,47 @@ async fn named_namespace(admin: &Client, name: &str) -> TestNamespace {
 /// The ENS credentials Secret of a team (both teams share one ENS account, as with the chart's
 /// default credentials).
 async fn credentials(admin: &Client, ns: &str, auth_base_url: &str) {
-    let secret: Secret = serde_json::from_value(json!({
+    let secret = json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": CREDENTIALS},
         "stringData": {"clientId": "test-client", "clientSecret": "test-secret", "authBaseUrl": auth_base_url},
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(admin.clone(), ns)
-        .patch(
-            CREDENTIALS,
-            &PatchParams::apply("tenancy-tests").force(),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .unwrap();
+    });
+    server_apply(Api::<Secret>::namespaced(admin.clone(), ns), secret).await;
 }
 
 /// A client for a user with the namespace `edit` role in `ns` and the rights on EnsCallbacks
 /// and EnsSubscriptions the chart aggregates into it: a team, nothing more.
 async fn tenant_client(admin: &Client, ns: &str) -> Client {
-    let role: ClusterRole = serde_json::from_value(json!({
+    let role = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": "ens-tenancy-tests-edit"},
         "rules": [{"apiGroups": ["ens-operator.io"], "resources": ["enscallbacks", "enssubscriptions"],
                    "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]}],
-    }))
-    .unwrap();
-    Api::<ClusterRole>::all(admin.clone())
-        .patch(
-            "ens-tenancy-tests-edit",
-            &PatchParams::apply("tenancy-tests").force(),
-            &Patch::Apply(&role),
-        )
-        .await
-        .unwrap();
+    });
+    server_apply(Api::<ClusterRole>::all(admin.clone()), role).await;
     let user = format!("team-{ns}");
     for (binding, role) in [("edit", "edit"), ("ens-edit", "ens-tenancy-tests-edit")] {
-        let rb: RoleBinding = serde_json::from_value(json!({
+        let rb = json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": {"name": binding, "namespace": ns},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-        }))
-        .unwrap();
-        Api::<RoleBinding>::namespaced(admin.clone(), ns)
-            .patch(
-                binding,
-                &PatchParams::apply("tenancy-tests").force(),
-                &Patch::Apply(&rb),
-            )
-            .await
-            .unwrap();
+        });
+        server_apply(Api::<RoleBinding>::namespaced(admin.clone(), ns), rb).await;
     }
     let c = client_as(&user, vec![]).await;
-    // Rights as intended: its own namespace, not the victim's or the receiver's Secrets.
+    // Rights as intended: EnsCallbacks in its own namespace, no Secrets outside it.
     assert!(
         Api::<EnsCallback>::namespaced(c.clone(), ns)
             .list(&Default::default())
             .await
             .is_ok()
+    );
+    assert!(
+        Api::<Secret>::all(c.clone())
+            .list(&Default::default())
+            .await
+            .is_err()
     );
     c
 }

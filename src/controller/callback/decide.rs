@@ -1181,4 +1181,80 @@ mod tests {
         assert_eq!(plan.step, None);
         assert_eq!(reason(&plan, C::Stalled), "CredentialsNotFound");
     }
+
+    #[test]
+    fn a_route_of_the_old_naming_is_carried_over_then_deleted() {
+        let mut seen = registered("verified");
+        seen.status.callback_id = Some("cb-1".into());
+        let old = seen.keys.take().unwrap();
+        seen.legacy_route = Some(("ens-route-team-orders".into(), old.clone()));
+        match decide(&seen, &settings(), now()).step {
+            Some(Step::WriteKeySecret(d)) => {
+                assert_eq!(
+                    d.key_of("cb-1"),
+                    old.key_of("cb-1"),
+                    "the key is kept, not regenerated"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        seen.keys = Some(old);
+        assert_eq!(
+            decide(&seen, &settings(), now()).step,
+            Some(Step::DeleteLegacyRoute("ens-route-team-orders".into()))
+        );
+    }
+
+    #[test]
+    fn a_foreign_remote_or_key_secret_stalls_before_any_write() {
+        // Another object's callback under an annotated id.
+        let mut seen = registered("verified");
+        seen.confirmed_id = None;
+        seen.keys = None;
+        let mut theirs = remote("cb-1", "verified");
+        theirs.callback_name = "c.other-team.orders".into();
+        seen.remote = Remote::Found(theirs);
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, None, "not even the route is written");
+        assert_eq!(reason(&plan, C::Stalled), "ForeignObject");
+        assert_eq!(plan.status.callback_id, None);
+        // A key Secret that is not this object's.
+        let mut seen = fresh();
+        seen.key_claim = Claim::Foreign("it belongs to EnsCallback/team/other".into());
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, None);
+        assert_eq!(reason(&plan, C::Stalled), "SecretNotOwned");
+    }
+
+    #[test]
+    fn a_recorded_callback_gone_under_other_credentials_is_refused_not_recreated() {
+        let mut seen = registered("verified");
+        seen.status.callback_id = Some("cb-1".into());
+        seen.status.tenant = Some("t-1".into());
+        seen.tenant = Some("t-2".into());
+        seen.remote = Remote::Gone;
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, None);
+        assert_eq!(reason(&plan, C::Stalled), "CredentialsChanged");
+        // Under the same account it was deleted outside Kubernetes: created again (the route
+        // expects a probe again first).
+        seen.tenant = Some("t-1".into());
+        seen.keys.as_mut().unwrap().expect_probe = true;
+        assert_eq!(
+            decide(&seen, &settings(), now()).step,
+            Some(Step::ForgetRemote)
+        );
+    }
+
+    #[test]
+    fn a_create_pending_annotation_alone_is_marked_again_not_sent() {
+        let mut seen = fresh();
+        seen.create_pending = true;
+        let plan = decide(&seen, &settings(), now());
+        assert_eq!(plan.step, Some(Step::MarkCreatePending));
+        assert!(
+            plan.status.create_pending,
+            "the controller's own mark goes to status"
+        );
+    }
 }
