@@ -497,6 +497,12 @@ async fn deploy(ns: &str, release: &str, sets: &[&str], pods: usize, ready: usiz
             ns,
             "--set",
             &format!("receiver.sink=http://event-sink.{ns}.svc/"),
+            // The emulator pod speaks plain http under its Service name; the controller refuses
+            // any other ENS endpoint than the allowed https hosts unless told so.
+            "--set",
+            &format!(
+                "controller.extraArgs={{--ens-allow-http,--ens-auth-hosts=ens-emulator.{ns}.svc,--ens-rest-hosts=ens-emulator.{ns}.svc}}"
+            ),
         ]
         .into_iter()
         .chain(sets.iter().flat_map(|s| ["--set", *s]))
