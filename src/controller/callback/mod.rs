@@ -188,7 +188,7 @@ async fn delete_own(
     creds: &Credentials,
     id: Option<String>,
 ) -> Result<(), Error> {
-    let claimant = ownership_claimant(ctx, obj);
+    let claimant = ownership::Claimant::of(obj, &ctx.settings.cluster_name);
     let found = async {
         let remote = match &id {
             Some(id) => {
@@ -243,26 +243,6 @@ async fn delete_own(
             Ok(())
         }
         Err(e) => Err(e),
-    }
-}
-
-/// The object as a claimant of ENS callbacks (status is the controller's record).
-fn ownership_claimant(ctx: &Context, obj: &EnsCallback) -> ownership::Claimant {
-    let s = &ctx.settings;
-    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
-    let derived = crate::controller::names::callback_name(&s.cluster_name, &ns, &name);
-    let status = obj.status.clone().unwrap_or_default();
-    ownership::Claimant {
-        url: obj.spec.url.clone(),
-        asked_name: obj
-            .spec
-            .callback_name
-            .clone()
-            .unwrap_or_else(|| derived.clone()),
-        derived_name: derived,
-        confirmed_id: status.callback_id.clone(),
-        recorded_id: observe::recorded_id(obj),
-        pending_create: obj.annotations().contains_key(CREATE_PENDING) && status.create_pending,
     }
 }
 

@@ -4,7 +4,16 @@
 //!
 //! Pure: no I/O.
 
-use crate::{api::annotations::CALLBACK_ID, controller::names, ens::Callback};
+use kube::ResourceExt;
+
+use crate::{
+    api::{
+        EnsCallback,
+        annotations::{CALLBACK_ID, CREATE_PENDING},
+    },
+    controller::names,
+    ens::Callback,
+};
 
 /// What an EnsCallback claims, as far as ownership goes.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +30,27 @@ pub struct Claimant {
     pub recorded_id: Option<String>,
     /// Whether this object's own create is pending (annotation and status flag).
     pub pending_create: bool,
+}
+
+impl Claimant {
+    /// What `obj` claims, read from the object alone (its status is the controller's record).
+    pub fn of(obj: &EnsCallback, cluster_name: &str) -> Self {
+        let (namespace, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+        let derived_name = names::callback_name(cluster_name, &namespace, &name);
+        let status = obj.status.clone().unwrap_or_default();
+        Self {
+            url: obj.spec.url.clone(),
+            asked_name: obj
+                .spec
+                .callback_name
+                .clone()
+                .unwrap_or_else(|| derived_name.clone()),
+            derived_name,
+            recorded_id: super::observe::recorded_id(obj),
+            confirmed_id: status.callback_id,
+            pending_create: obj.annotations().contains_key(CREATE_PENDING) && status.create_pending,
+        }
+    }
 }
 
 /// Whether `cb` (found by recorded id, or matched by URL) is the claimant's; `Err` says why not.
@@ -78,6 +108,59 @@ mod tests {
             recorded_id: None,
             pending_create: false,
         }
+    }
+
+    fn object(annotations: &[(&str, &str)], status: crate::api::EnsCallbackStatus) -> EnsCallback {
+        let spec =
+            serde_json::from_value(serde_json::json!({"url": "https://e.example/ens/orders"}))
+                .unwrap();
+        let mut obj = EnsCallback::new("orders", spec);
+        obj.metadata.namespace = Some("team-a".into());
+        obj.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        obj.status = Some(status);
+        obj
+    }
+
+    #[test]
+    fn the_claimant_of_an_object_reads_its_annotation_over_status_and_needs_both_pending_marks() {
+        let status = crate::api::EnsCallbackStatus {
+            callback_id: Some("cb-confirmed".into()),
+            create_pending: true,
+            ..Default::default()
+        };
+        let bare = Claimant::of(&object(&[], status.clone()), "c");
+        assert_eq!(bare.recorded_id.as_deref(), Some("cb-confirmed"));
+        assert_eq!(bare.confirmed_id.as_deref(), Some("cb-confirmed"));
+        assert!(
+            !bare.pending_create,
+            "the status flag alone is not a pending create"
+        );
+        assert_eq!(
+            bare.asked_name,
+            names::callback_name("c", "team-a", "orders")
+        );
+
+        let annotated = Claimant::of(
+            &object(
+                &[(CALLBACK_ID, "cb-annotated"), (CREATE_PENDING, "x")],
+                status,
+            ),
+            "c",
+        );
+        assert_eq!(annotated.recorded_id.as_deref(), Some("cb-annotated"));
+        assert_eq!(annotated.confirmed_id.as_deref(), Some("cb-confirmed"));
+        assert!(annotated.pending_create);
+
+        let unmarked = Claimant::of(&object(&[(CREATE_PENDING, "x")], Default::default()), "c");
+        assert!(
+            !unmarked.pending_create,
+            "the annotation alone is not a pending create"
+        );
     }
 
     fn remote(id: &str, name: &str, url: &str) -> Callback {
