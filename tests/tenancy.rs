@@ -379,13 +379,17 @@ async fn tenant_client(admin: &Client, ns: &str) -> Client {
         server_apply(Api::<RoleBinding>::namespaced(admin.clone(), ns), rb).await;
     }
     let c = client_as(&user, vec![]).await;
-    // Rights as intended: EnsCallbacks in its own namespace, no Secrets outside it.
-    assert!(
-        Api::<EnsCallback>::namespaced(c.clone(), ns)
-            .list(&Default::default())
-            .await
-            .is_ok()
-    );
+    // Rights as intended: EnsCallbacks in its own namespace (once the API server's authorizer
+    // has seen the new bindings: its RBAC cache follows a watch), no Secrets outside it.
+    let callbacks = Api::<EnsCallback>::namespaced(c.clone(), ns);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = callbacks.list(&Default::default()).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{user} still cannot list EnsCallbacks in {ns}: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         Api::<Secret>::all(c.clone())
             .list(&Default::default())
