@@ -12,7 +12,7 @@ out=${1:-deploy/base}
 helm=$(command -v helm || echo "$HELM_BIN/helm")
 [ -x "$helm" ] || die "helm is missing: run scripts/build-tools.sh helm"
 rendered=$("$helm" template ens-operator charts/ens-operator --namespace ens-system \
-  --kube-version "${K8S_VERSION#v}" --include-crds)
+  --kube-version "${K8S_VERSION#v}" --include-crds --no-hooks)
 mkdir -p "$out"
 rm -f "$out"/*.yaml
 RENDERED=$rendered python3 - "$out" <<'PY'

@@ -31,4 +31,7 @@ pub enum Command {
     Emulator(Box<crate::emulator::Config>),
     /// Serve ENS callback URLs: verify, hand off, acknowledge (docs/design.md §4).
     Receiver(Box<crate::receiver::Args>),
+    /// Exit non-zero, naming them, while objects hold the operator's finalizer (the chart's
+    /// pre-delete hook: an uninstall would leave them stuck).
+    UninstallCheck(crate::uninstall_check::Args),
 }

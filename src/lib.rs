@@ -17,3 +17,4 @@ pub mod ens;
 pub mod receiver;
 pub(crate) mod shutdown;
 pub mod telemetry;
+pub mod uninstall_check;

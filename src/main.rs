@@ -25,6 +25,9 @@ fn main() -> ExitCode {
         Command::Controller(args) => run(ens_operator::controller::run(*args)),
         Command::Emulator(config) => run(async { Ok(ens_operator::emulator::run(*config).await?) }),
         Command::Receiver(args) => run(async { Ok(ens_operator::receiver::run(*args).await?) }),
+        Command::UninstallCheck(args) => {
+            run(async { Ok(ens_operator::uninstall_check::run(args).await?) })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -320,7 +320,7 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
     struct Uninstall(String);
     impl Drop for Uninstall {
         fn drop(&mut self) {
-            let _ = helm(&["uninstall", "gitops", "-n", &self.0]);
+            let _ = helm(&["uninstall", "gitops", "-n", &self.0, "--no-hooks"]);
             let _ = std::fs::remove_dir_all(helm_home());
         }
     }

@@ -385,7 +385,14 @@ fn no_packet_from_a_pod_leaves_the_machine() {
         (0, 0),
         "no packet from or to the node's ranges left through the machine's interface"
     );
-    kubectl(&["delete", "namespace", ns, "--wait=false"]);
+    // The chart keeps the receiver namespace (route Secrets hold signature keys).
+    kubectl(&[
+        "delete",
+        "namespace",
+        ns,
+        &receiver_namespace(ns),
+        "--wait=false",
+    ]);
     let _ = std::fs::remove_file(&file);
 }
 
@@ -455,7 +462,6 @@ struct Deployed {
 /// by this test's sink, the emulator pod resolving the callback host to the receiver Service,
 /// and the credentials Secret; waits until every pod is Ready.
 async fn deploy(ns: &str, release: &str, sets: &[&str], pods: usize, ready: usize) -> Deployed {
-    restricted_namespace(ns);
     restricted_namespace(ns);
     // The sink runs in this test; pods reach it through the node's proxy, as the Service
     // `event-sink` (its EndpointSlice names the proxy's address).
@@ -656,7 +662,14 @@ async fn lifecycle() {
         "ENS cleaned: {callbacks}"
     );
     run("helm", &["uninstall", "life", "-n", ns, "--wait"]);
-    kubectl(&["delete", "namespace", ns, "--wait=false"]);
+    // The chart keeps the receiver namespace (route Secrets hold signature keys).
+    kubectl(&[
+        "delete",
+        "namespace",
+        ns,
+        &receiver_namespace(ns),
+        "--wait=false",
+    ]);
 }
 
 #[test]
@@ -754,7 +767,14 @@ async fn rollout() {
         "--timeout=120s",
     ]);
     run("helm", &["uninstall", "roll", "-n", ns, "--wait"]);
-    kubectl(&["delete", "namespace", ns, "--wait=false"]);
+    // The chart keeps the receiver namespace (route Secrets hold signature keys).
+    kubectl(&[
+        "delete",
+        "namespace",
+        ns,
+        &receiver_namespace(ns),
+        "--wait=false",
+    ]);
 }
 
 fn lease_holder(ns: &str, lease: &str) -> String {
@@ -853,7 +873,14 @@ async fn leaders() {
         "--timeout=120s",
     ]);
     run("helm", &["uninstall", "lead", "-n", ns, "--wait"]);
-    kubectl(&["delete", "namespace", ns, "--wait=false"]);
+    // The chart keeps the receiver namespace (route Secrets hold signature keys).
+    kubectl(&[
+        "delete",
+        "namespace",
+        ns,
+        &receiver_namespace(ns),
+        "--wait=false",
+    ]);
 }
 
 /// ENS calls that change something (everything but reads and tokens), from the emulator.
@@ -881,7 +908,7 @@ fn reconciles(ip: &str, kind: &str) -> f64 {
 }
 
 #[test]
-fn helm_upgrade_keeps_objects_ready_without_touching_ens() {
+fn helm_upgrade_keeps_objects_ready_without_touching_ens_and_uninstall_waits_for_the_objects() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     tokio::runtime::Runtime::new().unwrap().block_on(upgrade());
 }
@@ -941,6 +968,38 @@ async fn upgrade() {
         "--timeout=10s",
     ]);
 
+    // Uninstalling now would strand the objects (their finalizer, no controller left to run
+    // it): the chart's pre-delete hook refuses, names them, and nothing is removed.
+    let refused = try_run(
+        "helm",
+        &["uninstall", "upg", "-n", ns, "--wait", "--timeout=180s"],
+    );
+    assert!(
+        !refused.status.success(),
+        "helm uninstall went through with objects left"
+    );
+    let said = kubectl(&["-n", ns, "logs", "job/upg-ens-operator-uninstall-check"]);
+    for object in [
+        "EnsCallback upgrade/orders",
+        "EnsSubscription upgrade/sent",
+        "EnsSubscription upgrade/bounced",
+    ] {
+        assert!(said.contains(object), "{object} not named: {said}");
+    }
+    let status: Value =
+        serde_json::from_str(&run("helm", &["status", "upg", "-n", ns, "-o", "json"])).unwrap();
+    assert_eq!(
+        status["info"]["status"], "deployed",
+        "the release is intact"
+    );
+    kubectl(&["-n", ns, "rollout", "status", deploy, "--timeout=10s"]);
+    assert_eq!(
+        ens_mutations(&d.emulator),
+        before,
+        "the refused uninstall changed nothing in ENS"
+    );
+
+    // Once the objects are gone (their finalizers ran), the uninstall goes through.
     kubectl(&[
         "-n",
         ns,
@@ -950,5 +1009,12 @@ async fn upgrade() {
         "--timeout=120s",
     ]);
     run("helm", &["uninstall", "upg", "-n", ns, "--wait"]);
-    kubectl(&["delete", "namespace", ns, "--wait=false"]);
+    // The chart keeps the receiver namespace (route Secrets hold signature keys).
+    kubectl(&[
+        "delete",
+        "namespace",
+        ns,
+        &receiver_namespace(ns),
+        "--wait=false",
+    ]);
 }

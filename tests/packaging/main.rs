@@ -165,6 +165,7 @@ fn chart_lints_and_renders_manifests_valid_against_the_real_schemas() {
         "HTTPRoute",
         "Ingress",
         "HorizontalPodAutoscaler",
+        "Job",
         "ConfigMap",
         "Secret",
         "CustomResourceDefinition",
@@ -203,7 +204,7 @@ fn chart_lints_and_renders_manifests_valid_against_the_real_schemas() {
 
     // Hardened pods in every rendering.
     for doc in default_docs.iter().chain(&full_docs) {
-        if doc["kind"] != "Deployment" {
+        if doc["kind"] != "Deployment" && doc["kind"] != "Job" {
             continue;
         }
         let pod = &doc["spec"]["template"]["spec"];
@@ -724,12 +725,15 @@ async fn helm_installs_with_default_values_and_rbac_is_least_privilege() {
         "{args}"
     );
 
+    // `--no-hooks`: no node runs pods here, so the pre-delete check (a Job) could not finish;
+    // tests/node.rs runs it.
     ok(&mut helm(&[
         "uninstall",
         &release,
         "-n",
         &ns.name,
         "--wait",
+        "--no-hooks",
     ]));
     let left = ok(&mut kubectl(&[
         "get",
@@ -760,6 +764,19 @@ async fn helm_installs_with_default_values_and_rbac_is_least_privilege() {
         "crd",
         "enscallbacks.ens-operator.io",
     ]));
+    // The receiver namespace stays (its route Secrets hold the managed signature keys), and a
+    // reinstall under the same name takes it over again.
+    ok(&mut kubectl(&["get", "namespace", &rx]));
+    ok(&mut helm(&["install", &release, &chart, "-n", &ns.name]));
+    ok(&mut helm(&[
+        "uninstall",
+        &release,
+        "-n",
+        &ns.name,
+        "--wait",
+        "--no-hooks",
+    ]));
+    ok(&mut kubectl(&["delete", "namespace", &rx, "--wait=false"]));
 }
 
 #[tokio::test]
@@ -849,12 +866,15 @@ async fn helm_installs_every_optional_part_and_upgrades_without_changes() {
         ],
     );
 
+    // `--no-hooks`: no node runs pods here, so the pre-delete check (a Job) could not finish;
+    // tests/node.rs runs it.
     ok(&mut helm(&[
         "uninstall",
         &release,
         "-n",
         &ns.name,
         "--wait",
+        "--no-hooks",
     ]));
     let left = ok(&mut kubectl(&[
         "get",
@@ -891,4 +911,60 @@ fn the_argo_cd_snippet_in_the_docs_is_the_shipped_health_checks() {
             "docs/gitops.md differs from charts/ens-operator/argocd/{file}"
         );
     }
+}
+
+/// The chart's pre-delete check, run as its hook runs it (`ens-operator uninstall-check`), against
+/// the real API server: it refuses, naming the object, while one holds the operator's finalizer,
+/// and passes once that is released. (tests/node.rs runs it as the hook, through `helm uninstall`.)
+#[tokio::test]
+async fn uninstall_check_refuses_while_an_object_holds_the_finalizer() {
+    use ens_operator::api::{EnsCallback, annotations::FINALIZER};
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+
+    let client = client().await;
+    common::install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "pkg-uninstall").await;
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ens-operator"))
+            .args(["uninstall-check", "--namespace", &ns.name])
+            .env("KUBECONFIG", &common::control_plane().kubeconfig)
+            .output()
+            .expect("run ens-operator uninstall-check")
+    };
+    let passed = check();
+    assert!(
+        passed.status.success(),
+        "an empty namespace is refused: {}",
+        String::from_utf8_lossy(&passed.stderr)
+    );
+
+    let api: Api<EnsCallback> = Api::namespaced(client.clone(), &ns.name);
+    let mut cb = EnsCallback::new(
+        "orders",
+        serde_json::from_value(serde_json::json!({"url": "https://events.example.com/orders"}))
+            .unwrap(),
+    );
+    cb.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+    api.create(&PostParams::default(), &cb).await.unwrap();
+    let refused = check();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "passed with a finalizer held");
+    assert!(
+        said.contains(&format!("EnsCallback {}/orders", ns.name)),
+        "{said}"
+    );
+
+    api.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    let released = check();
+    assert!(
+        released.status.success(),
+        "refused after the finalizer was released: {}",
+        String::from_utf8_lossy(&released.stderr)
+    );
 }
