@@ -462,6 +462,20 @@ struct Deployed {
 /// by this test's sink, the emulator pod resolving the callback host to the receiver Service,
 /// and the credentials Secret; waits until every pod is Ready.
 async fn deploy(ns: &str, release: &str, sets: &[&str], pods: usize, ready: usize) -> Deployed {
+    let rx = receiver_namespace(ns);
+    deploy_chart("charts/ens-operator", &rx, ns, release, sets, pods, ready).await
+}
+
+/// [`deploy`] of `chart` (a directory or a packaged chart), whose receiver runs in `rx`.
+async fn deploy_chart(
+    chart: &str,
+    rx: &str,
+    ns: &str,
+    release: &str,
+    sets: &[&str],
+    pods: usize,
+    ready: usize,
+) -> Deployed {
     restricted_namespace(ns);
     // The sink runs in this test; pods reach it through the node's proxy, as the Service
     // `event-sink` (its EndpointSlice names the proxy's address).
@@ -498,7 +512,7 @@ async fn deploy(ns: &str, release: &str, sets: &[&str], pods: usize, ready: usiz
         &[
             "install",
             release,
-            "charts/ens-operator",
+            chart,
             "-n",
             ns,
             "--set",
@@ -516,13 +530,12 @@ async fn deploy(ns: &str, release: &str, sets: &[&str], pods: usize, ready: usiz
     );
     let service = format!("{release}-ens-operator-receiver");
     let service = service.as_str();
-    let rx = receiver_namespace(ns);
     let receiver = format!(
         "{}:{}",
-        cluster_ip(&rx, service),
+        cluster_ip(rx, service),
         kubectl(&[
             "-n",
-            &rx,
+            rx,
             "get",
             "svc",
             service,
@@ -1017,4 +1030,143 @@ async fn upgrade() {
         &receiver_namespace(ns),
         "--wait=false",
     ]);
+}
+
+#[test]
+fn helm_upgrade_from_chart_0_1_carries_the_signature_key_over_and_changes_nothing_in_ens() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(upgrade_from_0_1());
+}
+
+/// The route Secrets of namespace `ns` as `(name, path, signature key)`.
+fn routes(ns: &str) -> Vec<(String, String, String)> {
+    let list: Value = serde_json::from_str(&kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "secrets",
+        "-l",
+        "ens-operator.io/route=true",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let field = |s: &Value, key: &str| s["data"][key].as_str().unwrap_or_default().to_owned();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["metadata"]["name"].as_str().unwrap().to_owned(),
+                field(s, "path"),
+                field(s, "signatureKey"),
+            )
+        })
+        .collect()
+}
+
+/// Chart 0.1 ran the receiver, and kept its route Secrets, in the release namespace; 0.2 moved
+/// both to a namespace of their own. The upgrade as documented (CRDs, then the chart) keeps the
+/// objects Ready with the same signature key and no ENS call that changes anything. (The
+/// previous release's image is not built here: the 0.1 chart runs the current image.)
+async fn upgrade_from_0_1() {
+    let ns = "from-0-1";
+    let image = env("ENS_TEST_NODE_IMAGE");
+    let tag = format!("image.tag={}", image.rsplit_once(':').unwrap().1);
+    let chart = "tests/fixtures/ens-operator-0.1.0.tgz";
+    // Controller, two receivers and the emulator, all in `ns` with chart 0.1.
+    let d = deploy_chart(chart, ns, ns, "old", &[&tag], 4, 4).await;
+    orders_ready(ns);
+    let before_routes = routes(ns);
+    assert_eq!(
+        before_routes.len(),
+        1,
+        "one route Secret: {before_routes:?}"
+    );
+    let (_, path, key) = before_routes[0].clone();
+    assert!(!key.is_empty(), "the route has a signature key");
+    let before = ens_mutations(&d.emulator);
+
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "charts/ens-operator/crds",
+    ]);
+    run(
+        "helm",
+        &[
+            "upgrade",
+            "old",
+            "charts/ens-operator",
+            "-n",
+            ns,
+            "--reset-then-reuse-values",
+        ],
+    );
+    let rx = receiver_namespace(ns);
+    kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "deploy/old-ens-operator-controller",
+        "--timeout=240s",
+    ]);
+    kubectl(&[
+        "-n",
+        &rx,
+        "rollout",
+        "status",
+        "deploy/old-ens-operator-receiver",
+        "--timeout=240s",
+    ]);
+    // The key moved to the receiver namespace, and the old route Secret is gone.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (old, new) = (routes(ns), routes(&rx));
+        if old.is_empty() && new.len() == 1 {
+            assert_eq!(
+                (&new[0].1, &new[0].2),
+                (&path, &key),
+                "the same route and key"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not carried over: {old:?} {new:?}\nlogs:\n{}",
+            pod_logs(ns)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    kubectl(&[
+        "-n",
+        ns,
+        "wait",
+        "--for=condition=Ready",
+        "enscallbacks,enssubscriptions",
+        "--all",
+        "--timeout=120s",
+    ]);
+    assert_eq!(
+        ens_mutations(&d.emulator),
+        before,
+        "no ENS mutation across the upgrade (no key regenerated)"
+    );
+
+    kubectl(&[
+        "-n",
+        ns,
+        "delete",
+        "enssubscriptions,enscallbacks",
+        "--all",
+        "--timeout=120s",
+    ]);
+    run("helm", &["uninstall", "old", "-n", ns, "--wait"]);
+    kubectl(&["delete", "namespace", ns, &rx, "--wait=false"]);
 }

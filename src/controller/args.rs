@@ -24,6 +24,11 @@ pub struct ControllerArgs {
     /// Namespace of the companion receiver: route Secrets for `Managed` callbacks go there.
     #[arg(long, env = "ENS_RECEIVER_NAMESPACE", default_value = "ens-system")]
     pub receiver_namespace: String,
+    /// Where releases before the receiver had a namespace of its own kept route Secrets (the
+    /// release namespace): a callback's keys found there are carried over to the receiver
+    /// namespace once, then that Secret is deleted, so an upgrade changes nothing in ENS.
+    #[arg(long, env = "ENS_LEGACY_ROUTE_NAMESPACE")]
+    pub legacy_route_namespace: Option<String>,
     /// Base URL of the receiver's admin endpoint, used to confirm it serves a route before ENS is
     /// asked to probe it (e.g. `http://ens-receiver.ens-system:8080`). Unset: the written route
     /// Secret is taken as ready.

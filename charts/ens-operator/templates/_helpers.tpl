@@ -179,3 +179,10 @@ controller.watchNamespace). */}}
     {{- end }}
   {{- end }}
 {{- end }}
+
+{{/* The namespace holding route Secrets of chart 0.1 to carry over ("" when none can). */}}
+{{- define "ens-operator.legacyRouteNamespace" -}}
+{{- if and .Values.controller.migrateLegacyRoutes (ne (include "ens-operator.receiver.namespace" .) .Release.Namespace) }}
+{{- .Release.Namespace }}
+{{- end }}
+{{- end }}

@@ -62,9 +62,9 @@ pub async fn act(
     }
     match step {
         Step::WriteKeySecret(data) => write_keys(ctx, seen, &data).await?,
-        Step::DeleteLegacyRoute(name) => {
-            match Api::<Secret>::namespaced(ctx.client.clone(), &seen.key_secret.namespace)
-                .delete(&name, &DeleteParams::default())
+        Step::DeleteLegacyRoute(at) => {
+            match Api::<Secret>::namespaced(ctx.client.clone(), &at.namespace)
+                .delete(&at.name, &DeleteParams::default())
                 .await
             {
                 Ok(_) => {}

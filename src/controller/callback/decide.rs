@@ -79,9 +79,9 @@ pub struct Observed {
     pub keys: Option<KeyData>,
     /// Whose the Secret at the key Secret's name is.
     pub key_claim: Claim,
-    /// A route Secret of the old naming that served this callback (name and content): its keys
-    /// are carried over, then it is deleted.
-    pub legacy_route: Option<(String, KeyData)>,
+    /// A route Secret an older release wrote for this callback: its keys are carried over, then
+    /// it is deleted.
+    pub legacy_route: Option<LegacyRoute>,
     /// Whether the receiver confirmed it serves the route (`None`: not checked).
     pub receiver_serving: Option<bool>,
     /// A verification key handed over for this callback.
@@ -183,8 +183,27 @@ pub enum Step {
     },
     /// Bring name and batch size in line with the spec.
     Update(CallbackUpdate),
-    /// Delete the route Secret of the old naming (its keys were carried over).
-    DeleteLegacyRoute(String),
+    /// Delete the route Secret an older release wrote (its keys were carried over).
+    DeleteLegacyRoute(SecretAt),
+}
+
+/// A Secret's place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretAt {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// A route Secret an older release wrote for a callback's path: under the old naming
+/// (`ens-route-<ns>-<name>`), or in the namespace the receiver shared with the controller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LegacyRoute {
+    /// Where it is.
+    pub at: SecretAt,
+    /// Its keys (empty when the current route Secret already has keys).
+    pub keys: KeyData,
 }
 
 /// The decision: at most one step, the status to show, and when to look again.
@@ -328,13 +347,13 @@ fn route<'a>(seen: &'a Observed, b: StatusBuilder<'a>, now: Timestamp) -> Phase<
             .progressing(Reason::Progressing, "writing the signature key Secret")
             .plan(Some(Step::WriteKeySecret(desired)), AFTER_STEP));
     }
-    if let Some((legacy, _)) = &seen.legacy_route {
+    if let Some(legacy) = &seen.legacy_route {
         return Err(b
             .progressing(
                 Reason::Progressing,
-                "removing the route Secret of the old naming",
+                "removing the route Secret an older release wrote",
             )
-            .plan(Some(Step::DeleteLegacyRoute(legacy.clone())), AFTER_STEP));
+            .plan(Some(Step::DeleteLegacyRoute(legacy.at.clone())), AFTER_STEP));
     }
     if !managed {
         let b = b.receiver(
@@ -632,7 +651,7 @@ fn desired_keys(seen: &Observed, verified: bool, now: Timestamp) -> KeyData {
     let current = seen
         .keys
         .clone()
-        .or_else(|| seen.legacy_route.as_ref().map(|(_, k)| k.clone()))
+        .or_else(|| seen.legacy_route.as_ref().map(|l| l.keys.clone()))
         .unwrap_or_default();
     let managed = seen.spec.receiver == ReceiverMode::Managed;
     let mut d = KeyData {
@@ -1187,7 +1206,14 @@ mod tests {
         let mut seen = registered("verified");
         seen.status.callback_id = Some("cb-1".into());
         let old = seen.keys.take().unwrap();
-        seen.legacy_route = Some(("ens-route-team-orders".into(), old.clone()));
+        let at = SecretAt {
+            namespace: "ens-system".into(),
+            name: "ens-route-team-orders".into(),
+        };
+        seen.legacy_route = Some(LegacyRoute {
+            at: at.clone(),
+            keys: old.clone(),
+        });
         match decide(&seen, &settings(), now()).step {
             Some(Step::WriteKeySecret(d)) => {
                 assert_eq!(
@@ -1201,7 +1227,7 @@ mod tests {
         seen.keys = Some(old);
         assert_eq!(
             decide(&seen, &settings(), now()).step,
-            Some(Step::DeleteLegacyRoute("ens-route-team-orders".into()))
+            Some(Step::DeleteLegacyRoute(at))
         );
     }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Resource, ResourceExt};
 
-use super::decide::{Observed, Remote, url_path};
+use super::decide::{LegacyRoute, Observed, Remote, SecretAt, url_path};
 use crate::{
     api::{
         EnsCallback,
@@ -78,42 +78,67 @@ pub async fn read_key_secret(
     Ok((claim, keys))
 }
 
-/// A route Secret of the old naming (`ens-route-<ns>-<name>`, which two objects could share)
-/// that the operator wrote for this callback's path: its keys are carried over once.
+/// A route Secret an older release wrote for this callback's path: of the old naming
+/// (`ens-route-<ns>-<name>`, which two objects could share) in the receiver namespace, or, with
+/// `--legacy-route-namespace`, of either naming in the namespace the receiver used to share with
+/// the controller. Its keys are carried over once (none when the current route has keys).
 async fn legacy_route(
     ctx: &Context,
     obj: &EnsCallback,
+    at: &KeySecretRef,
     keys_present: bool,
-) -> Result<Option<(String, KeyData)>, Error> {
+) -> Result<Option<LegacyRoute>, Error> {
     if obj.spec.receiver != ReceiverMode::Managed {
         return Ok(None);
     }
-    let name = names::legacy_route_secret(&obj.namespace().unwrap_or_default(), &obj.name_any());
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.args.receiver_namespace)
-        .get_opt(&name)
-        .await
-        .map_err(Error::kube("reading the route Secret of the old naming"))?;
-    let Some(secret) = secret else {
-        return Ok(None);
-    };
-    let labels = secret.metadata.labels.clone().unwrap_or_default();
-    let ours = labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
-        && labels.get(ROUTE_LABEL).map(String::as_str) == Some("true")
-        && !labels.contains_key(crate::api::annotations::OWNER_LABEL);
-    let data = KeyData::from_secret(&secret);
-    // The path is unique among live callbacks (UrlInUse), so a route of the old naming for this
-    // path is this callback's, whichever object the ambiguous name also fitted.
-    let mine = ours && data.path.as_deref() == Some(url_path(&obj.spec.url).as_str());
-    Ok(mine.then(|| {
-        (
-            name,
-            if keys_present {
-                KeyData::default()
-            } else {
-                data
-            },
-        )
-    }))
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    let old_name = names::legacy_route_secret(&ns, &name);
+    let mut places = vec![(ctx.args.receiver_namespace.clone(), old_name.clone())];
+    if let Some(legacy_ns) = ctx
+        .args
+        .legacy_route_namespace
+        .as_ref()
+        .filter(|n| **n != ctx.args.receiver_namespace)
+    {
+        places.push((legacy_ns.clone(), at.name.clone()));
+        places.push((legacy_ns.clone(), old_name));
+    }
+    for (namespace, secret_name) in places {
+        let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+            .get_opt(&secret_name)
+            .await
+            .map_err(Error::kube("reading a route Secret an older release wrote"))?;
+        let Some(secret) = secret else {
+            continue;
+        };
+        let labels = secret.metadata.labels.clone().unwrap_or_default();
+        let operators = labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+            && labels.get(ROUTE_LABEL).map(String::as_str) == Some("true");
+        // Of the old naming: no owner label then. Of the current naming: this object's.
+        let owned = match labels.get(crate::api::annotations::OWNER_LABEL) {
+            None => secret_name != at.name,
+            Some(_) => {
+                Claim::of(Some(&secret), &at.owner, obj.meta().uid.as_deref()) == Claim::Ours
+            }
+        };
+        let data = KeyData::from_secret(&secret);
+        // The path is unique among live callbacks (UrlInUse), so a route an older release wrote
+        // for this path is this callback's, whichever object an ambiguous name also fitted.
+        if operators && owned && data.path.as_deref() == Some(url_path(&obj.spec.url).as_str()) {
+            return Ok(Some(LegacyRoute {
+                at: SecretAt {
+                    namespace,
+                    name: secret_name,
+                },
+                keys: if keys_present {
+                    KeyData::default()
+                } else {
+                    data
+                },
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// The credentials reference of a callback (its own, or the operator's default).
@@ -155,7 +180,7 @@ pub async fn observe(
     let key_secret = key_secret_ref(ctx, obj);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &key_secret.namespace);
     let (key_claim, keys) = read_key_secret(ctx, obj, &key_secret).await?;
-    let legacy_route = legacy_route(ctx, obj, keys.is_some()).await?;
+    let legacy_route = legacy_route(ctx, obj, &key_secret, keys.is_some()).await?;
     let probe = match obj.spec.receiver {
         ReceiverMode::Managed => secrets
             .get_opt(&key_secret.probe_secret())
