@@ -8,7 +8,8 @@
 #   scripts/control-plane.sh restart-apiserver RUN_DIR   # for the API-server restart test
 #
 #   ENS_WITH_NODE=1 scripts/control-plane.sh start [RUN_DIR]   # for scripts/node.sh: workload
-#     controllers too, and the API server advertises $NODE_IP (lib.sh) so the `kubernetes`
+#     controllers too (Deployments, StatefulSets, Jobs such as the chart's uninstall hook, volume
+#     claim binding and protection), and the API server advertises $NODE_IP (lib.sh) so the `kubernetes`
 #     Service has an endpoint pods can reach (it still listens on 127.0.0.1 only)
 #
 # Binaries come from scripts/build-tools.sh. See docs/real-node.md for the node.
@@ -128,7 +129,7 @@ start() {
   local p=$run/pki
   printf 'etcd_port=%s\napi_port=%s\nwith_node=%s\n' "$etcd_port" "$api_port" "${ENS_WITH_NODE:-}" >"$run/ports"
   local controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,clusterrole-aggregation
-  [ -n "${ENS_WITH_NODE:-}" ] && controllers+=,nodelifecycle,deployment,replicaset,endpoint,endpointslice,endpointslicemirroring,podgc,disruption,root-ca-cert-publisher
+  [ -n "${ENS_WITH_NODE:-}" ] && controllers+=,nodelifecycle,deployment,replicaset,endpoint,endpointslice,endpointslicemirroring,podgc,disruption,root-ca-cert-publisher,statefulset-controller,job-controller,persistentvolume-binder-controller,persistentvolume-protection-controller,persistentvolumeclaim-protection-controller
   start_apiserver "$run"
   local ready_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 

@@ -1,7 +1,8 @@
 //! The durable spool against the real binary: kill -9 right after a 200 loses nothing and
 //! repeats nothing, a backlog goes out in one request and a crash before its commit sends it
 //! again whole, a full spool answers 503, a torn tail record is skipped, clients hanging up mid
-//! append leave it working.
+//! append leave it working, SIGTERM drains the spool to a sink that comes back, and with the
+//! sink down it exits after the drain window with the rest kept for the restart.
 
 mod receiver_support;
 
@@ -380,4 +381,96 @@ async fn clients_hanging_up_mid_append_leave_the_spool_working() {
         delivered(&sink).contains_key(&id)
     })
     .await;
+}
+
+/// With the sink down, `n` acknowledged batches of 2 events in a receiver on `dir` (args
+/// `extra`), then SIGTERM; returns the receiver (shutting down) and the events' ids.
+async fn spooled_then_terminated(
+    dir: &Path,
+    sink: &TestSink,
+    extra: &[&str],
+    n: usize,
+) -> (Receiver, Vec<String>) {
+    let mut args = vec!["--shutdown-delay-secs", "0"];
+    args.extend_from_slice(extra);
+    let rx = spawn(dir, sink, &args);
+    let mut sent = Vec::new();
+    for i in 0..n {
+        let b = batch(&format!("term-{i}"), 2);
+        assert_eq!(rx.post(ROUTE, &b, Some(&sig(KEY, &b))).await.0, 200);
+        sent.extend(ids(&b));
+    }
+    assert_eq!(spool_depth(&rx).await, n as f64);
+    wait_until("a refused delivery", Duration::from_secs(10), || {
+        sink.refused() > 0
+    })
+    .await;
+    rx.send_term();
+    (rx, sent)
+}
+
+// Multi-threaded: the sink answers on this runtime while the test waits for the exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_spool_to_a_sink_that_comes_back_before_the_process_exits() {
+    let dir = temp_dir("term-drain");
+    let sink = TestSink::start(false).await;
+    let (rx, sent) = spooled_then_terminated(&dir, &sink, &[], 3).await;
+    // Shutting down, the forwarder goes on retrying: the sink returns and gets everything.
+    sink.set_up(true);
+    let status = tokio::task::spawn_blocking(move || rx.exited())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let got = delivered(&sink);
+    assert_eq!(
+        got.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        sent.iter().cloned().collect(),
+        "every acknowledged event delivered before the exit"
+    );
+    // The drain committed its position: a restart has nothing left and sends nothing again.
+    let again = TestSink::start(true).await;
+    let rx = spawn(&dir, &again, &[]);
+    assert_eq!(spool_depth(&rx).await, 0.0);
+    let c = batch("after", 1);
+    assert_eq!(rx.post(ROUTE, &c, Some(&sig(KEY, &c))).await.0, 200);
+    wait_until("the new event delivered", Duration::from_secs(10), || {
+        again.accepted_len() == 1
+    })
+    .await;
+    assert_eq!(
+        delivered(&again).keys().collect::<Vec<_>>(),
+        vec![&ids(&c)[0]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_sink_down_exits_after_the_drain_window_and_the_restart_delivers_the_rest()
+{
+    let dir = temp_dir("term-down");
+    let sink = TestSink::start(false).await;
+    let (rx, sent) = spooled_then_terminated(&dir, &sink, &["--spool-drain-secs", "1"], 2).await;
+    let refused = sink.refused();
+    let status = tokio::task::spawn_blocking(move || rx.exited())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(sink.accepted().is_empty(), "the sink was down throughout");
+    // Nothing was dropped: the restart delivers each acknowledged event, once.
+    let up = TestSink::start(true).await;
+    let rx = spawn(&dir, &up, &[]);
+    wait_until(
+        "the spooled events delivered",
+        Duration::from_secs(20),
+        || delivered(&up).len() == sent.len(),
+    )
+    .await;
+    wait_drained(&rx).await;
+    assert!(
+        delivered(&up).values().all(|n| *n == 1),
+        "{:?}",
+        delivered(&up)
+    );
+    assert!(refused > 0);
 }

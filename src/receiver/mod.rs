@@ -34,7 +34,7 @@ use self::router::App;
 use self::routes::{RouteTable, Routes};
 use self::sink::Handoff;
 use self::sink::cloudevents::{HttpSink, SinkMode, SinkOptions, SinkProtocol};
-use self::sink::spool::Spool;
+use self::sink::spool::{Forwarding, Spool};
 
 /// `ens-operator receiver` flags.
 #[derive(clap::Args, Debug)]
@@ -90,6 +90,10 @@ pub struct Args {
     /// Spool bound in bytes on disk; beyond it requests get 503.
     #[arg(long, default_value_t = 1 << 30)]
     pub spool_max_bytes: u64,
+    /// After SIGTERM, once the last request is answered, seconds the forwarder may go on
+    /// delivering the spool to the sink; what is left then goes out after the restart.
+    #[arg(long, default_value_t = 20)]
+    pub spool_drain_secs: u64,
     /// Largest request body accepted (413 beyond).
     #[arg(long, default_value_t = 8 << 20)]
     pub max_body_bytes: usize,
@@ -168,7 +172,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new());
     let sink_url = args.sink.clone().ok_or(Error::NoSink)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (forward_tx, forward_rx) = watch::channel(Forwarding::Run);
     let mut tasks = Vec::new();
+    let mut forwarder = None;
 
     let handoff = if sink_url == sink::DISCARD {
         if args.spool_dir.is_some() {
@@ -190,7 +196,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         match &args.spool_dir {
             Some(dir) => {
                 let spool = Spool::open(dir, args.spool_max_bytes, metrics.clone())?;
-                tasks.push(tokio::spawn(spool.clone().forward(sink, stop_rx.clone())?));
+                forwarder = Some(tokio::spawn(spool.clone().forward(sink, forward_rx)?));
                 Handoff::Spool(spool)
             }
             None => Handoff::Direct(sink),
@@ -282,6 +288,19 @@ pub async fn run(args: Args) -> Result<(), Error> {
     tracing::info!("shutting down: refusing new connections, finishing in-flight requests");
     let _ = stop_tx.send(true);
     let _ = server.await;
+    if let Some(mut forwarder) = forwarder {
+        // Every request is answered: no more appends. Deliver the spool while time allows.
+        let _ = forward_tx.send(Forwarding::Drain);
+        let drain = Duration::from_secs(args.spool_drain_secs);
+        if tokio::time::timeout(drain, &mut forwarder).await.is_err() {
+            tracing::warn!(
+                secs = args.spool_drain_secs,
+                "spool not drained in time; the rest goes out after the restart"
+            );
+            let _ = forward_tx.send(Forwarding::Stop);
+            let _ = forwarder.await;
+        }
+    }
     for t in tasks {
         let _ = t.await;
     }

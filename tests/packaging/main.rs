@@ -153,6 +153,7 @@ fn chart_lints_and_renders_manifests_valid_against_the_real_schemas() {
     assert_eq!(valid, rendered, "validated vs rendered kinds");
     for kind in [
         "Deployment",
+        "StatefulSet",
         "Service",
         "ServiceAccount",
         "ClusterRole",
@@ -204,7 +205,7 @@ fn chart_lints_and_renders_manifests_valid_against_the_real_schemas() {
 
     // Hardened pods in every rendering.
     for doc in default_docs.iter().chain(&full_docs) {
-        if doc["kind"] != "Deployment" && doc["kind"] != "Job" {
+        if !["Deployment", "StatefulSet", "Job"].contains(&doc["kind"].as_str().unwrap_or("")) {
             continue;
         }
         let pod = &doc["spec"]["template"]["spec"];
@@ -232,11 +233,16 @@ fn check_wiring(docs: &[Value]) {
         sel.as_object()
             .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels[k] == *v))
     };
+    let workloads = || -> Vec<&Value> {
+        docs.iter()
+            .filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+            .collect()
+    };
     let pods_of = |sel: &Value| {
-        of("Deployment")
+        workloads()
             .into_iter()
             .find(|d| selects(sel, &d["spec"]["template"]["metadata"]["labels"]))
-            .unwrap_or_else(|| panic!("{sel} selects no Deployment's pods"))
+            .unwrap_or_else(|| panic!("{sel} selects no workload's pods"))
     };
     let container_ports = |d: &Value| -> Vec<Value> {
         d["spec"]["template"]["spec"]["containers"]
@@ -263,7 +269,20 @@ fn check_wiring(docs: &[Value]) {
             assert!(container_ports(dep).contains(&p["targetPort"]), "{svc:#}");
         }
     }
-    for d in of("Deployment") {
+    for s in of("StatefulSet") {
+        assert!(named("Service", &s["spec"]["serviceName"]), "{s:#}");
+        // Each claim template is mounted by the pods.
+        for claim in s["spec"]["volumeClaimTemplates"].as_array().unwrap() {
+            let mounted = s["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|c| c["volumeMounts"].as_array().cloned().unwrap_or_default())
+                .any(|m| m["name"] == claim["metadata"]["name"]);
+            assert!(mounted, "{s:#}");
+        }
+    }
+    for d in workloads() {
         let sa = &d["spec"]["template"]["spec"]["serviceAccountName"];
         assert!(named("ServiceAccount", sa), "{sa} does not exist");
         for c in d["spec"]["template"]["spec"]["containers"]
@@ -315,7 +334,11 @@ fn check_wiring(docs: &[Value]) {
         }
     }
     for hpa in of("HorizontalPodAutoscaler") {
-        assert!(named("Deployment", &hpa["spec"]["scaleTargetRef"]["name"]));
+        let target = &hpa["spec"]["scaleTargetRef"];
+        assert!(
+            named(target["kind"].as_str().unwrap(), &target["name"]),
+            "{hpa:#}"
+        );
     }
     for kind in ["RoleBinding", "ClusterRoleBinding"] {
         for b in of(kind) {

@@ -106,12 +106,22 @@ impl Receiver {
     }
 
     /// SIGTERM, and the exit status once it is gone (bounded).
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.send_term();
+        self.exited()
+    }
+
+    /// SIGTERM, without waiting.
+    pub fn send_term(&self) {
         let ok = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("kill -TERM");
         assert!(ok.success());
+    }
+
+    /// The exit status once the process is gone (bounded).
+    pub fn exited(mut self) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {

@@ -23,6 +23,11 @@
 //!
 //! A sink that refuses a group of several records as too large (413) gets smaller groups from
 //! then on, halving down to one record per request, what it got before groups existed.
+//!
+//! Shutdown comes in two steps ([`Forwarding`]): told to drain once no more appends can come, the
+//! forwarder goes on until it has caught up, and stops there; told to stop, it stops after the
+//! request in flight. What is left stays in the spool and goes out after the restart, so a spool
+//! on a volume that outlives the pod (docs/receiver.md, "What survives what") loses nothing.
 
 use std::time::Duration;
 
@@ -47,6 +52,24 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::fro
 /// The HTTP status for a request body larger than the server takes.
 const TOO_LARGE: u16 = 413;
 
+/// What the forwarder is told to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Deliver what is spooled, and wait for more.
+    Run,
+    /// No more appends can come: deliver what is spooled, then stop.
+    Drain,
+    /// Stop after the request in flight; what is left goes out after the restart.
+    Stop,
+}
+
+/// Ends once `state` says [`Forwarding::Stop`] (never, if its sender is gone without saying so).
+async fn stopped(state: &mut watch::Receiver<Forwarding>) {
+    if state.wait_for(|s| *s == Forwarding::Stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// How one group's delivery ended.
 enum Delivery {
     /// The sink took every event.
@@ -65,7 +88,7 @@ const MAX_IO_THREADS: usize = 3;
 pub fn start(
     spool: Spool,
     sink: HttpSink,
-    stop: watch::Receiver<bool>,
+    state: watch::Receiver<Forwarding>,
 ) -> Result<impl Future<Output = ()>, SpoolError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -77,7 +100,7 @@ pub fn start(
     std::thread::Builder::new()
         .name("spool-forwarder".to_owned())
         .spawn(move || {
-            runtime.block_on(run(spool, sink, stop));
+            runtime.block_on(run(spool, sink, state));
             // Without waiting for a cursor sync stuck on a failing disk: `run` let go of it.
             runtime.shutdown_background();
             let _ = done.send(());
@@ -88,14 +111,14 @@ pub fn start(
     })
 }
 
-/// Drains `spool` to `sink` until `stop` turns true.
-async fn run(spool: Spool, sink: HttpSink, mut stop: watch::Receiver<bool>) {
+/// Drains `spool` to `sink` until `state` says stop, or says drain and the spool is caught up.
+async fn run(spool: Spool, sink: HttpSink, mut state: watch::Receiver<Forwarding>) {
     let mut max_bytes = MAX_GROUP_BYTES;
     // The end of the last delivered (and committed) group: where the next one starts.
     let mut from = spool.0.lock().read;
     let mut sync = CursorSync::default();
     let mut ahead: Option<JoinHandle<Result<Next, SpoolError>>> = None;
-    while !*stop.borrow() {
+    while *state.borrow() != Forwarding::Stop {
         let task = match ahead.take() {
             Some(task) => task,
             None => read(&spool, &sink, from, true, max_bytes),
@@ -115,13 +138,17 @@ async fn run(spool: Spool, sink: HttpSink, mut stop: watch::Receiver<bool>) {
             Next::Group(group) => group,
             // Read ahead to a segment's end: read again, now that the group before is committed.
             Next::Behind => continue,
+            Next::Idle if *state.borrow() == Forwarding::Drain => {
+                tracing::info!("spool drained");
+                break;
+            }
             Next::Idle => {
                 // Caught up: sync what was written, without waiting for the disk (it may be busy
                 // with appends), and look again when the sync ends.
                 sync.start(&spool);
                 tokio::select! {
                     _ = spool.0.appended.notified() => {}
-                    _ = stop.changed() => {}
+                    _ = state.changed() => {}
                     _ = sync.running() => {}
                     // Also re-check now and then, in case a read failed transiently.
                     _ = tokio::time::sleep(BACKOFF.1) => {}
@@ -136,9 +163,9 @@ async fn run(spool: Spool, sink: HttpSink, mut stop: watch::Receiver<bool>) {
             end,
         } = group;
         ahead = Some(read(&spool, &sink, end, false, max_bytes));
-        match deliver(&spool, &sink, events, records, &mut stop).await {
+        match deliver(&spool, &sink, events, records, &mut state).await {
             Delivery::Done => {
-                if !commit(&spool, end, records, bytes, &mut stop).await {
+                if !commit(&spool, end, records, bytes, &mut state).await {
                     break;
                 }
                 from = end;
@@ -232,14 +259,14 @@ fn read(
 }
 
 /// Commits the position after a delivered group, retrying with backoff: a failure holds up
-/// progress rather than skipping it. `false` if asked to stop first (the group is then
+/// progress rather than skipping it. `false` if told to stop first (the group is then
 /// delivered again after a restart).
 async fn commit(
     spool: &Spool,
     end: Pos,
     records: u64,
     bytes: u64,
-    stop: &mut watch::Receiver<bool>,
+    state: &mut watch::Receiver<Forwarding>,
 ) -> bool {
     let mut pause = BACKOFF.0;
     loop {
@@ -253,20 +280,20 @@ async fn commit(
         }
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = stop.changed() => return false,
+            _ = stopped(state) => return false,
         }
         pause = (pause * 2).min(BACKOFF.1);
     }
 }
 
 /// Retries until the sink took every one of `events`, or it refused them as too large and
-/// they came from several records, or asked to stop.
+/// they came from several records, or told to stop.
 async fn deliver(
     spool: &Spool,
     sink: &HttpSink,
     events: Outgoing,
     records: u64,
-    stop: &mut watch::Receiver<bool>,
+    state: &mut watch::Receiver<Forwarding>,
 ) -> Delivery {
     let metrics = &spool.0.metrics;
     let total = events.len();
@@ -295,7 +322,7 @@ async fn deliver(
         }
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = stop.changed() => return Delivery::Stopped,
+            _ = stopped(state) => return Delivery::Stopped,
         }
         pause = (pause * 2).min(BACKOFF.1);
     }

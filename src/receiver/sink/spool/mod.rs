@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, watch};
 
 use self::cursor::{Cursor, Pos};
+pub use self::forward::Forwarding;
 use self::group::Group;
 use self::segment::{Read, Reader};
 use crate::receiver::event::CloudEvent;
@@ -331,14 +332,14 @@ impl Spool {
         Ok(())
     }
 
-    /// Starts draining the spool to `sink` on a thread of its own (see [`forward`]); the
-    /// returned future ends once the forwarder has stopped after `stop` turned true.
+    /// Starts draining the spool to `sink` on a thread of its own (see [`forward`]), as `state`
+    /// says; the returned future ends once the forwarder has stopped.
     pub fn forward(
         self,
         sink: HttpSink,
-        stop: watch::Receiver<bool>,
+        state: watch::Receiver<Forwarding>,
     ) -> Result<impl Future<Output = ()>, SpoolError> {
-        forward::start(self, sink, stop)
+        forward::start(self, sink, state)
     }
 }
 
