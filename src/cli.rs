@@ -34,4 +34,6 @@ pub enum Command {
     /// Exit non-zero, naming them, while objects hold the operator's finalizer (the chart's
     /// pre-delete hook: an uninstall would leave them stuck).
     UninstallCheck(crate::uninstall_check::Args),
+    /// List the events a receiver kept as dead letters, or send them to a sink again.
+    DeadLetters(crate::dead_letters::Args),
 }

@@ -12,6 +12,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod dead_letters;
 pub mod emulator;
 pub mod ens;
 pub mod receiver;

@@ -28,6 +28,9 @@ fn main() -> ExitCode {
         Command::UninstallCheck(args) => {
             run(async { Ok(ens_operator::uninstall_check::run(args).await?) })
         }
+        Command::DeadLetters(args) => {
+            run(async { Ok(ens_operator::dead_letters::run(args).await?) })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

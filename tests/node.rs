@@ -100,6 +100,25 @@ fn pod_logs(namespace: &str) -> String {
     out
 }
 
+/// The whole logs of the pods in `namespace` whose names start with `prefix`, from the kubelet's
+/// files (`kubectl logs` needs the API server to reach the kubelet, which it cannot here).
+fn logs_of(namespace: &str, prefix: &str) -> String {
+    let dir = PathBuf::from(env("ENS_TEST_NODE_RUN")).join("node/pod-logs");
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{namespace}_{prefix}"))
+        {
+            for file in walk(&entry.path()) {
+                out += &std::fs::read_to_string(&file).unwrap_or_default();
+            }
+        }
+    }
+    out
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -385,14 +404,7 @@ fn no_packet_from_a_pod_leaves_the_machine() {
         (0, 0),
         "no packet from or to the node's ranges left through the machine's interface"
     );
-    // The chart keeps the receiver namespace (route Secrets hold signature keys).
-    kubectl(&[
-        "delete",
-        "namespace",
-        ns,
-        &receiver_namespace(ns),
-        "--wait=false",
-    ]);
+    kubectl(&["delete", "namespace", ns, "--wait=false"]);
     let _ = std::fs::remove_file(&file);
 }
 
@@ -456,6 +468,29 @@ fn the_lifecycle_runs_through_pods_and_services() {
 struct Deployed {
     sink: receiver_support::TestSink,
     emulator: String,
+    /// The release and its namespaces, uninstalled if the test fails: its controller watches
+    /// every namespace, and left running it would take the next tests' objects.
+    release: String,
+    namespaces: Vec<String>,
+}
+
+impl Drop for Deployed {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let ns = &self.namespaces[0];
+        let _ = try_run(
+            "helm",
+            &["uninstall", &self.release, "-n", ns, "--no-hooks", "--wait"],
+        );
+        let mut delete = vec!["delete", "namespace", "--wait=false", "--ignore-not-found"];
+        delete.extend(self.namespaces.iter().map(String::as_str));
+        let _ = try_run(
+            &std::env::var("ENS_TEST_KUBECTL").unwrap_or_else(|_| "kubectl".into()),
+            &delete,
+        );
+    }
 }
 
 /// In restricted namespace `ns`: the chart as `release` (with `sets`), a sink Service backed
@@ -563,9 +598,19 @@ async fn deploy_chart(
          "metadata": {"name": "sfmc-ens-credentials", "namespace": ns},
          "stringData": {"clientId": "c", "clientSecret": "s", "authBaseUrl": public}},
     ]}));
-    wait_pods(ns, pods, ready);
     let emulator = format!("http://{}:8090", cluster_ip(ns, "ens-emulator"));
-    Deployed { sink, emulator }
+    let mut namespaces = vec![ns.to_owned()];
+    if rx != ns {
+        namespaces.push(rx.to_owned());
+    }
+    let deployed = Deployed {
+        sink,
+        emulator,
+        release: release.to_owned(),
+        namespaces,
+    };
+    wait_pods(ns, pods, ready);
+    deployed
 }
 
 /// Applies callback `orders` and its subscriptions `sent` and `bounced`, and waits for Ready.
@@ -991,7 +1036,7 @@ async fn upgrade() {
         !refused.status.success(),
         "helm uninstall went through with objects left"
     );
-    let said = kubectl(&["-n", ns, "logs", "job/upg-ens-operator-uninstall-check"]);
+    let said = logs_of(ns, "upg-ens-operator-uninstall-check-");
     for object in [
         "EnsCallback upgrade/orders",
         "EnsSubscription upgrade/sent",

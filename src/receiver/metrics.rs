@@ -56,6 +56,11 @@ pub struct Metrics {
     pub spool_corrupt_records: Counter,
     /// Spooled events the sink accepted from the forwarder (again after a redelivery).
     pub spool_forwarded_events: Counter,
+    /// Events the sink refused for good, kept as dead letters, by reason (`refused`,
+    /// `too_large`).
+    pub dead_letters: Family<ReasonLabel, Counter>,
+    /// Bytes of dead letters on disk.
+    pub dead_letter_bytes: Gauge,
     /// Verification probes by outcome.
     pub probes: Family<OutcomeLabel, Counter>,
     /// Routes currently served.
@@ -82,6 +87,8 @@ impl Metrics {
             spool_depth_records: Gauge::default(),
             spool_corrupt_records: Counter::default(),
             spool_forwarded_events: Counter::default(),
+            dead_letters: Family::default(),
+            dead_letter_bytes: Gauge::default(),
             probes: Family::default(),
             routes: Gauge::default(),
             sink_in_flight_limit: Gauge::default(),
@@ -135,6 +142,16 @@ impl Metrics {
             "ens_receiver_spool_forwarded_events",
             "Spooled events the sink accepted from the forwarder",
             m.spool_forwarded_events.clone(),
+        );
+        registry.register(
+            "ens_receiver_dead_letters",
+            "Events the sink refused for good, kept as dead letters, by reason",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "ens_receiver_dead_letter_bytes",
+            "Bytes of dead letters on disk",
+            m.dead_letter_bytes.clone(),
         );
         registry.register(
             "ens_receiver_probes",

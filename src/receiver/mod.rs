@@ -34,6 +34,7 @@ use self::router::App;
 use self::routes::{RouteTable, Routes};
 use self::sink::Handoff;
 use self::sink::cloudevents::{HttpSink, SinkMode, SinkOptions, SinkProtocol};
+use self::sink::dead_letter::DeadLetters;
 use self::sink::spool::{Forwarding, Spool};
 
 /// `ens-operator receiver` flags.
@@ -90,6 +91,13 @@ pub struct Args {
     /// Spool bound in bytes on disk; beyond it requests get 503.
     #[arg(long, default_value_t = 1 << 30)]
     pub spool_max_bytes: u64,
+    /// Keep events the sink refuses for good (a 4xx but 408 and 429) here as dead letters, so
+    /// they block nothing; without it such a refusal fails the hand-off (503) like any other.
+    #[arg(long)]
+    pub dead_letter_dir: Option<PathBuf>,
+    /// Bound of the dead-letter directory in bytes; when full, refusals fail the hand-off again.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub dead_letter_max_bytes: u64,
     /// After SIGTERM, once the last request is answered, seconds the forwarder may go on
     /// delivering the spool to the sink; what is left then goes out after the restart.
     #[arg(long, default_value_t = 20)]
@@ -153,6 +161,9 @@ pub enum Error {
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] sink::spool::SpoolError),
+    /// The dead-letter directory could not be opened.
+    #[error(transparent)]
+    DeadLetters(#[from] sink::dead_letter::DeadLetterError),
     /// The body budgets do not fit together.
     #[error(transparent)]
     Budget(#[from] budget::BudgetError),
@@ -191,6 +202,11 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 max_in_flight: args.sink_max_in_flight,
                 protocol: args.sink_protocol,
                 limit_gauge: metrics.sink_in_flight_limit.clone(),
+                dead_letters: args
+                    .dead_letter_dir
+                    .as_deref()
+                    .map(|dir| DeadLetters::open(dir, args.dead_letter_max_bytes, metrics.clone()))
+                    .transpose()?,
             },
         )?;
         match &args.spool_dir {

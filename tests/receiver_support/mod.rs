@@ -209,6 +209,8 @@ struct SinkState {
     active: std::sync::atomic::AtomicUsize,
     max_active: Mutex<Option<usize>>,
     overloaded: std::sync::atomic::AtomicUsize,
+    poison: Mutex<Option<Vec<u8>>>,
+    poisoned: std::sync::atomic::AtomicUsize,
 }
 
 /// An in-test CloudEvents sink: answers 200 and records while up, 503 while down.
@@ -243,6 +245,11 @@ impl TestSink {
                 if max_body.is_some_and(|max| body.len() > max) {
                     s.too_large.fetch_add(1, Ordering::SeqCst);
                     return StatusCode::PAYLOAD_TOO_LARGE;
+                }
+                let poison = s.poison.lock().unwrap().clone();
+                if poison.is_some_and(|p| body.windows(p.len()).any(|w| w == p)) {
+                    s.poisoned.fetch_add(1, Ordering::SeqCst);
+                    return StatusCode::BAD_REQUEST;
                 }
                 if s.up.load(Ordering::SeqCst) {
                     s.accepted.lock().unwrap().push(Delivery {
@@ -310,6 +317,16 @@ impl TestSink {
     /// long: the sender does not know yet that it arrived.
     pub fn set_hold(&self, hold: Duration) {
         *self.state.hold.lock().unwrap() = hold;
+    }
+
+    /// Makes the sink answer 400 to bodies that contain `marker` (or to none again).
+    pub fn set_poison(&self, marker: Option<&str>) {
+        *self.state.poison.lock().unwrap() = marker.map(|m| m.as_bytes().to_vec());
+    }
+
+    /// How many requests it refused as poisoned (400).
+    pub fn poisoned(&self) -> usize {
+        self.state.poisoned.load(Ordering::SeqCst)
     }
 
     /// Makes the sink answer 413 to bodies longer than `max` bytes.

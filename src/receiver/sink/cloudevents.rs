@@ -24,6 +24,7 @@ use reqwest::header::CONTENT_TYPE;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::dead_letter::{self, DeadLetterError, DeadLetters};
 use super::limit::{AdaptiveLimit, Permit, Signal};
 use crate::receiver::event::CloudEvent;
 
@@ -56,6 +57,8 @@ pub struct SinkOptions {
     pub protocol: SinkProtocol,
     /// Shows the current in-flight limit.
     pub limit_gauge: Gauge,
+    /// Where events the sink refuses for good go (else such a refusal fails the delivery).
+    pub dead_letters: Option<DeadLetters>,
 }
 
 impl SinkOptions {
@@ -67,6 +70,7 @@ impl SinkOptions {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             protocol: SinkProtocol::Auto,
             limit_gauge: Gauge::default(),
+            dead_letters: None,
         }
     }
 }
@@ -95,6 +99,9 @@ pub enum SinkError {
     /// The events could not be encoded (not expected: they were parsed from JSON).
     #[error("cannot encode events: {0}")]
     Encode(#[source] serde_json::Error),
+    /// The sink refused an event for good and it could not be kept as a dead letter.
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
     /// The sink URL does not parse (refused at start, never met by a delivery).
     #[error("invalid sink URL {url:?}: {source}")]
     Url {
@@ -114,6 +121,7 @@ impl SinkError {
             Self::Timeout => "timeout",
             Self::Transport(_) => "transport",
             Self::Encode(_) => "encode",
+            Self::DeadLetter(_) => "dead_letter",
             Self::Url { .. } => "url",
         }
     }
@@ -127,6 +135,7 @@ pub struct HttpSink {
     url: reqwest::Url,
     mode: SinkMode,
     limit: Arc<AdaptiveLimit>,
+    dead_letters: Option<DeadLetters>,
 }
 
 impl HttpSink {
@@ -148,6 +157,7 @@ impl HttpSink {
             url,
             mode: options.mode,
             limit: AdaptiveLimit::new(options.max_in_flight, options.limit_gauge),
+            dead_letters: options.dead_letters,
         })
     }
 
@@ -186,7 +196,16 @@ impl HttpSink {
                     .post(self.url.clone())
                     .header(CONTENT_TYPE, BATCH_CONTENT_TYPE)
                     .body(body);
-                self.send(req).await?;
+                if let Err(e) = self.send(req).await {
+                    return match self.dead_letter_for(&e) {
+                        None => Err(e),
+                        // One of them is refused for good: each alone finds which.
+                        Some(_) => {
+                            self.each(events, pending, delivered, taken, Self::single_batch)
+                                .await
+                        }
+                    };
+                }
                 // One report for the whole batch when it was all pending, as it mostly is.
                 let whole = pending.len() == events.len();
                 for i in pending {
@@ -201,31 +220,68 @@ impl HttpSink {
                 Ok(())
             }
             SinkMode::Binary => {
-                // One place in flight is waited for at a time, and a request is built only
-                // once it has one.
-                let mut queue = pending.into_iter().peekable();
-                let mut in_flight = FuturesUnordered::new();
-                loop {
-                    let more = queue.peek().is_some();
-                    if !more && in_flight.is_empty() {
-                        return Ok(());
+                self.each(events, pending, delivered, taken, Self::binary)
+                    .await
+            }
+        }
+    }
+
+    /// Sends each of `events` at `pending` in a request of its own (made by `request`), within
+    /// the in-flight limit, marking and reporting each one the sink took or that became a dead
+    /// letter; stops at the first other failure.
+    async fn each(
+        &self,
+        events: &[CloudEvent],
+        pending: Vec<usize>,
+        delivered: &mut [bool],
+        taken: &(dyn Fn(&[CloudEvent]) + Sync),
+        request: fn(&Self, &CloudEvent) -> Result<reqwest::RequestBuilder, SinkError>,
+    ) -> Result<(), SinkError> {
+        // One place in flight is waited for at a time, and a request is built only once it
+        // has one.
+        let mut queue = pending.into_iter().peekable();
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            let more = queue.peek().is_some();
+            if !more && in_flight.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                Some((i, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                    if let Err(e) = result {
+                        let Some((letters, status)) = self.dead_letter_for(&e) else {
+                            return Err(e);
+                        };
+                        letters.keep(&events[i], status).await?;
                     }
-                    tokio::select! {
-                        Some((i, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                            result?;
-                            delivered[i] = true;
-                            taken(std::slice::from_ref(&events[i]));
-                        }
-                        permit = self.limit.acquire(), if more => {
-                            if let Some(i) = queue.next() {
-                                let req = self.binary(&events[i]);
-                                in_flight.push(async move { (i, send(permit, req).await) });
-                            }
-                        }
+                    delivered[i] = true;
+                    taken(std::slice::from_ref(&events[i]));
+                }
+                permit = self.limit.acquire(), if more => {
+                    if let Some(i) = queue.next() {
+                        let req = request(self, &events[i])?;
+                        in_flight.push(async move { (i, send(permit, req).await) });
                     }
                 }
             }
         }
+    }
+
+    /// The dead letters and the sink's status, when `e` refuses an event for good and this
+    /// sink keeps such events.
+    fn dead_letter_for(&self, e: &SinkError) -> Option<(&DeadLetters, u16)> {
+        match (e, &self.dead_letters) {
+            (SinkError::Status(s), Some(letters)) if dead_letter::refused_for_good(*s) => {
+                Some((letters, *s))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `e` refuses an event for good and this sink keeps such events as dead letters
+    /// (so a batch refused so is worth sending again event by event).
+    pub fn keeps_refused(&self, e: &SinkError) -> bool {
+        self.dead_letter_for(e).is_some()
     }
 
     /// How this sink puts events on the wire.
@@ -248,7 +304,18 @@ impl HttpSink {
         send(self.limit.acquire().await, req).await
     }
 
-    fn binary(&self, e: &CloudEvent) -> reqwest::RequestBuilder {
+    /// A batched-mode request holding only `e`.
+    fn single_batch(&self, e: &CloudEvent) -> Result<reqwest::RequestBuilder, SinkError> {
+        let body = encode_batch(std::slice::from_ref(e)).map_err(SinkError::Encode)?;
+        Ok(self
+            .client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, BATCH_CONTENT_TYPE)
+            .body(body))
+    }
+
+    /// A binary-mode request for `e`.
+    fn binary(&self, e: &CloudEvent) -> Result<reqwest::RequestBuilder, SinkError> {
         let mut req = self
             .client
             .post(self.url.clone())
@@ -260,7 +327,7 @@ impl HttpSink {
         if let Some(time) = &e.time {
             req = req.header("ce-time", time.as_str());
         }
-        req.body(e.data.get().to_owned())
+        Ok(req.body(e.data.get().to_owned()))
     }
 }
 

@@ -1,8 +1,9 @@
 //! Hand-off of verified events before the acknowledgement (docs/design.md §4, §10.3: never 200 for
 //! something dropped): straight to an HTTP CloudEvents sink, or into the durable spool that a
-//! forwarder drains to that sink.
+//! forwarder drains to that sink; events the sink refuses for good become dead letters.
 
 pub mod cloudevents;
+pub mod dead_letter;
 pub mod limit;
 pub mod spool;
 

@@ -312,6 +312,14 @@ async fn deliver(
                 {
                     return Delivery::TooLarge;
                 }
+                // A group body refused for good: its events again, as events, so that only
+                // those the sink refuses become dead letters.
+                if sink.keeps_refused(&e)
+                    && let Some(each) = attempt.as_events()
+                {
+                    attempt = each;
+                    continue;
+                }
                 tracing::warn!(
                     error = %e,
                     events = total,
@@ -349,6 +357,18 @@ impl Attempt {
                 Self::Whole(body.into_bytes(), n)
             }
         }
+    }
+
+    /// A whole body as its events, none delivered (`None` if not whole or unreadable).
+    fn as_events(&self) -> Option<Self> {
+        let Self::Whole(body, n) = self else {
+            return None;
+        };
+        let events: Vec<CloudEvent> = serde_json::from_slice(body).ok()?;
+        (events.len() == *n).then(|| {
+            let delivered = vec![false; events.len()];
+            Self::Each(events, delivered)
+        })
     }
 
     /// One try; how many events the sink took in it, and whether all are delivered now.

@@ -1,0 +1,290 @@
+//! Dead letters: events the sink refused for good, kept on disk so they neither block the events
+//! behind them nor vanish (docs/receiver.md, "Dead letters").
+//!
+//! A refusal is for good when the sink answered a 4xx other than 408 (timeout) and 429 (slow
+//! down): retrying the same bytes gets the same answer. 413 counts too, but only for a single
+//! event (a group is split first). Each dead letter is one file in `--dead-letter-dir`,
+//! `<unix ms>-<id prefix>.json`, holding the sink's status, when, and the CloudEvent; it is
+//! written to a temporary name, fsync'd, renamed and the directory fsync'd, so a letter is whole
+//! or absent. Only once that returned is the event counted as handed off. The directory is
+//! bounded (`--dead-letter-max-bytes`, counted again when reached, so replayed letters make room);
+//! when full, a refused event is an ordinary failure again
+//! (503 to ENS, or the spool retries), which the metric and a log line say.
+//! `ens-operator dead-letters list|replay` reads the directory.
+
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::receiver::event::CloudEvent;
+use crate::receiver::metrics::{Metrics, ReasonLabel};
+
+/// Suffix of a dead letter's file.
+const SUFFIX: &str = ".json";
+/// Prefix of a letter being written (never read).
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// Whether the sink's `status` refuses an event for good (see the module doc).
+pub fn refused_for_good(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
+}
+
+/// One dead letter as stored.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Letter {
+    /// The sink's HTTP status.
+    pub status: u16,
+    /// When the sink refused it (RFC 3339).
+    pub refused_at: String,
+    /// The event, as it would have been delivered.
+    pub event: CloudEvent,
+}
+
+/// Why a dead letter could not be kept or read.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    /// The directory holds `--dead-letter-max-bytes` already.
+    #[error("dead-letter directory is full")]
+    Full,
+    /// Disk I/O failed.
+    #[error("dead letter I/O on {path}: {source}")]
+    Io {
+        /// File or directory involved.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A letter does not parse (hand-edited or foreign file).
+    #[error("{path} is not a dead letter: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The blocking task writing the letter died.
+    #[error("dead letter task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DeadLetterError + '_ {
+    move |source| DeadLetterError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The dead-letter directory of a running receiver.
+#[derive(Clone)]
+pub struct DeadLetters(Arc<Inner>);
+
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DeadLetters").field(&self.0.dir).finish()
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    max_bytes: u64,
+    bytes: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl DeadLetters {
+    /// Opens (creating) `dir`, bounded to `max_bytes` of letters; counts what is there already.
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, DeadLetterError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let bytes = dir_bytes(dir)?;
+        metrics.dead_letter_bytes.set(bytes as i64);
+        Ok(Self(Arc::new(Inner {
+            dir: dir.to_owned(),
+            max_bytes,
+            bytes: AtomicU64::new(bytes),
+            metrics,
+        })))
+    }
+
+    /// Keeps `event`, which the sink refused with `status`, durably; `Ok` once it is on disk.
+    pub async fn keep(&self, event: &CloudEvent, status: u16) -> Result<(), DeadLetterError> {
+        let letter = Letter {
+            status,
+            refused_at: jiff::Timestamp::now().to_string(),
+            event: event.clone(),
+        };
+        let inner = self.0.clone();
+        let result = tokio::task::spawn_blocking(move || inner.write(&letter))
+            .await
+            .map_err(DeadLetterError::Task)
+            .and_then(|r| r);
+        let reason = if status == 413 {
+            "too_large"
+        } else {
+            "refused"
+        };
+        match &result {
+            Ok(()) => {
+                self.0
+                    .metrics
+                    .dead_letters
+                    .get_or_create(&ReasonLabel { reason })
+                    .inc();
+                tracing::warn!(
+                    route = %event.source,
+                    id = %event.id,
+                    status,
+                    "the sink refused an event for good: kept as a dead letter"
+                );
+            }
+            Err(e) => tracing::error!(
+                route = %event.source,
+                id = %event.id,
+                status,
+                error = %e,
+                "the sink refused an event for good, and it cannot be kept as a dead letter"
+            ),
+        }
+        result
+    }
+}
+
+impl Inner {
+    fn write(&self, letter: &Letter) -> Result<(), DeadLetterError> {
+        let body = serde_json::to_vec_pretty(letter).expect("a letter serializes");
+        let len = body.len() as u64;
+        if self.bytes.fetch_add(len, Ordering::AcqRel) + len > self.max_bytes {
+            // Letters may have been replayed (removed) since: count again before refusing.
+            let on_disk = dir_bytes(&self.dir)?;
+            self.bytes.store(on_disk + len, Ordering::Release);
+            self.metrics.dead_letter_bytes.set(on_disk as i64);
+            if on_disk + len > self.max_bytes {
+                self.bytes.fetch_sub(len, Ordering::AcqRel);
+                return Err(DeadLetterError::Full);
+            }
+        }
+        let written = self.write_file(letter, &body);
+        if written.is_ok() {
+            self.metrics.dead_letter_bytes.inc_by(len as i64);
+        } else {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+        }
+        written
+    }
+
+    fn write_file(&self, letter: &Letter, body: &[u8]) -> Result<(), DeadLetterError> {
+        let millis = jiff::Timestamp::now().as_millisecond();
+        let id: String = letter.event.id.chars().take(16).collect();
+        let name = format!("{millis:013}-{id}{SUFFIX}");
+        let temp = self.dir.join(format!("{TEMP_PREFIX}{name}"));
+        let path = self.dir.join(&name);
+        let mut file = File::create(&temp).map_err(io_err(&temp))?;
+        file.write_all(body).map_err(io_err(&temp))?;
+        file.sync_all().map_err(io_err(&temp))?;
+        fs::rename(&temp, &path).map_err(io_err(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))
+    }
+}
+
+/// The letters in `dir`, oldest first, as (file, letter).
+pub fn read_all(dir: &Path) -> Result<Vec<(PathBuf, Letter)>, DeadLetterError> {
+    letter_files(dir)?
+        .into_iter()
+        .map(|(path, _)| {
+            let text = fs::read(&path).map_err(io_err(&path))?;
+            let letter =
+                serde_json::from_slice(&text).map_err(|source| DeadLetterError::Parse {
+                    path: path.clone(),
+                    source,
+                })?;
+            Ok((path, letter))
+        })
+        .collect()
+}
+
+/// Bytes of the letters in `dir`.
+fn dir_bytes(dir: &Path) -> Result<u64, DeadLetterError> {
+    let mut bytes = 0;
+    for (path, _) in letter_files(dir)? {
+        bytes += fs::metadata(&path).map_err(io_err(&path))?.len();
+    }
+    Ok(bytes)
+}
+
+/// Removes the letter at `path` (replayed), durably.
+pub fn remove(path: &Path) -> Result<(), DeadLetterError> {
+    fs::remove_file(path).map_err(io_err(path))?;
+    match path.parent() {
+        Some(dir) => File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir)),
+        None => Ok(()),
+    }
+}
+
+/// The letter files of `dir` with their names, sorted by name (so by time).
+fn letter_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, DeadLetterError> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(SUFFIX) && !name.starts_with(TEMP_PREFIX) {
+            files.push((entry.path(), name));
+        }
+    }
+    files.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_client_errors_that_a_retry_cannot_change_are_for_good() {
+        for s in [400, 401, 403, 404, 409, 413, 415, 422] {
+            assert!(refused_for_good(s), "{s}");
+        }
+        for s in [200, 302, 408, 429, 500, 502, 503, 504] {
+            assert!(!refused_for_good(s), "{s}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_letter_is_kept_whole_read_back_and_the_bound_refuses_more() {
+        let dir = std::env::temp_dir().join(format!("ens-dl-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let metrics = Arc::new(Metrics::new());
+        let events =
+            crate::receiver::event::parse_batch(br#"[{"mid":1},{"mid":2}]"#, "/ens/a").unwrap();
+        let letters = DeadLetters::open(&dir, 1 << 20, metrics.clone()).unwrap();
+        letters.keep(&events[0], 400).await.unwrap();
+        let read = read_all(&dir).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].1.status, 400);
+        assert_eq!(read[0].1.event.id, events[0].id);
+        assert_eq!(read[0].1.event.data.get(), events[0].data.get());
+
+        // Reopened, the bound counts what is there: one more letter does not fit.
+        let size = fs::metadata(&read[0].0).unwrap().len();
+        let small = DeadLetters::open(&dir, size + size / 2, metrics).unwrap();
+        assert!(matches!(
+            small.keep(&events[1], 400).await,
+            Err(DeadLetterError::Full)
+        ));
+        assert_eq!(read_all(&dir).unwrap().len(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
