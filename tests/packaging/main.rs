@@ -224,6 +224,30 @@ fn chart_lints_and_renders_manifests_valid_against_the_real_schemas() {
     }
 }
 
+/// Every values file in deploy/values renders manifests valid against the real schemas, wired
+/// together as the defaults are.
+#[test]
+fn every_values_example_renders_valid_manifests() {
+    let dir = TempDir::new("values-examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo().join("deploy/values")).unwrap() {
+        let path = entry.unwrap().path();
+        let rendered = template(
+            "ens-operator",
+            "ens-system",
+            &["--values", path.to_str().unwrap()],
+        );
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let file = write(&dir, &name, &rendered);
+        let (valid, problems) = kubeconform(&[file.as_path()]);
+        assert!(problems.is_empty(), "{name}: {problems:#?}");
+        assert_eq!(valid, kinds(&documents(&rendered)), "{name}: all validated");
+        check_wiring(&documents(&rendered));
+        seen += 1;
+    }
+    assert!(seen >= 1, "no values examples");
+}
+
 /// What schemas cannot see: every reference between the rendered objects resolves (selectors
 /// select a Deployment's pods, named ports exist, bindings name existing accounts and roles).
 fn check_wiring(docs: &[Value]) {
