@@ -2,20 +2,20 @@
 //! elected leader (a Lease), with `/metrics`, `/healthz` and `/readyz`.
 
 pub mod args;
-pub mod callback;
-pub mod context;
+pub(crate) mod callback;
+pub(crate) mod context;
 pub mod crash;
-pub mod credentials;
-pub mod error;
-pub mod keys;
-pub mod metrics;
+pub(crate) mod credentials;
+pub(crate) mod error;
+pub(crate) mod keys;
+pub(crate) mod metrics;
 pub mod names;
-pub mod recent;
-pub mod reconciler;
-pub mod status;
-pub mod subscription;
-pub mod tenant;
-pub mod watch;
+pub(crate) mod recent;
+pub(crate) mod reconciler;
+pub(crate) mod status;
+pub(crate) mod subscription;
+pub(crate) mod tenant;
+pub(crate) mod watch;
 
 use std::{
     hash::{Hash, Hasher},

@@ -69,6 +69,7 @@ impl<T: Clone> Recent<T> {
     }
 
     /// How long an answer is reused.
+    #[cfg(test)]
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
