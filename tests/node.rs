@@ -751,7 +751,7 @@ async fn lifecycle() {
 }
 
 #[test]
-fn receiver_rollout_under_a_steady_stream_loses_no_acknowledged_event() {
+fn receiver_rollout_and_pod_deletion_under_a_steady_stream_lose_no_acknowledged_event() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     tokio::runtime::Runtime::new().unwrap().block_on(rollout());
 }
@@ -760,7 +760,8 @@ async fn rollout() {
     let ns = "rollout";
     let d = deploy(ns, "roll", &[], 4, 4).await;
     orders_ready(ns);
-    // A steady stream into ENS (5 events every 100 ms) while the receiver Deployment rolls.
+    // A steady stream into ENS (5 events every 100 ms) while the receiver Deployment rolls, and
+    // then while one of its pods is deleted.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stream = {
         let (emulator, stop) = (d.emulator.clone(), stop.clone());
@@ -779,6 +780,22 @@ async fn rollout() {
     let rx = receiver_namespace(ns);
     kubectl(&["-n", &rx, "rollout", "restart", deploy]);
     kubectl(&["-n", &rx, "rollout", "status", deploy, "--timeout=240s"]);
+    // Then one replica deleted under the same stream (its successor has another name).
+    let replicas = wait_ready(ns, 4);
+    let victim = replicas
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .find(|n| n.starts_with("roll-ens-operator-receiver-"))
+        .expect("a receiver pod")
+        .to_owned();
+    kubectl(&["-n", &rx, "delete", "pod", &victim, "--timeout=120s"]);
+    let after = wait_ready(ns, 4);
+    assert!(
+        after
+            .iter()
+            .all(|p| p["metadata"]["name"].as_str() != Some(victim.as_str())),
+        "{victim} replaced"
+    );
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let injected = stream.join().unwrap();
