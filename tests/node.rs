@@ -235,6 +235,12 @@ fn restricted_namespace(name: &str) {
 /// One install at a time: both install the same CRDs, and the process checks count every pod.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Runs `test` to its end on a runtime of its own, one such test at a time.
+fn serially(test: impl Future<Output = ()>) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Runtime::new().unwrap().block_on(test);
+}
+
 #[test]
 fn helm_install_with_defaults_runs_ready_pods_under_restricted() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -458,10 +464,7 @@ fn cluster_ip(namespace: &str, service: &str) -> String {
 
 #[test]
 fn the_lifecycle_runs_through_pods_and_services() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(lifecycle());
+    serially(lifecycle());
 }
 
 /// What [`deploy`] started: the sink in this test and the emulator's URL (from the node).
@@ -472,6 +475,38 @@ struct Deployed {
     /// every namespace, and left running it would take the next tests' objects.
     release: String,
     namespaces: Vec<String>,
+}
+
+impl Deployed {
+    /// Deletes the test's objects; their finalizers run (and clean ENS).
+    fn delete_objects(&self) {
+        kubectl(&[
+            "-n",
+            &self.namespaces[0],
+            "delete",
+            "enssubscriptions,enscallbacks",
+            "--all",
+            "--timeout=120s",
+        ]);
+    }
+
+    /// Uninstalls the release and deletes its namespaces (the chart keeps the receiver
+    /// namespace: its route Secrets hold the signature keys).
+    fn uninstall(&self) {
+        run(
+            "helm",
+            &[
+                "uninstall",
+                &self.release,
+                "-n",
+                &self.namespaces[0],
+                "--wait",
+            ],
+        );
+        let mut delete = vec!["delete", "namespace", "--wait=false"];
+        delete.extend(self.namespaces.iter().map(String::as_str));
+        kubectl(&delete);
+    }
 }
 
 impl Drop for Deployed {
@@ -724,14 +759,7 @@ async fn lifecycle() {
     assert_eq!(sink.accepted_len(), 10, "each event once");
 
     // Deleting the objects runs the controller's finalizers (ENS cleaned), then uninstall.
-    kubectl(&[
-        "-n",
-        ns,
-        "delete",
-        "enssubscriptions,enscallbacks",
-        "--all",
-        "--timeout=120s",
-    ]);
+    d.delete_objects();
     let callbacks: Value =
         serde_json::from_str(&node_curl(&[&format!("{emulator}/emulator/v1/callbacks")])).unwrap();
     assert_eq!(
@@ -739,21 +767,12 @@ async fn lifecycle() {
         Some(0),
         "ENS cleaned: {callbacks}"
     );
-    run("helm", &["uninstall", "life", "-n", ns, "--wait"]);
-    // The chart keeps the receiver namespace (route Secrets hold signature keys).
-    kubectl(&[
-        "delete",
-        "namespace",
-        ns,
-        &receiver_namespace(ns),
-        "--wait=false",
-    ]);
+    d.uninstall();
 }
 
 #[test]
 fn receiver_rollout_and_pod_deletion_under_a_steady_stream_lose_no_acknowledged_event() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tokio::runtime::Runtime::new().unwrap().block_on(rollout());
+    serially(rollout());
 }
 
 async fn rollout() {
@@ -828,20 +847,7 @@ async fn rollout() {
         .count();
     // Every event the receivers acknowledged reached the sink (the receiver hands off before
     // it answers 200), counted by key.
-    receiver_support::wait_until(
-        "the acknowledged events at the sink",
-        Duration::from_secs(30),
-        || {
-            let sunk: std::collections::HashSet<String> = d
-                .sink
-                .accepted()
-                .iter()
-                .flat_map(|e| keys(&e.body))
-                .collect();
-            acked.is_subset(&sunk)
-        },
-    )
-    .await;
+    at_the_sink(&d.sink, &acked, Duration::from_secs(30)).await;
     eprintln!(
         "rollout: {injected} events injected, {} acknowledged, {failed} delivery attempts refused or failed, {} sink requests",
         acked.len(),
@@ -853,23 +859,8 @@ async fn rollout() {
         "ENS got every event acknowledged in the end"
     );
 
-    kubectl(&[
-        "-n",
-        ns,
-        "delete",
-        "enssubscriptions,enscallbacks",
-        "--all",
-        "--timeout=120s",
-    ]);
-    run("helm", &["uninstall", "roll", "-n", ns, "--wait"]);
-    // The chart keeps the receiver namespace (route Secrets hold signature keys).
-    kubectl(&[
-        "delete",
-        "namespace",
-        ns,
-        &receiver_namespace(ns),
-        "--wait=false",
-    ]);
+    d.delete_objects();
+    d.uninstall();
 }
 
 fn lease_holder(ns: &str, lease: &str) -> String {
@@ -890,8 +881,7 @@ fn lease_holder(ns: &str, lease: &str) -> String {
 
 #[test]
 fn two_controllers_the_standby_leads_when_the_leader_pod_is_deleted() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tokio::runtime::Runtime::new().unwrap().block_on(leaders());
+    serially(leaders());
 }
 
 async fn leaders() {
@@ -959,23 +949,8 @@ async fn leaders() {
         "no duplicate: {callbacks}"
     );
 
-    kubectl(&[
-        "-n",
-        ns,
-        "delete",
-        "enssubscriptions,enscallbacks",
-        "--all",
-        "--timeout=120s",
-    ]);
-    run("helm", &["uninstall", "lead", "-n", ns, "--wait"]);
-    // The chart keeps the receiver namespace (route Secrets hold signature keys).
-    kubectl(&[
-        "delete",
-        "namespace",
-        ns,
-        &receiver_namespace(ns),
-        "--wait=false",
-    ]);
+    d.delete_objects();
+    d.uninstall();
 }
 
 /// ENS calls that change something (everything but reads and tokens), from the emulator.
@@ -1004,8 +979,7 @@ fn reconciles(ip: &str, kind: &str) -> f64 {
 
 #[test]
 fn helm_upgrade_keeps_objects_ready_without_touching_ens_and_uninstall_waits_for_the_objects() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tokio::runtime::Runtime::new().unwrap().block_on(upgrade());
+    serially(upgrade());
 }
 
 async fn upgrade() {
@@ -1105,31 +1079,13 @@ async fn upgrade() {
     );
 
     // Once the objects are gone (their finalizers ran), the uninstall goes through.
-    kubectl(&[
-        "-n",
-        ns,
-        "delete",
-        "enssubscriptions,enscallbacks",
-        "--all",
-        "--timeout=120s",
-    ]);
-    run("helm", &["uninstall", "upg", "-n", ns, "--wait"]);
-    // The chart keeps the receiver namespace (route Secrets hold signature keys).
-    kubectl(&[
-        "delete",
-        "namespace",
-        ns,
-        &receiver_namespace(ns),
-        "--wait=false",
-    ]);
+    d.delete_objects();
+    d.uninstall();
 }
 
 #[test]
 fn helm_upgrade_from_chart_0_1_carries_the_signature_key_over_and_changes_nothing_in_ens() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(upgrade_from_0_1());
+    serially(upgrade_from_0_1());
 }
 
 /// The route Secrets of namespace `ns` as `(name, path, signature key)`.
@@ -1260,24 +1216,27 @@ async fn upgrade_from_0_1() {
         "no ENS mutation across the upgrade (no key regenerated)"
     );
 
-    kubectl(&[
-        "-n",
-        ns,
-        "delete",
-        "enssubscriptions,enscallbacks",
-        "--all",
-        "--timeout=120s",
-    ]);
-    run("helm", &["uninstall", "old", "-n", ns, "--wait"]);
-    kubectl(&["delete", "namespace", ns, &rx, "--wait=false"]);
+    d.delete_objects();
+    d.uninstall();
 }
 
 #[test]
 fn a_deleted_receiver_pod_with_the_sink_down_delivers_its_spool_from_the_next_pod() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(spool_outlives_its_pod());
+    serially(spool_outlives_its_pod());
+}
+
+/// Waits until every event keyed in `acked` reached `sink`.
+async fn at_the_sink(
+    sink: &receiver_support::TestSink,
+    acked: &std::collections::HashSet<String>,
+    timeout: Duration,
+) {
+    receiver_support::wait_until("the acknowledged events at the sink", timeout, || {
+        let sunk: std::collections::HashSet<String> =
+            sink.accepted().iter().flat_map(|e| keys(&e.body)).collect();
+        acked.is_subset(&sunk)
+    })
+    .await;
 }
 
 /// The keys of the events ENS had acknowledged (a delivery answered 200), by its records.
@@ -1394,31 +1353,10 @@ async fn spool_outlives_its_pod() {
 
     // The sink returns: every acknowledged event arrives.
     d.sink.set_up(true);
-    receiver_support::wait_until(
-        "the acknowledged events at the sink",
-        Duration::from_secs(120),
-        || {
-            let sunk: std::collections::HashSet<String> = d
-                .sink
-                .accepted()
-                .iter()
-                .flat_map(|e| keys(&e.body))
-                .collect();
-            acked.is_subset(&sunk)
-        },
-    )
-    .await;
+    at_the_sink(&d.sink, &acked, Duration::from_secs(120)).await;
 
-    kubectl(&[
-        "-n",
-        ns,
-        "delete",
-        "enssubscriptions,enscallbacks",
-        "--all",
-        "--timeout=120s",
-    ]);
-    run("helm", &["uninstall", release, "-n", ns, "--wait"]);
-    kubectl(&["delete", "namespace", ns, &rx, "--timeout=120s"]);
+    d.delete_objects();
+    d.uninstall();
     for pv in &pvs {
         kubectl(&["delete", "pv", pv, "--wait=false"]);
     }

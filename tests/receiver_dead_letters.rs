@@ -7,7 +7,7 @@
 mod receiver_support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -65,6 +65,18 @@ async fn letters_cmd(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// A sink refusing [`POISON`] for good, and a receiver (args `extra`) keeping dead letters in
+/// the returned directory.
+async fn poisoned(name: &str, extra: &[&str]) -> (Receiver, TestSink, PathBuf) {
+    let dir = temp_dir(name);
+    let letters = dir.join("dead-letters");
+    let sink = TestSink::start(true).await;
+    sink.set_poison(Some(POISON));
+    let mut args = vec!["--dead-letter-dir", letters.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    (spawn(&dir, &sink, &args), sink, letters)
+}
+
 async fn refused_total(rx: &Receiver) -> f64 {
     metric(&rx.get("/metrics").await.1, REFUSED)
 }
@@ -72,15 +84,7 @@ async fn refused_total(rx: &Receiver) -> f64 {
 // Multi-threaded: the sink answers while a command runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_mode_keeps_the_refused_event_delivers_the_rest_and_replay_sends_it_later() {
-    let dir = temp_dir("letters-binary");
-    let letters = dir.join("dead-letters");
-    let sink = TestSink::start(true).await;
-    sink.set_poison(Some(POISON));
-    let rx = spawn(
-        &dir,
-        &sink,
-        &["--dead-letter-dir", letters.to_str().unwrap()],
-    );
+    let (rx, sink, letters) = poisoned("letters-binary", &[]).await;
     let (body, good, bad) = mixed();
     let (status, _) = rx.post(ROUTE, &body, Some(&sig(KEY, &body))).await;
     assert_eq!(status, 200, "the batch is acknowledged");
@@ -136,20 +140,7 @@ async fn without_a_dead_letter_dir_a_refusal_fails_the_batch() {
 
 #[tokio::test]
 async fn batched_mode_sends_a_refused_batch_again_event_by_event() {
-    let dir = temp_dir("letters-batched");
-    let letters = dir.join("dead-letters");
-    let sink = TestSink::start(true).await;
-    sink.set_poison(Some(POISON));
-    let rx = spawn(
-        &dir,
-        &sink,
-        &[
-            "--sink-mode",
-            "batched",
-            "--dead-letter-dir",
-            letters.to_str().unwrap(),
-        ],
-    );
+    let (rx, sink, letters) = poisoned("letters-batched", &["--sink-mode", "batched"]).await;
     let (body, good, bad) = mixed();
     let (status, _) = rx.post(ROUTE, &body, Some(&sig(KEY, &body))).await;
     assert_eq!(status, 200);
@@ -163,23 +154,14 @@ async fn batched_mode_sends_a_refused_batch_again_event_by_event() {
 
 #[tokio::test]
 async fn a_spooled_event_refused_for_good_blocks_nothing_behind_it() {
-    let dir = temp_dir("letters-spool");
-    let letters = dir.join("dead-letters");
-    let sink = TestSink::start(true).await;
-    sink.set_poison(Some(POISON));
-    let spool = dir.join("spool");
-    let rx = spawn(
-        &dir,
-        &sink,
-        &[
-            "--sink-mode",
-            "batched",
-            "--spool-dir",
-            spool.to_str().unwrap(),
-            "--dead-letter-dir",
-            letters.to_str().unwrap(),
-        ],
-    );
+    let spool = temp_dir("letters-spool-data").join("spool");
+    let spooled = [
+        "--sink-mode",
+        "batched",
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ];
+    let (rx, sink, letters) = poisoned("letters-spool", &spooled).await;
     let (bad, good) = (batch("poison", 1), batch("behind", 2));
     for b in [&bad, &good] {
         assert_eq!(rx.post(ROUTE, b, Some(&sig(KEY, b))).await.0, 200);
