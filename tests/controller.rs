@@ -838,6 +838,18 @@ async fn fixed_credentials_are_picked_up_at_once_and_metrics_count_the_work() {
             >= 1.0,
         "{m}"
     );
+    // The failure is counted with the operation that failed, too.
+    let failed: Vec<&str> = m
+        .lines()
+        .filter(|l| {
+            l.starts_with(r#"ens_operator_reconcile_errors_total{kind="EnsCallback","#)
+                && l.contains(r#"reason="CredentialsInvalid""#)
+        })
+        .collect();
+    assert!(
+        !failed.is_empty() && failed.iter().all(|l| !l.contains(r#"operation="none""#)),
+        "{m}"
+    );
     assert_eq!(
         metric(
             r#"ens_operator_ens_requests_total{route="POST /platform/v1/ens-callbacks",status="201"}"#

@@ -12,7 +12,7 @@ pub enum Error {
     #[error("{op}: {source}")]
     Kube {
         /// What was being done.
-        op: &'static str,
+        op: Op,
         /// The API error.
         #[source]
         source: kube::Error,
@@ -21,7 +21,7 @@ pub enum Error {
     #[error("{op}: {source}")]
     Ens {
         /// What was being done.
-        op: &'static str,
+        op: Op,
         /// The ENS error (its text is kept; it never carries secrets).
         #[source]
         source: EnsError,
@@ -37,6 +37,154 @@ pub enum Error {
         "ENS already has a subscription named {0:?} on another callback of this account (names are account-wide); set spec.subscriptionName to an unused name"
     )]
     NameInUse(String),
+}
+
+/// What a reconcile was doing when a Kubernetes or ENS call failed: named in the error's message,
+/// its Events, and the `operation` label of `ens_operator_reconcile_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Annotating the EnsCallback.
+    AnnotatingEnsCallback,
+    /// Annotating the EnsSubscription.
+    AnnotatingEnsSubscription,
+    /// Creating the callback.
+    CreatingCallback,
+    /// Creating the subscription.
+    CreatingSubscription,
+    /// Deleting the callback.
+    DeletingCallback,
+    /// Deleting the expired callback.
+    DeletingExpiredCallback,
+    /// Deleting the key Secret.
+    DeletingKeySecret,
+    /// Deleting the route Secret of the old naming.
+    DeletingRouteSecretOldNaming,
+    /// Deleting the subscription.
+    DeletingSubscription,
+    /// Deleting a subscription of the callback.
+    DeletingSubscriptionCallback,
+    /// Deleting the unprobed callback.
+    DeletingUnprobedCallback,
+    /// Deleting the unverifiable callback.
+    DeletingUnverifiableCallback,
+    /// Deleting the verification hand-off.
+    DeletingVerificationHandOff,
+    /// Listing the callback's subscriptions.
+    ListingCallbackSSubscriptions,
+    /// Listing callbacks.
+    ListingCallbacks,
+    /// Looking up the subscription.
+    LookingUpSubscription,
+    /// Reading the callback.
+    ReadingCallback,
+    /// Reading the credentials Secret.
+    ReadingCredentialsSecret,
+    /// Reading the EnsCallback.
+    ReadingEnsCallback,
+    /// Reading the key Secret.
+    ReadingKeySecret,
+    /// Reading a route Secret an older release wrote.
+    ReadingRouteSecretOlderReleaseWrote,
+    /// Reading the subscription.
+    ReadingSubscription,
+    /// Reading the verification hand-off.
+    ReadingVerificationHandOff,
+    /// Regenerating the signature key.
+    RegeneratingSignatureKey,
+    /// Updating the callback.
+    UpdatingCallback,
+    /// Updating the subscription.
+    UpdatingSubscription,
+    /// Using the credentials.
+    UsingCredentials,
+    /// Verifying the callback.
+    VerifyingCallback,
+    /// Writing the key Secret.
+    WritingKeySecret,
+    /// Writing status.
+    WritingStatus,
+}
+
+impl Op {
+    /// The operation in words, as error messages say it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::AnnotatingEnsCallback => "annotating the EnsCallback",
+            Self::AnnotatingEnsSubscription => "annotating the EnsSubscription",
+            Self::CreatingCallback => "creating the callback",
+            Self::CreatingSubscription => "creating the subscription",
+            Self::DeletingCallback => "deleting the callback",
+            Self::DeletingExpiredCallback => "deleting the expired callback",
+            Self::DeletingKeySecret => "deleting the key Secret",
+            Self::DeletingRouteSecretOldNaming => "deleting the route Secret of the old naming",
+            Self::DeletingSubscription => "deleting the subscription",
+            Self::DeletingSubscriptionCallback => "deleting a subscription of the callback",
+            Self::DeletingUnprobedCallback => "deleting the unprobed callback",
+            Self::DeletingUnverifiableCallback => "deleting the unverifiable callback",
+            Self::DeletingVerificationHandOff => "deleting the verification hand-off",
+            Self::ListingCallbackSSubscriptions => "listing the callback's subscriptions",
+            Self::ListingCallbacks => "listing callbacks",
+            Self::LookingUpSubscription => "looking up the subscription",
+            Self::ReadingCallback => "reading the callback",
+            Self::ReadingCredentialsSecret => "reading the credentials Secret",
+            Self::ReadingEnsCallback => "reading the EnsCallback",
+            Self::ReadingKeySecret => "reading the key Secret",
+            Self::ReadingRouteSecretOlderReleaseWrote => {
+                "reading a route Secret an older release wrote"
+            }
+            Self::ReadingSubscription => "reading the subscription",
+            Self::ReadingVerificationHandOff => "reading the verification hand-off",
+            Self::RegeneratingSignatureKey => "regenerating the signature key",
+            Self::UpdatingCallback => "updating the callback",
+            Self::UpdatingSubscription => "updating the subscription",
+            Self::UsingCredentials => "using the credentials",
+            Self::VerifyingCallback => "verifying the callback",
+            Self::WritingKeySecret => "writing the key Secret",
+            Self::WritingStatus => "writing status",
+        }
+    }
+
+    /// The metric label: the words in snake case.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::AnnotatingEnsCallback => "annotating_enscallback",
+            Self::AnnotatingEnsSubscription => "annotating_enssubscription",
+            Self::CreatingCallback => "creating_callback",
+            Self::CreatingSubscription => "creating_subscription",
+            Self::DeletingCallback => "deleting_callback",
+            Self::DeletingExpiredCallback => "deleting_expired_callback",
+            Self::DeletingKeySecret => "deleting_key_secret",
+            Self::DeletingRouteSecretOldNaming => "deleting_route_secret_old_naming",
+            Self::DeletingSubscription => "deleting_subscription",
+            Self::DeletingSubscriptionCallback => "deleting_subscription_callback",
+            Self::DeletingUnprobedCallback => "deleting_unprobed_callback",
+            Self::DeletingUnverifiableCallback => "deleting_unverifiable_callback",
+            Self::DeletingVerificationHandOff => "deleting_verification_hand_off",
+            Self::ListingCallbackSSubscriptions => "listing_callback_s_subscriptions",
+            Self::ListingCallbacks => "listing_callbacks",
+            Self::LookingUpSubscription => "looking_up_subscription",
+            Self::ReadingCallback => "reading_callback",
+            Self::ReadingCredentialsSecret => "reading_credentials_secret",
+            Self::ReadingEnsCallback => "reading_enscallback",
+            Self::ReadingKeySecret => "reading_key_secret",
+            Self::ReadingRouteSecretOlderReleaseWrote => "reading_route_secret_older_release_wrote",
+            Self::ReadingSubscription => "reading_subscription",
+            Self::ReadingVerificationHandOff => "reading_verification_hand_off",
+            Self::RegeneratingSignatureKey => "regenerating_signature_key",
+            Self::UpdatingCallback => "updating_callback",
+            Self::UpdatingSubscription => "updating_subscription",
+            Self::UsingCredentials => "using_credentials",
+            Self::VerifyingCallback => "verifying_callback",
+            Self::WritingKeySecret => "writing_key_secret",
+            Self::WritingStatus => "writing_status",
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
+    }
 }
 
 /// What to do after an error.
@@ -55,13 +203,21 @@ pub enum Retry {
 
 impl Error {
     /// Wraps a Kubernetes error with the operation.
-    pub fn kube(op: &'static str) -> impl FnOnce(kube::Error) -> Self {
+    pub fn kube(op: Op) -> impl FnOnce(kube::Error) -> Self {
         move |source| Self::Kube { op, source }
     }
 
     /// Wraps an ENS error with the operation.
-    pub fn ens(op: &'static str) -> impl FnOnce(EnsError) -> Self {
+    pub fn ens(op: Op) -> impl FnOnce(EnsError) -> Self {
         move |source| Self::Ens { op, source }
+    }
+
+    /// The Kubernetes or ENS operation that failed, if one did.
+    pub fn operation(&self) -> Option<Op> {
+        match self {
+            Self::Kube { op, .. } | Self::Ens { op, .. } => Some(*op),
+            Self::VerificationRefused(_) | Self::NameInUse(_) => None,
+        }
     }
 
     /// The condition reason for this error.
@@ -132,22 +288,14 @@ mod tests {
     #[test]
     fn a_probe_failure_is_retried_and_blames_the_receiver() {
         let body = "\"MCMS_UWH_Runtime_GeneralFailure_probeCallbackLiveness: Status: Timeout\"";
-        let e = Error::ens("creating the callback")(EnsError::from_status(
-            R,
-            400,
-            None,
-            body.as_bytes(),
-        ));
+        let e =
+            Error::ens(Op::CreatingCallback)(EnsError::from_status(R, 400, None, body.as_bytes()));
         assert_eq!(e.reason(), Reason::ReceiverNotReady);
         assert_eq!(e.retry(), Retry::Backoff);
         assert!(!e.is_terminal());
         // Any other 400 needs a person.
-        let other = Error::ens("creating the callback")(EnsError::from_status(
-            R,
-            400,
-            None,
-            b"\"bad url\"",
-        ));
+        let other =
+            Error::ens(Op::CreatingCallback)(EnsError::from_status(R, 400, None, b"\"bad url\""));
         assert_eq!(other.reason(), Reason::EnsRejected);
         assert!(other.is_terminal());
     }
@@ -157,7 +305,7 @@ mod tests {
         let refused = crate::ens::EndpointPolicy::default()
             .auth_base("http://127.0.0.1:1")
             .unwrap_err();
-        let e = Error::ens("reading the callback")(EnsError::EndpointRefused {
+        let e = Error::ens(Op::ReadingCallback)(EnsError::EndpointRefused {
             route: crate::ens::auth::TOKEN_ROUTE,
             refused,
         });

@@ -45,10 +45,23 @@ pub struct DriftLabels {
     pub what: &'static str,
 }
 
+/// Labels of the failed-reconcile counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `EnsCallback` or `EnsSubscription`.
+    pub kind: String,
+    /// The operation that failed ([`crate::controller::error::Op::label`]), or `none`.
+    pub operation: &'static str,
+    /// The condition reason the error maps to.
+    pub reason: &'static str,
+}
+
 /// The controller's metrics.
 pub struct Metrics {
     /// Reconciles by kind and result.
     pub reconciles: Family<ReconcileLabels, Counter>,
+    /// Failed reconciles by kind, the operation that failed and the reason.
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
     /// ENS requests by route and HTTP status.
     pub ens_requests: Family<RequestLabels, Counter>,
     /// ENS request durations by route.
@@ -64,6 +77,7 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self {
             reconciles: Family::default(),
+            reconcile_errors: Family::default(),
             ens_requests: Family::default(),
             ens_request_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.005, 2.0, 14))
@@ -78,6 +92,11 @@ impl Metrics {
             "reconciles",
             "Reconciles by kind and result",
             m.reconciles.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "Failed reconciles by kind, the operation that failed and the reason",
+            m.reconcile_errors.clone(),
         );
         r.register(
             "ens_requests",

@@ -25,8 +25,8 @@ use crate::{
         callback,
         context::{Context, Delays},
         credentials::CredentialsRef,
-        error::{Error, Retry},
-        metrics::ReconcileLabels,
+        error::{Error, Op, Retry},
+        metrics::{ErrorLabels, ReconcileLabels},
     },
 };
 
@@ -143,6 +143,16 @@ where
         }
         Err(_) => Reason::KubernetesError.as_str(),
     };
+    if let Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) = &res {
+        ctx.metrics
+            .reconcile_errors
+            .get_or_create(&ErrorLabels {
+                kind: K::kind(&()).into_owned(),
+                operation: e.operation().map_or("none", Op::label),
+                reason: result,
+            })
+            .inc();
+    }
     count(&ctx, K::kind(&()).into_owned(), result);
     if res.is_ok() {
         ctx.reset_backoff(&key);

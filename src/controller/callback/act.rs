@@ -24,7 +24,7 @@ use crate::{
     controller::{
         context::Context,
         crash::{self, Point},
-        error::Error,
+        error::{Error, Op},
         keys::KeyData,
         metrics::DriftLabels,
     },
@@ -41,7 +41,7 @@ pub async fn act(
 ) -> Result<(), Error> {
     let creds = || {
         creds.ok_or_else(|| {
-            Error::ens("using the credentials")(EnsError::Setup("no credentials".into()))
+            Error::ens(Op::UsingCredentials)(EnsError::Setup("no credentials".into()))
         })
     };
     // What ENS said about the object stays true across steps that do not touch ENS; any other
@@ -70,9 +70,7 @@ pub async fn act(
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {
-                    return Err(Error::kube("deleting the route Secret of the old naming")(
-                        e,
-                    ));
+                    return Err(Error::kube(Op::DeletingRouteSecretOldNaming)(e));
                 }
             }
         }
@@ -130,7 +128,7 @@ pub async fn act(
                         .ens
                         .list_callbacks(c)
                         .await
-                        .map_err(Error::ens("listing callbacks"))?;
+                        .map_err(Error::ens(Op::ListingCallbacks))?;
                     for cb in leftovers.into_iter().filter(|cb| {
                         cb.url == new.url
                             && cb.callback_name == new.callback_name
@@ -140,7 +138,7 @@ pub async fn act(
                         ctx.ens
                             .delete_callback(c, &cb.callback_id)
                             .await
-                            .map_err(Error::ens("deleting the unverifiable callback"))?;
+                            .map_err(Error::ens(Op::DeletingUnverifiableCallback))?;
                         ctx.event(
                             obj,
                             true,
@@ -153,9 +151,9 @@ pub async fn act(
                         )
                         .await;
                     }
-                    return Err(Error::ens("creating the callback")(e));
+                    return Err(Error::ens(Op::CreatingCallback)(e));
                 }
-                Err(e) => return Err(Error::ens("creating the callback")(e)),
+                Err(e) => return Err(Error::ens(Op::CreatingCallback)(e)),
             }
         }
         Step::Record(cb) => {
@@ -214,7 +212,7 @@ pub async fn act(
             let c = creds()?;
             ctx.ens_permit(c).await;
             let res = ctx.ens.regenerate_key(c, &callback_id).await;
-            let created = res.map_err(Error::ens("regenerating the signature key"))?;
+            let created = res.map_err(Error::ens(Op::RegeneratingSignatureKey))?;
             let mut keys = seen.keys.clone().unwrap_or_default();
             let old = keys.key_of(&callback_id).cloned();
             let rotation = request.is_some();
@@ -290,7 +288,7 @@ pub async fn act(
                     .await;
                     return Err(Error::VerificationRefused(callback_id));
                 }
-                Err(e) => return Err(Error::ens("verifying the callback")(e)),
+                Err(e) => return Err(Error::ens(Op::VerifyingCallback)(e)),
             }
         }
         Step::DiscardProbe => discard_probe(ctx, seen).await?,
@@ -298,7 +296,7 @@ pub async fn act(
             let c = creds()?;
             ctx.ens_permit(c).await;
             let res = ctx.ens.delete_callback(c, &callback_id).await;
-            res.map_err(Error::ens("deleting the unprobed callback"))?;
+            res.map_err(Error::ens(Op::DeletingUnprobedCallback))?;
             let note = format!(
                 "ENS callback {callback_id}, left by a create whose probe never reached the receiver, could never be verified; deleted it to create a fresh one"
             );
@@ -309,7 +307,7 @@ pub async fn act(
             let c = creds()?;
             ctx.ens_permit(c).await;
             let res = ctx.ens.delete_callback(c, &callback_id).await;
-            res.map_err(Error::ens("deleting the expired callback"))?;
+            res.map_err(Error::ens(Op::DeletingExpiredCallback))?;
             clear_record(ctx, obj).await?;
             discard_probe(ctx, seen).await?;
             ctx.event(obj, true, Reason::VerificationExpired, "DeleteCallback", format!("ENS callback {callback_id} was not verified in time; deleted it to create a fresh one")).await;
@@ -318,7 +316,7 @@ pub async fn act(
             let c = creds()?;
             ctx.ens_permit(c).await;
             let res = ctx.ens.update_callback(c, &update).await;
-            res.map_err(Error::ens("updating the callback"))?;
+            res.map_err(Error::ens(Op::UpdatingCallback))?;
             ctx.metrics
                 .drift
                 .get_or_create(&DriftLabels {
@@ -388,7 +386,7 @@ pub async fn write_keys(ctx: &Context, seen: &Observed, data: &KeyData) -> Resul
             &Patch::Apply(&secret),
         )
         .await
-        .map_err(Error::kube("writing the key Secret"))?;
+        .map_err(Error::kube(Op::WritingKeySecret))?;
     Ok(())
 }
 
@@ -402,7 +400,7 @@ async fn discard_probe(ctx: &Context, seen: &Observed) -> Result<(), Error> {
     {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::kube("deleting the verification hand-off")(e)),
+        Err(e) => Err(Error::kube(Op::DeletingVerificationHandOff)(e)),
     }
 }
 
@@ -439,6 +437,6 @@ async fn annotate(
             &Patch::Merge(json!({ "metadata": meta })),
         )
         .await
-        .map_err(Error::kube("annotating the EnsCallback"))?;
+        .map_err(Error::kube(Op::AnnotatingEnsCallback))?;
     Ok(())
 }

@@ -17,7 +17,7 @@ use crate::{
     api::{EnsCallback, annotations::CREATE_PENDING, common::DeletionPolicy, conditions::Reason},
     controller::{
         context::Context,
-        error::{Error, ens_reason},
+        error::{Error, Op, ens_reason},
         reconciler::{self, ReconcileError},
         status,
     },
@@ -42,7 +42,7 @@ async fn pause(obj: &EnsCallback, ctx: &Context) -> Result<(), Error> {
     let s = status::paused(current, obj.meta().generation, &Time(Timestamp::now()));
     status::apply(obj, obj.status.as_ref(), &s, &ctx.client)
         .await
-        .map_err(Error::kube("writing status"))?;
+        .map_err(Error::kube(Op::WritingStatus))?;
     Ok(())
 }
 
@@ -70,7 +70,7 @@ async fn apply(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
                 plan.status.key_rotation = rotated;
             }
         }
-        status::apply(obj, obj.status.as_ref(), &plan.status, &ctx.client).await.map_err(Error::kube("writing status"))?;
+        status::apply(obj, obj.status.as_ref(), &plan.status, &ctx.client).await.map_err(Error::kube(Op::WritingStatus))?;
         Ok::<_, Error>(Action::requeue(plan.requeue))
     }
     .await;
@@ -159,7 +159,7 @@ async fn cleanup(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
         && let Some(probe) = secrets
             .get_opt(&key_secret.probe_secret())
             .await
-            .map_err(Error::kube("reading the verification hand-off"))?
+            .map_err(Error::kube(Op::ReadingVerificationHandOff))?
         && key_secret.is_probe_of(&probe)
     {
         delete_secret(&secrets, &key_secret.probe_secret()).await?;
@@ -175,7 +175,7 @@ async fn delete_secret(secrets: &Api<Secret>, name: &str) -> Result<(), Error> {
     match secrets.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::kube("deleting the key Secret")(e)),
+        Err(e) => Err(Error::kube(Op::DeletingKeySecret)(e)),
     }
 }
 
@@ -196,7 +196,7 @@ async fn delete_own(
                 ctx.ens
                     .get_callback(creds, id)
                     .await
-                    .map_err(Error::ens("reading the callback"))?
+                    .map_err(Error::ens(Op::ReadingCallback))?
             }
             // A create may have happened without being recorded: find it by URL.
             None if obj.annotations().contains_key(CREATE_PENDING) => {
@@ -204,7 +204,7 @@ async fn delete_own(
                 ctx.ens
                     .list_callbacks(creds)
                     .await
-                    .map_err(Error::ens("listing callbacks"))?
+                    .map_err(Error::ens(Op::ListingCallbacks))?
                     .into_iter()
                     .find(|c| c.url == obj.spec.url)
             }
@@ -256,7 +256,7 @@ async fn delete_remote(
     let subs = match ctx.ens.list_subscriptions(creds, id).await {
         Ok(s) => s,
         Err(EnsError::NotFound { .. }) => return Ok(()),
-        Err(e) => return Err(Error::ens("listing the callback's subscriptions")(e)),
+        Err(e) => return Err(Error::ens(Op::ListingCallbackSSubscriptions)(e)),
     };
     for sub in subs {
         ctx.ens_permit(creds).await;
@@ -264,7 +264,7 @@ async fn delete_remote(
             .ens
             .delete_subscription(creds, &sub.subscription_id)
             .await
-            .map_err(Error::ens("deleting a subscription"))?
+            .map_err(Error::ens(Op::DeletingSubscriptionCallback))?
             == Deleted::Deleted
         {
             ctx.event(
@@ -285,7 +285,7 @@ async fn delete_remote(
         .ens
         .delete_callback(creds, id)
         .await
-        .map_err(Error::ens("deleting the callback"))?
+        .map_err(Error::ens(Op::DeletingCallback))?
         == Deleted::Deleted
     {
         crate::controller::crash::reached(crate::controller::crash::Point::AfterRemoteDelete);

@@ -21,7 +21,7 @@ use crate::{
     controller::{
         context::Context,
         credentials::{self, CredentialsError, CredentialsRef},
-        error::Error,
+        error::{Error, Op},
         keys::{Claim, KeyData, KeySecretRef, Owner, Probe},
         names,
         recent::Key,
@@ -70,7 +70,7 @@ pub async fn read_key_secret(
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), &at.namespace)
         .get_opt(&at.name)
         .await
-        .map_err(Error::kube("reading the key Secret"))?;
+        .map_err(Error::kube(Op::ReadingKeySecret))?;
     let claim = Claim::of(secret.as_ref(), &at.owner, obj.meta().uid.as_deref());
     let keys = secret
         .filter(|_| claim.writable())
@@ -107,7 +107,7 @@ async fn legacy_route(
         let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
             .get_opt(&secret_name)
             .await
-            .map_err(Error::kube("reading a route Secret an older release wrote"))?;
+            .map_err(Error::kube(Op::ReadingRouteSecretOlderReleaseWrote))?;
         let Some(secret) = secret else {
             continue;
         };
@@ -157,7 +157,7 @@ pub async fn load_credentials(
 ) -> Result<Result<Credentials, String>, Error> {
     match credentials::load(&ctx.client, credentials_ref(ctx, obj).as_ref()).await {
         Ok(c) => Ok(Ok(c)),
-        Err(CredentialsError::Read(_, e)) => Err(Error::kube("reading the credentials Secret")(e)),
+        Err(CredentialsError::Read(_, e)) => Err(Error::kube(Op::ReadingCredentialsSecret)(e)),
         Err(e) => Ok(Err(e.to_string())),
     }
 }
@@ -185,7 +185,7 @@ pub async fn observe(
         ReceiverMode::Managed => secrets
             .get_opt(&key_secret.probe_secret())
             .await
-            .map_err(Error::kube("reading the verification hand-off"))?
+            .map_err(Error::kube(Op::ReadingVerificationHandOff))?
             .filter(|s| key_secret.is_probe_of(s))
             .and_then(|s| Probe::from_secret(&s)),
         ReceiverMode::External => obj
@@ -267,7 +267,7 @@ async fn read_remote(
             .ens
             .get_callback(c, id)
             .await
-            .map_err(Error::ens("reading the callback"))?
+            .map_err(Error::ens(Op::ReadingCallback))?
         {
             Some(cb) => Remote::Found(cb),
             None => Remote::Gone,
@@ -277,7 +277,7 @@ async fn read_remote(
                 .ens
                 .list_callbacks(c)
                 .await
-                .map_err(Error::ens("listing callbacks"))?;
+                .map_err(Error::ens(Op::ListingCallbacks))?;
             all.into_iter()
                 .find(|cb| cb.url == obj.spec.url)
                 .map_or(Remote::Absent, Remote::Found)

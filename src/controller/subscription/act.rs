@@ -17,7 +17,7 @@ use crate::{
     controller::{
         context::Context,
         crash::{self, Point},
-        error::Error,
+        error::{Error, Op},
         metrics::DriftLabels,
     },
     ens::{Created, Credentials, EnsError, NewSubscription, Subscription, SubscriptionState},
@@ -31,9 +31,8 @@ pub async fn act(
     creds: Option<&Credentials>,
     step: Step,
 ) -> Result<(), Error> {
-    let c = creds.ok_or_else(|| {
-        Error::ens("using the credentials")(EnsError::Setup("no credentials".into()))
-    });
+    let c = creds
+        .ok_or_else(|| Error::ens(Op::UsingCredentials)(EnsError::Setup("no credentials".into())));
     // Every step but Record changes ENS or the recorded id: the next reconcile reads ENS, unless
     // the step's own answer says it all (a create answered as asked, below).
     match &step {
@@ -46,7 +45,7 @@ pub async fn act(
             ctx.ens_permit(c).await;
             let sent = Instant::now();
             let res = ctx.ens.create_subscription(c, &new).await;
-            match res.map_err(Error::ens("creating the subscription"))? {
+            match res.map_err(Error::ens(Op::CreatingSubscription))? {
                 Created::New(sub) => {
                     crash::reached(Point::AfterSubscriptionPost);
                     record(ctx, obj, Some(&sub.subscription_id)).await?;
@@ -69,7 +68,7 @@ pub async fn act(
                         .ens
                         .list_subscriptions(c, &new.callback_id)
                         .await
-                        .map_err(Error::ens("listing the callback's subscriptions"))?
+                        .map_err(Error::ens(Op::ListingCallbackSSubscriptions))?
                         .iter()
                         .any(|s| s.subscription_name == new.subscription_name);
                     if !here {
@@ -120,7 +119,7 @@ pub async fn act(
             let c = c?;
             ctx.ens_permit(c).await;
             let res = ctx.ens.update_subscription(c, &update).await;
-            res.map_err(Error::ens("updating the subscription"))?;
+            res.map_err(Error::ens(Op::UpdatingSubscription))?;
             ctx.metrics
                 .drift
                 .get_or_create(&DriftLabels {
@@ -184,6 +183,6 @@ async fn record(ctx: &Context, obj: &EnsSubscription, id: Option<&str>) -> Resul
             ),
         )
         .await
-        .map_err(Error::kube("annotating the EnsSubscription"))?;
+        .map_err(Error::kube(Op::AnnotatingEnsSubscription))?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use crate::{
     controller::tenant::fingerprint,
     controller::{
         context::Context,
-        error::{Error, ens_reason},
+        error::{Error, Op, ens_reason},
         reconciler::{self, ReconcileError},
         status,
     },
@@ -43,7 +43,7 @@ async fn pause(obj: &EnsSubscription, ctx: &Context) -> Result<(), Error> {
     let s = status::paused(current, obj.meta().generation, &Time(Timestamp::now()));
     status::apply(obj, obj.status.as_ref(), &s, &ctx.client)
         .await
-        .map_err(Error::kube("writing status"))?;
+        .map_err(Error::kube(Op::WritingStatus))?;
     Ok(())
 }
 
@@ -68,7 +68,7 @@ async fn apply(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
         }
         status::apply(obj, obj.status.as_ref(), &plan.status, &ctx.client)
             .await
-            .map_err(Error::kube("writing status"))?;
+            .map_err(Error::kube(Op::WritingStatus))?;
         Ok::<_, Error>(Action::requeue(plan.requeue))
     }
     .await;
@@ -192,7 +192,7 @@ async fn cleanup(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> 
                 .await;
             return Ok(Action::await_change());
         }
-        Err(e) => return Err(Error::ens("looking up the subscription")(e)),
+        Err(e) => return Err(Error::ens(Op::LookingUpSubscription)(e)),
     };
     if let Err(why) = decide::owns(&callback_id, status.subscription_id.as_deref(), &name, &sub) {
         ctx.event(
@@ -229,7 +229,7 @@ async fn cleanup(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> 
             )
             .await;
         }
-        Err(e) => return Err(Error::ens("deleting the subscription")(e)),
+        Err(e) => return Err(Error::ens(Op::DeletingSubscription)(e)),
     }
     Ok(Action::await_change())
 }

@@ -17,7 +17,7 @@ use crate::{
         callback::observe as callback_observe,
         context::Context,
         credentials::{self, CredentialsError, CredentialsRef},
-        error::Error,
+        error::{Error, Op},
         recent::Key,
     },
     ens::Credentials,
@@ -38,7 +38,7 @@ pub async fn callback(ctx: &Context, obj: &EnsSubscription) -> Result<Option<Ens
     Api::<EnsCallback>::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default())
         .get_opt(&obj.spec.callback_ref.name)
         .await
-        .map_err(Error::kube("reading the EnsCallback"))
+        .map_err(Error::kube(Op::ReadingEnsCallback))
 }
 
 /// Credentials: the callback's, or the operator's default when the callback is gone.
@@ -57,7 +57,7 @@ pub async fn load_credentials(
     );
     match credentials::load(&ctx.client, r.as_ref()).await {
         Ok(c) => Ok(Ok(c)),
-        Err(CredentialsError::Read(_, e)) => Err(Error::kube("reading the credentials Secret")(e)),
+        Err(CredentialsError::Read(_, e)) => Err(Error::kube(Op::ReadingCredentialsSecret)(e)),
         Err(e) => Ok(Err(e.to_string())),
     }
 }
@@ -144,7 +144,7 @@ async fn read_remote(
             .ens
             .get_subscription(c, id)
             .await
-            .map_err(Error::ens("reading the subscription"))?
+            .map_err(Error::ens(Op::ReadingSubscription))?
         {
             // On another callback too: `decide` refuses it as not this object's.
             Some(s) => Remote::Found(s),
@@ -154,7 +154,7 @@ async fn read_remote(
             .ens
             .list_subscriptions(c, callback_id)
             .await
-            .map_err(Error::ens("listing the callback's subscriptions"))?
+            .map_err(Error::ens(Op::ListingCallbackSSubscriptions))?
             .into_iter()
             .find(|s| s.subscription_name == name)
             .map_or(Remote::Absent, Remote::Found),
