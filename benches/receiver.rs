@@ -3,7 +3,8 @@
 //! a load generator in this process, with four hand-offs: a discarding sink (`--sink discard:`,
 //! the receiver's own cost), a real HTTP sink in batched mode (one CloudEvents POST per batch)
 //! and in the default binary mode (one POST per event), and the fsync'd spool (forwarding to
-//! that sink, batched). The HTTP sink is in this process and answers 202 after reading the
+//! that sink, batched), and NATS JetStream (`--nats-url`: 200 after every event's PubAck, a
+//! `nats-server` started here with a file-backed stream). The HTTP sink is in this process and answers 202 after reading the
 //! body. Beside it, in the same run and on the same bodies: the in-process limit (HMAC
 //! verification + a JSON parse, no HTTP, 1 thread and one per core), the receiver's own request
 //! pipeline in-process (signature check + batch parse + CloudEvent ids, no HTTP), and the peer:
@@ -20,13 +21,15 @@
 //!
 //!   cargo bench --bench receiver -- --short|--full [--out DIR] [--batches 1,100,1000]
 //!       [--concurrency 8] [--duration 10s] [--warmup 2s] [--rounds 3]
-//!       [--targets discard,batched,binary,spool,peer,floor] [--sweep 1,4,16,64]
+//!       [--targets discard,batched,binary,spool,jetstream,peer,floor] [--sweep 1,4,16,64]
 //!   cargo bench --bench receiver -- --replot DIR   # tables and plots again from DIR/receiver.json
 //!   cargo bench --bench receiver -- --short|--full --part ack [--batches ..] [--latencies 0,5,20,50]
 //!       [--repeats 9]   # acknowledgement time against sink latency per hand-off mode (`ack`)
 
 #[path = "receiver/ack.rs"]
 mod ack;
+#[path = "receiver/nats.rs"]
+mod nats;
 mod support;
 
 use std::net::SocketAddr;
@@ -85,6 +88,8 @@ enum Target {
     Binary,
     /// Receiver, `--spool-dir` (fsync before the 200), forwarding batched to the in-bench sink.
     Spool,
+    /// Receiver, `--nats-url`: published to JetStream, 200 after every PubAck.
+    JetStream,
     /// `bench/peer/server.js` (Express).
     Peer,
     /// `bench/peer-go` (Go `net/http`).
@@ -95,11 +100,12 @@ enum Target {
 }
 
 impl Target {
-    const ALL: [Target; 7] = [
+    const ALL: [Target; 8] = [
         Self::Discard,
         Self::Batched,
         Self::Binary,
         Self::Spool,
+        Self::JetStream,
         Self::Peer,
         Self::GoPeer,
         Self::Floor,
@@ -111,7 +117,7 @@ impl Target {
             .find(|t| t.key() == s)
             .unwrap_or_else(|| {
                 panic!(
-                    "unknown target {s:?} (discard, batched, binary, spool, peer, go-peer, floor)"
+                    "unknown target {s:?} (discard, batched, binary, spool, jetstream, peer, go-peer, floor)"
                 )
             })
     }
@@ -122,6 +128,7 @@ impl Target {
             Self::Batched => "batched",
             Self::Binary => "binary",
             Self::Spool => "spool",
+            Self::JetStream => "jetstream",
             Self::Peer => "peer",
             Self::GoPeer => "go-peer",
             Self::Floor => "floor",
@@ -134,6 +141,7 @@ impl Target {
             Self::Batched => "receiver, HTTP sink (batched)",
             Self::Binary => "receiver, HTTP sink (binary, default)",
             Self::Spool => "receiver, fsync'd spool",
+            Self::JetStream => "receiver, NATS JetStream (PubAck)",
             Self::Peer => "Express peer",
             Self::GoPeer => "Go net/http peer",
             Self::Floor => "HTTP floor (hyper, no work)",
@@ -242,7 +250,11 @@ fn main() {
         .build()
         .expect("runtime");
     let sink = rt.block_on(Sink::start());
+    let nats = targets
+        .contains(&Target::JetStream)
+        .then(|| rt.block_on(nats::NatsServer::start(&work)));
     let env = Env {
+        nats_url: nats.as_ref().map(|n| n.url.clone()),
         work: work.clone(),
         key_file,
         sink_url: sink.url.clone(),
@@ -365,6 +377,7 @@ fn main() {
         }
     }
     drop(sink);
+    drop(nats);
 
     let report = Report {
         machine: &machine,
@@ -672,6 +685,8 @@ impl Drop for Sink {
 // Targets and load
 
 struct Env {
+    /// The bench's nats-server, when JetStream is a target.
+    nats_url: Option<String>,
     work: PathBuf,
     key_file: PathBuf,
     sink_url: String,
@@ -748,6 +763,10 @@ fn start_target(env: &Env, target: Target, log: &Path) -> (Proc, Option<PathBuf>
             match target {
                 Target::Discard => args[6] = ens_operator::receiver::sink::DISCARD.to_owned(),
                 Target::Batched => args.extend(["--sink-mode".into(), "batched".into()]),
+                Target::JetStream => {
+                    args[5] = "--nats-url".into();
+                    args[6] = env.nats_url.clone().expect("the bench's nats-server");
+                }
                 Target::Spool => {
                     spool = Some(env.work.join(format!(
                         "spool-{}",
@@ -947,6 +966,8 @@ async fn load(
         );
         if target == Target::Spool {
             spool_backlog_records = Some(metric(&text, "ens_receiver_spool_depth_records"));
+        } else if target == Target::JetStream {
+            // Checked by the accepted-event count above: each one was PubAck'd.
         } else if target != Target::Discard {
             let per_batch = if target == Target::Binary { batch } else { 1 };
             let sunk = env_sink_requests(env) - sink_before;

@@ -59,6 +59,10 @@ if [ "$only" = all ] || [ "$only" = receiver ]; then
   fi
   export ENS_BENCH_GO_PEER=$go_peer
 
+  phase "nats-server for the JetStream hand-off (cached after the first run)"
+  scripts/build-tools.sh nats
+  export ENS_BENCH_NATS_SERVER=$NATS_SERVER_BIN/nats-server
+
   phase "receiver benchmark ($mode)"
   cargo bench --locked --bench receiver -- "$mode" --out "$out" "${extra[@]}"
 fi

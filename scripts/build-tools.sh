@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager, kubectl, etcd, helm, kubeconform, kstatus-check and
-# the local node's kubelet, kube-proxy, kube-scheduler and CoreDNS (docs/real-node.md)
+# the local node's kubelet, kube-proxy, kube-scheduler and CoreDNS (docs/real-node.md), and
+# nats-server (the JetStream hand-off tests)
 # from the Go module proxy into $ENS_CACHE/bin/<tool>-<version>/ (outside the clone), copies the
 # ServiceMonitor and HTTPRoute CRDs out of their Go modules into $ENS_CACHE/crds/, and installs a
 # Lua interpreter (apt) for the Argo CD health-check tests. Idempotent: anything already cached is
@@ -162,7 +163,7 @@ install_lua() { # Argo CD health checks are Lua: the tests run them in real inte
     die "lua5.4 is missing and could not be installed: install it (Debian/Ubuntu: apt-get install lua5.4)"
 }
 
-want=${*:-k8s etcd helm kubeconform kstatus crds lua node coredns}
+want=${*:-k8s etcd helm kubeconform kstatus crds lua node coredns nats}
 start=$(date +%s)
 for t in $want; do
   case $t in
@@ -178,7 +179,8 @@ for t in $want; do
     lua) install_lua ;;
     node) build_node ;;
     coredns) build_coredns ;;
-    *) die "unknown tool $t (k8s etcd helm kubeconform kstatus crds lua node coredns)" ;;
+    nats) build_go_install nats-server "$NATS_SERVER_VERSION" github.com/nats-io/nats-server/v2 "$NATS_SERVER_BIN" ;;
+    *) die "unknown tool $t (k8s etcd helm kubeconform kstatus crds lua node coredns nats)" ;;
   esac
 done
 log "tools ready in $(( $(date +%s) - start )) s under $ENS_CACHE/bin"

@@ -12,6 +12,8 @@ GATEWAY_API_VERSION=${GATEWAY_API_VERSION:-v1.4.0}
 PROMETHEUS_OPERATOR_VERSION=${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}
 # The local node (scripts/node.sh): kubelet, kube-proxy, kube-scheduler at K8S_VERSION; CoreDNS.
 COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
+# The receiver's JetStream hand-off tests run a real nats-server (tests/receiver_nats.rs).
+NATS_SERVER_VERSION=${NATS_SERVER_VERSION:-v2.15.3}
 # The address the API server advertises (the `kubernetes` Service's endpoint): it exists only
 # inside the node's network namespace, where a proxy forwards it to the API server on 127.0.0.1.
 NODE_IP=10.200.0.1
@@ -26,6 +28,7 @@ KUBECONFORM_BIN=$ENS_CACHE/bin/kubeconform-$KUBECONFORM_VERSION
 KSTATUS_BIN=$ENS_CACHE/bin/kstatus-$CLI_UTILS_VERSION
 NODE_BIN=$ENS_CACHE/bin/node-$K8S_VERSION
 COREDNS_BIN=$ENS_CACHE/bin/coredns-$COREDNS_VERSION
+NATS_SERVER_BIN=$ENS_CACHE/bin/nats-server-$NATS_SERVER_VERSION
 THIRD_PARTY_CRDS=$ENS_CACHE/crds
 log() { printf '\033[1m[%s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -2,7 +2,8 @@
 //! verifies notification signatures and hands events off durably before acknowledging them.
 //!
 //! Standalone, routes come from `--route`/`--expect-probe`; in a cluster, from route Secrets
-//! (`cluster`). Events go to a CloudEvents sink directly or through the spool (`sink`).
+//! (`cluster`). Events go to a CloudEvents sink directly or through the spool, or to NATS
+//! JetStream (`sink`).
 
 pub mod budget;
 pub mod canonical;
@@ -35,6 +36,7 @@ use self::routes::{RouteTable, Routes};
 use self::sink::Handoff;
 use self::sink::cloudevents::{HttpSink, SinkMode, SinkOptions, SinkProtocol};
 use self::sink::dead_letter::DeadLetters;
+use self::sink::jetstream::{JetStreamOptions, JetStreamSink};
 use self::sink::spool::{Forwarding, Spool};
 
 /// `ens-operator receiver` flags.
@@ -85,6 +87,9 @@ pub struct Args {
     /// are remembered, so the retry sends only the rest).
     #[arg(long, default_value_t = 1500)]
     pub ack_budget_ms: u64,
+    /// The JetStream hand-off, instead of --sink.
+    #[command(flatten)]
+    pub jetstream: sink::jetstream::config::JetStreamArgs,
     /// Durable spool directory: acknowledge after fsync, forward asynchronously.
     #[arg(long)]
     pub spool_dir: Option<PathBuf>,
@@ -141,11 +146,20 @@ pub struct Args {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No sink configured.
-    #[error("no sink: pass --sink URL or set K_SINK")]
+    #[error("no sink: pass --sink URL or set K_SINK, or --nats-url for JetStream")]
     NoSink,
     /// `--sink discard:` drops events; a spool in front of it would only add a disk write.
     #[error("--sink discard: cannot be combined with --spool-dir")]
     DiscardWithSpool,
+    /// The spool's forwarder delivers to an HTTP sink only.
+    #[error("--spool-dir forwards to an HTTP sink only, not to JetStream")]
+    JetStreamWithSpool,
+    /// Dead letters are kept for the HTTP sink's refusals only.
+    #[error("--dead-letter-dir applies to the HTTP sink only, not to JetStream")]
+    JetStreamWithDeadLetters,
+    /// The JetStream hand-off could not start.
+    #[error(transparent)]
+    JetStream(#[from] sink::jetstream::StartError),
     /// Neither standalone routes nor a namespace.
     #[error("no routes: pass --route/--expect-probe (standalone) or --namespace/POD_NAMESPACE")]
     NoRoutes,
@@ -181,13 +195,32 @@ pub async fn run(args: Args) -> Result<(), Error> {
     // already installed provider is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(Metrics::new());
-    let sink_url = args.sink.clone().ok_or(Error::NoSink)?;
+    let sink_url = match args.sink.clone() {
+        Some(url) => url,
+        // Unused: --sink conflicts with the JetStream flags.
+        None if args.jetstream.selected() => String::new(),
+        None => return Err(Error::NoSink),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let (forward_tx, forward_rx) = watch::channel(Forwarding::Run);
     let mut tasks = Vec::new();
     let mut forwarder = None;
 
-    let handoff = if sink_url == sink::DISCARD {
+    let handoff = if args.jetstream.selected() {
+        if args.spool_dir.is_some() {
+            return Err(Error::JetStreamWithSpool);
+        }
+        if args.dead_letter_dir.is_some() {
+            return Err(Error::JetStreamWithDeadLetters);
+        }
+        let options = JetStreamOptions {
+            timeout: Duration::from_millis(args.sink_timeout_ms),
+            max_in_flight: args.sink_max_in_flight,
+        };
+        Handoff::JetStream(Box::new(
+            JetStreamSink::connect(&args.jetstream, options).await?,
+        ))
+    } else if sink_url == sink::DISCARD {
         if args.spool_dir.is_some() {
             return Err(Error::DiscardWithSpool);
         }

@@ -335,7 +335,7 @@ impl HttpSink {
 /// ASCII percent-encoded (CloudEvents HTTP binding, section 3.1.3.2). ENS types are plain ASCII and pass
 /// as they are; unencoded, a type with a control character made a request reqwest refuses, and
 /// the batch was answered 503 on every retry (and, spooled, blocked the records behind it).
-fn header_value(v: &str) -> Cow<'_, str> {
+pub(crate) fn header_value(v: &str) -> Cow<'_, str> {
     let plain = |b: u8| matches!(b, 0x21..=0x7e) && b != b'"' && b != b'%';
     if v.bytes().all(plain) {
         return Cow::Borrowed(v);

@@ -1,13 +1,16 @@
 //! Hand-off of verified events before the acknowledgement (docs/design.md §4, §10.3: never 200 for
 //! something dropped): straight to an HTTP CloudEvents sink, or into the durable spool that a
-//! forwarder drains to that sink; events the sink refuses for good become dead letters.
+//! forwarder drains to that sink, or to NATS JetStream; events the HTTP sink refuses for good
+//! become dead letters.
 
 pub mod cloudevents;
 pub mod dead_letter;
+pub mod jetstream;
 pub mod limit;
 pub mod spool;
 
 use cloudevents::{HttpSink, SinkError};
+use jetstream::{JetStreamSink, PublishError};
 use spool::{Spool, SpoolError};
 
 use crate::receiver::event::CloudEvent;
@@ -20,6 +23,8 @@ pub const DISCARD: &str = "discard:";
 pub enum Handoff {
     /// Acknowledge after the sink answered 2xx for every event.
     Direct(HttpSink),
+    /// Acknowledge after JetStream acknowledged (PubAck) every event.
+    JetStream(Box<JetStreamSink>),
     /// Acknowledge after the batch is fsync'd in the spool.
     Spool(Spool),
     /// `--sink discard:`: acknowledge and drop. The one deliberate exception to "never 200 for
@@ -33,6 +38,9 @@ pub enum HandoffError {
     /// The sink refused or was unreachable.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// JetStream refused or was unreachable.
+    #[error(transparent)]
+    JetStream(#[from] PublishError),
     /// The spool refused or failed.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -43,6 +51,7 @@ impl HandoffError {
     pub fn outcome(&self) -> &'static str {
         match self {
             Self::Sink(_) => "sink_failed",
+            Self::JetStream(e) => e.outcome(),
             Self::Spool(SpoolError::Full) => "spool_full",
             Self::Spool(_) => "spool_failed",
         }
@@ -60,6 +69,7 @@ impl Handoff {
     ) -> Result<(), HandoffError> {
         match self {
             Self::Direct(sink) => sink.deliver(events, taken).await?,
+            Self::JetStream(sink) => sink.deliver(events, taken).await?,
             Self::Spool(spool) => {
                 spool.append(events).await?;
                 taken(events);
