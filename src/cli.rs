@@ -34,4 +34,7 @@ pub enum Command {
     /// Exit non-zero, naming them, while objects hold the operator's finalizer (the chart's
     /// pre-delete hook: an uninstall would leave them stuck).
     UninstallCheck(crate::uninstall_check::Args),
+    /// The `kubectl ens` plugin (also run as `kubectl-ens`): status, why, reconcile,
+    /// rotate-key, check, orphans.
+    Ens(Box<crate::plugin::Args>),
 }

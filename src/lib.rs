@@ -14,6 +14,7 @@ pub mod controller;
 pub mod crd;
 pub mod emulator;
 pub mod ens;
+pub mod plugin;
 pub mod receiver;
 pub(crate) mod shutdown;
 pub mod telemetry;

@@ -1,0 +1,654 @@
+//! Gathers what `status`, `why` and `reconcile --wait` show about one callback and its
+//! subscriptions: conditions, Events, the route or key Secret, the receiver, the ENS side. Each
+//! section is read on its own and carries its own error (cmctl style): one failing read never
+//! hides the others.
+
+use std::fmt::Display;
+
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::core::v1::{Event, Secret},
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
+use kube::{Api, ResourceExt, api::ListParams};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::Ctx;
+use crate::{
+    api::{
+        EnsCallback, EnsSubscription,
+        annotations::PAUSE,
+        callback::ReceiverMode,
+        conditions::{ConditionType, find, is_true},
+    },
+    controller::{
+        callback::{decide::url_path, observe as cb_observe},
+        credentials::{self, CredentialsError, CredentialsRef},
+        keys::KeyData,
+        names,
+        subscription::observe as sub_observe,
+        tenant,
+    },
+    ens::{Credentials, EnsError, signing::SignatureKey},
+    receiver::router::ROUTES_PATH,
+};
+
+/// One independently gathered part of a report: its value, or the line saying why not.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) enum Section<T> {
+    /// Read.
+    Ok(T),
+    /// Could not be read: why.
+    Error(String),
+}
+
+impl<T> Section<T> {
+    fn of<E: Display>(r: Result<T, E>) -> Self {
+        match r {
+            Ok(v) => Self::Ok(v),
+            Err(e) => Self::Error(e.to_string()),
+        }
+    }
+
+    /// The value, if read.
+    pub(crate) fn ok(&self) -> Option<&T> {
+        match self {
+            Self::Ok(v) => Some(v),
+            Self::Error(_) => None,
+        }
+    }
+}
+
+/// A condition as shown: never truncated.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Cond {
+    #[serde(rename = "type")]
+    pub(crate) type_: String,
+    pub(crate) status: String,
+    pub(crate) reason: String,
+    pub(crate) message: String,
+    pub(crate) last_transition_time: String,
+}
+
+impl From<&Condition> for Cond {
+    fn from(c: &Condition) -> Self {
+        Self {
+            type_: c.type_.clone(),
+            status: c.status.clone(),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+            last_transition_time: c.last_transition_time.0.to_string(),
+        }
+    }
+}
+
+/// A recent Event about the object.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct EventView {
+    #[serde(rename = "type")]
+    pub(crate) type_: String,
+    pub(crate) reason: String,
+    pub(crate) message: String,
+    pub(crate) count: i32,
+    pub(crate) last_seen: String,
+}
+
+/// The verification deadline of an unverified callback.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Deadline {
+    /// When ENS stops accepting verification.
+    pub(crate) at: String,
+    /// Time left (`None` once passed).
+    pub(crate) left: Option<String>,
+    /// The whole window, when known (from the Registered condition's transition).
+    pub(crate) window: Option<String>,
+    /// More than half of the window has gone.
+    pub(crate) past_half: bool,
+}
+
+/// The credentials an object uses: which Secret, which account (never a value).
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CredView {
+    pub(crate) secret: String,
+    pub(crate) tenant: String,
+}
+
+/// Why credentials could not be used, for `why`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum CredProblem {
+    /// No `credentialsRef` and no default.
+    NotConfigured,
+    /// The Secret does not exist.
+    SecretNotFound { namespace: String, name: String },
+    /// A key is missing.
+    MissingKey { secret: String, key: String },
+    /// Anything else (message in the section).
+    Other,
+}
+
+/// The Secret the receiver (managed) or the user's endpoint (external) reads keys from.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RouteView {
+    /// `namespace/name`.
+    pub(crate) secret: String,
+    /// Whether it exists.
+    pub(crate) present: bool,
+    /// Managed: the path the receiver serves from it.
+    pub(crate) path: Option<String>,
+    /// Managed: whether a verification probe is accepted.
+    pub(crate) expect_probe: bool,
+    /// The callback the keys belong to.
+    pub(crate) callback_id: Option<String>,
+    /// Fingerprint of the current signature key.
+    pub(crate) key: Option<String>,
+    /// Fingerprint of the previous key (rotation overlap).
+    pub(crate) previous_key: Option<String>,
+    /// Managed with `--receiver-url`: whether the receiver serves the URL's path.
+    pub(crate) served: Option<Section<bool>>,
+}
+
+/// The ENS side of an object.
+#[derive(Serialize, Clone, Debug)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub(crate) enum Remote<T> {
+    /// No id is recorded and ENS has no match.
+    NotRegistered,
+    /// The recorded id is gone from ENS.
+    Gone {
+        /// The recorded id.
+        id: String,
+    },
+    /// ENS has it.
+    Found(T),
+}
+
+/// A callback as ENS shows it (no key).
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct EnsCallbackView {
+    pub(crate) callback_id: String,
+    pub(crate) callback_name: String,
+    pub(crate) url: String,
+    pub(crate) status: String,
+    pub(crate) status_reason: Option<String>,
+}
+
+/// A subscription as ENS shows it.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct EnsSubView {
+    pub(crate) subscription_id: String,
+    pub(crate) subscription_name: String,
+    pub(crate) callback_id: String,
+    pub(crate) status: String,
+    pub(crate) status_reason: Option<String>,
+    pub(crate) event_category_types: Vec<String>,
+}
+
+/// Everything about one EnsCallback.
+#[derive(Serialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CallbackReport {
+    pub(crate) name: String,
+    pub(crate) namespace: String,
+    pub(crate) url: String,
+    pub(crate) receiver: String,
+    /// The `ens-operator.io/paused` annotation is `"true"`.
+    pub(crate) paused: bool,
+    pub(crate) conditions: Vec<Cond>,
+    pub(crate) verification_deadline: Option<Deadline>,
+    pub(crate) credentials: Section<CredView>,
+    pub(crate) route: Section<RouteView>,
+    pub(crate) ens: Section<Remote<EnsCallbackView>>,
+    pub(crate) events: Section<Vec<EventView>>,
+    /// The last delivery the receiver took for the route.
+    pub(crate) last_delivery: Section<String>,
+    pub(crate) subscriptions: Vec<SubscriptionReport>,
+    #[serde(skip)]
+    pub(crate) cred_problem: Option<CredProblem>,
+    #[serde(skip)]
+    pub(crate) ens_refused_credentials: bool,
+}
+
+/// Everything about one EnsSubscription.
+#[derive(Serialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SubscriptionReport {
+    pub(crate) name: String,
+    pub(crate) namespace: String,
+    pub(crate) callback: String,
+    pub(crate) event_category_types: Vec<String>,
+    /// `spec.paused`.
+    pub(crate) spec_paused: bool,
+    pub(crate) conditions: Vec<Cond>,
+    pub(crate) ens: Section<Remote<EnsSubView>>,
+    pub(crate) events: Section<Vec<EventView>>,
+}
+
+impl CallbackReport {
+    /// The condition of `type_`, if set.
+    pub(crate) fn condition(&self, type_: ConditionType) -> Option<&Cond> {
+        self.conditions.iter().find(|c| c.type_ == type_.as_str())
+    }
+}
+
+impl SubscriptionReport {
+    /// The condition of `type_`, if set.
+    pub(crate) fn condition(&self, type_: ConditionType) -> Option<&Cond> {
+        self.conditions.iter().find(|c| c.type_ == type_.as_str())
+    }
+}
+
+/// Fingerprint of a key: the first 12 hex digits of its SHA-256. Never the key.
+pub(crate) fn fingerprint(key: &SignatureKey) -> String {
+    let digest = Sha256::digest(key.expose().as_bytes());
+    format!("sha256:{}", &hex::encode(digest)[..12])
+}
+
+/// A duration as `3h12m5s`, whole seconds.
+pub(crate) fn short_duration(secs: i64) -> String {
+    let secs = secs.max(0) as u64;
+    humantime::format_duration(std::time::Duration::from_secs(secs))
+        .to_string()
+        .replace(' ', "")
+}
+
+/// Reads every EnsCallback and EnsSubscription of the namespace.
+pub(crate) async fn list_all(
+    ctx: &Ctx,
+) -> Result<(Vec<EnsCallback>, Vec<EnsSubscription>), kube::Error> {
+    let cbs = Api::<EnsCallback>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let subs = Api::<EnsSubscription>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    Ok((cbs, subs))
+}
+
+/// The credentials reference of a callback (its own, or the default flag).
+pub(crate) fn credentials_ref(ctx: &Ctx, cb: &EnsCallback) -> Option<CredentialsRef> {
+    CredentialsRef::resolve(
+        &cb.namespace().unwrap_or_default(),
+        cb.spec.credentials_ref.as_ref().map(|r| r.name.as_str()),
+        ctx.args.default_credentials.as_deref(),
+    )
+}
+
+/// Loads an object's credentials; the problem is kept for `why`.
+pub(crate) async fn load_credentials(
+    ctx: &Ctx,
+    r: Option<&CredentialsRef>,
+) -> Result<Credentials, (String, CredProblem)> {
+    credentials::load(&ctx.client, r).await.map_err(|e| {
+        let problem = match &e {
+            CredentialsError::NotConfigured => CredProblem::NotConfigured,
+            CredentialsError::SecretNotFound(r) => CredProblem::SecretNotFound {
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+            },
+            CredentialsError::MissingKey(r, key) => CredProblem::MissingKey {
+                secret: r.to_string(),
+                key: (*key).to_owned(),
+            },
+            _ => CredProblem::Other,
+        };
+        (e.to_string(), problem)
+    })
+}
+
+/// Whether ENS refused the credentials themselves (token or 401).
+pub(crate) fn refuses_credentials(e: &EnsError) -> bool {
+    matches!(
+        e,
+        EnsError::TokenRefused { .. } | EnsError::Unauthorized { .. }
+    )
+}
+
+/// Gathers a callback and the given subscriptions (those whose `callbackRef` names it).
+pub(crate) async fn callback(
+    ctx: &Ctx,
+    cb: &EnsCallback,
+    subs: &[&EnsSubscription],
+) -> CallbackReport {
+    let ns = cb.namespace().unwrap_or_default();
+    let name = cb.name_any();
+    let status = cb.status.clone().unwrap_or_default();
+    let cref = credentials_ref(ctx, cb);
+    let creds = load_credentials(ctx, cref.as_ref()).await;
+    let (credentials, cred_problem) = match &creds {
+        Ok(c) => (
+            Section::Ok(CredView {
+                secret: cref.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+                tenant: tenant::fingerprint(c),
+            }),
+            None,
+        ),
+        Err((msg, p)) => (Section::Error(msg.clone()), Some(p.clone())),
+    };
+    let mut ens_refused_credentials = false;
+    let ens = match &creds {
+        Err((msg, _)) => Section::Error(format!("not read: {msg}")),
+        Ok(c) => match remote_callback(ctx, cb, c).await {
+            Ok(r) => Section::Ok(r),
+            Err(e) => {
+                ens_refused_credentials = refuses_credentials(&e);
+                Section::Error(e.to_string())
+            }
+        },
+    };
+    let route = Section::of(route(ctx, cb).await);
+    let verified = is_true(&status.conditions, ConditionType::Verified);
+    let verification_deadline = status
+        .verification_deadline
+        .as_ref()
+        .filter(|_| !verified)
+        .map(|d| {
+            let registered = find(&status.conditions, ConditionType::Registered)
+                .filter(|c| c.status == "True")
+                .map(|c| c.last_transition_time.0);
+            deadline(d.0, registered, Timestamp::now())
+        });
+    let mut subscriptions = Vec::new();
+    for s in subs {
+        let c = creds.as_ref().map_err(|(m, _)| m.clone());
+        subscriptions.push(subscription(ctx, s, c, status.callback_id.as_deref()).await);
+    }
+    CallbackReport {
+        url: cb.spec.url.clone(),
+        receiver: format!("{:?}", cb.spec.receiver),
+        paused: cb.annotations().get(PAUSE).is_some_and(|v| v == "true"),
+        conditions: status.conditions.iter().map(Cond::from).collect(),
+        verification_deadline,
+        credentials,
+        route,
+        ens,
+        events: Section::of(events(ctx, &ns, "EnsCallback", &name).await),
+        last_delivery: Section::Error(
+            "the receiver keeps no per-route delivery record; see its metrics (ens_receiver_batches_total)".into(),
+        ),
+        subscriptions,
+        cred_problem,
+        ens_refused_credentials,
+        name,
+        namespace: ns,
+    }
+}
+
+/// The deadline as shown: time left, and whether more than half the window is gone.
+fn deadline(at: Timestamp, registered: Option<Timestamp>, now: Timestamp) -> Deadline {
+    let left = at.as_second() - now.as_second();
+    let window = registered.map(|r| at.as_second() - r.as_second());
+    Deadline {
+        at: at.to_string(),
+        left: (left > 0).then(|| short_duration(left)),
+        window: window.map(short_duration),
+        past_half: window.is_some_and(|w| left * 2 < w),
+    }
+}
+
+/// The callback in ENS: by recorded id, else by URL in the account's list.
+async fn remote_callback(
+    ctx: &Ctx,
+    cb: &EnsCallback,
+    c: &Credentials,
+) -> Result<Remote<EnsCallbackView>, EnsError> {
+    let found = match cb_observe::recorded_id(cb) {
+        Some(id) => match ctx.ens.get_callback(c, &id).await? {
+            Some(r) => r,
+            None => return Ok(Remote::Gone { id }),
+        },
+        None => match ctx
+            .ens
+            .list_callbacks(c)
+            .await?
+            .into_iter()
+            .find(|r| r.url == cb.spec.url)
+        {
+            Some(r) => r,
+            None => return Ok(Remote::NotRegistered),
+        },
+    };
+    Ok(Remote::Found(EnsCallbackView {
+        callback_id: found.callback_id,
+        callback_name: found.callback_name,
+        url: found.url,
+        status: found.status,
+        status_reason: found.status_reason,
+    }))
+}
+
+/// Why the route section could not be read.
+#[derive(Debug, thiserror::Error)]
+enum RouteError {
+    #[error("reading Secret {0}: {1}")]
+    Read(String, #[source] kube::Error),
+}
+
+/// The route Secret (managed) or key Secret (external), and whether the receiver serves the path.
+async fn route(ctx: &Ctx, cb: &EnsCallback) -> Result<RouteView, RouteError> {
+    let ns = cb.namespace().unwrap_or_default();
+    let managed = cb.spec.receiver == ReceiverMode::Managed;
+    let (secret_ns, secret_name) = if managed {
+        (
+            ctx.args.receiver_namespace.clone(),
+            names::route_secret(&ns, &cb.name_any()),
+        )
+    } else {
+        let name = cb
+            .spec
+            .signature_key_secret_name
+            .clone()
+            .unwrap_or_else(|| names::key_secret(&cb.name_any()));
+        (ns, name)
+    };
+    let full = format!("{secret_ns}/{secret_name}");
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &secret_ns)
+        .get_opt(&secret_name)
+        .await
+        .map_err(|e| RouteError::Read(full.clone(), e))?;
+    let data = secret
+        .as_ref()
+        .map(KeyData::from_secret)
+        .unwrap_or_default();
+    let path = url_path(&cb.spec.url);
+    let served = match (&ctx.args.receiver_url, managed) {
+        (Some(base), true) => Some(Section::of(serves(ctx, base, &path).await)),
+        _ => None,
+    };
+    Ok(RouteView {
+        secret: full,
+        present: secret.is_some(),
+        path: data.path.clone(),
+        expect_probe: data.expect_probe,
+        callback_id: data.key_callback_id.clone().or(data.callback_id.clone()),
+        key: data.signature_key.as_ref().map(fingerprint),
+        previous_key: data.previous_key.as_ref().map(fingerprint),
+        served,
+    })
+}
+
+/// Asks the receiver whether it serves `path` (its list of served paths).
+pub(crate) async fn serves(ctx: &Ctx, base: &str, path: &str) -> Result<bool, String> {
+    let url = format!("{}{ROUTES_PATH}", base.trim_end_matches('/'));
+    let r = ctx
+        .http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("receiver {base} unreachable: {e}"))?;
+    if !r.status().is_success() {
+        return Err(format!("receiver {base} answered {}", r.status()));
+    }
+    let paths: Vec<String> = r
+        .json()
+        .await
+        .map_err(|e| format!("receiver {base}: unreadable route list: {e}"))?;
+    Ok(paths.iter().any(|p| p == path))
+}
+
+/// The object's Events, newest first (at most five).
+async fn events(
+    ctx: &Ctx,
+    ns: &str,
+    kind: &str,
+    name: &str,
+) -> Result<Vec<EventView>, kube::Error> {
+    let params = ListParams::default().fields(&format!(
+        "involvedObject.kind={kind},involvedObject.name={name}"
+    ));
+    let mut items = Api::<Event>::namespaced(ctx.client.clone(), ns)
+        .list(&params)
+        .await?
+        .items;
+    let seen = |e: &Event| {
+        e.last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.event_time.as_ref().map(|t| t.0))
+            .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    };
+    items.sort_by_key(|e| std::cmp::Reverse(seen(e)));
+    Ok(items
+        .iter()
+        .take(5)
+        .map(|e| EventView {
+            type_: e.type_.clone().unwrap_or_default(),
+            reason: e.reason.clone().unwrap_or_default(),
+            message: e.message.clone().unwrap_or_default(),
+            count: e.count.unwrap_or(1),
+            last_seen: seen(e).map(|t| t.to_string()).unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// Gathers a subscription, reading ENS with its callback's credentials.
+pub(crate) async fn subscription(
+    ctx: &Ctx,
+    s: &EnsSubscription,
+    creds: Result<&Credentials, String>,
+    callback_id: Option<&str>,
+) -> SubscriptionReport {
+    let ns = s.namespace().unwrap_or_default();
+    let name = s.name_any();
+    let status = s.status.clone().unwrap_or_default();
+    let ens = match creds {
+        Err(msg) => Section::Error(format!("not read: {msg}")),
+        Ok(c) => Section::of(remote_subscription(ctx, s, c, callback_id).await),
+    };
+    SubscriptionReport {
+        callback: s.spec.callback_ref.name.clone(),
+        event_category_types: s.spec.event_category_types.clone(),
+        spec_paused: s.spec.paused,
+        conditions: status.conditions.iter().map(Cond::from).collect(),
+        ens,
+        events: Section::of(events(ctx, &ns, "EnsSubscription", &name).await),
+        name,
+        namespace: ns,
+    }
+}
+
+async fn remote_subscription(
+    ctx: &Ctx,
+    s: &EnsSubscription,
+    c: &Credentials,
+    callback_id: Option<&str>,
+) -> Result<Remote<EnsSubView>, EnsError> {
+    let found = match sub_observe::recorded_id(s) {
+        Some(id) => match ctx.ens.get_subscription(c, &id).await? {
+            Some(r) => r,
+            None => return Ok(Remote::Gone { id }),
+        },
+        None => {
+            let (Some(cb), Some(wanted)) = (callback_id, s.spec.subscription_name.as_deref())
+            else {
+                return Ok(Remote::NotRegistered);
+            };
+            match ctx
+                .ens
+                .list_subscriptions(c, cb)
+                .await?
+                .into_iter()
+                .find(|r| r.subscription_name == wanted)
+            {
+                Some(r) => r,
+                None => return Ok(Remote::NotRegistered),
+            }
+        }
+    };
+    Ok(Remote::Found(EnsSubView {
+        subscription_id: found.subscription_id,
+        subscription_name: found.subscription_name,
+        callback_id: found.callback_id,
+        status: found.status.as_str().to_owned(),
+        status_reason: found.status_reason,
+        event_category_types: found.event_category_types,
+    }))
+}
+
+/// Gathers a subscription on its own (its callback's credentials, or the default's).
+pub(crate) async fn lone_subscription(
+    ctx: &Ctx,
+    s: &EnsSubscription,
+    cb: Option<&EnsCallback>,
+) -> SubscriptionReport {
+    let ns = s.namespace().unwrap_or_default();
+    let cref = match cb {
+        Some(cb) => credentials_ref(ctx, cb),
+        None => CredentialsRef::resolve(&ns, None, ctx.args.default_credentials.as_deref()),
+    };
+    let creds = load_credentials(ctx, cref.as_ref()).await;
+    let callback_id = cb.and_then(|c| c.status.as_ref()?.callback_id.clone());
+    subscription(
+        ctx,
+        s,
+        creds.as_ref().map_err(|(m, _)| m.clone()),
+        callback_id.as_deref(),
+    )
+    .await
+}
+
+/// Reports for the namespace (or one object): callbacks with their subscriptions, then
+/// subscriptions whose callback does not exist.
+#[derive(Serialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Tree {
+    pub(crate) namespace: String,
+    pub(crate) callbacks: Vec<CallbackReport>,
+    /// Subscriptions whose EnsCallback does not exist.
+    pub(crate) without_callback: Vec<SubscriptionReport>,
+}
+
+/// Gathers the tree: each of `cbs` with its subscriptions among `subs`, then the subscriptions
+/// whose callback is not in `cbs` (and does not exist).
+pub(crate) async fn tree(ctx: &Ctx, cbs: &[EnsCallback], subs: &[EnsSubscription]) -> Tree {
+    let mut callbacks = Vec::new();
+    for cb in cbs {
+        let mine: Vec<&EnsSubscription> = subs
+            .iter()
+            .filter(|s| s.spec.callback_ref.name == cb.name_any())
+            .collect();
+        callbacks.push(callback(ctx, cb, &mine).await);
+    }
+    let mut without_callback = Vec::new();
+    for s in subs
+        .iter()
+        .filter(|s| !cbs.iter().any(|c| c.name_any() == s.spec.callback_ref.name))
+    {
+        without_callback.push(lone_subscription(ctx, s, None).await);
+    }
+    Tree {
+        namespace: ctx.namespace.clone(),
+        callbacks,
+        without_callback,
+    }
+}
