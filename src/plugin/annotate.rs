@@ -16,25 +16,24 @@ use crate::api::{
     EnsCallback, EnsSubscription,
     annotations::{RECONCILE_REQUESTED_AT, REGENERATE_KEY},
 };
+use crate::controller::recent::MAX_TTL;
 
-/// Runs `reconcile`: sets the reconcile-requested-at annotation to now.
+/// Runs `reconcile`: sets the reconcile-requested-at annotation to now. With `wait`, waits
+/// until `why` finds nothing wrong; while it still names a cause, the object it names is asked
+/// again once the controller's memory of ENS answers ([`MAX_TTL`]) has lapsed, since a reconcile
+/// within that time reuses the last answer instead of reading ENS.
 pub(crate) async fn reconcile(
     ctx: &Ctx,
     name: &str,
     wait: bool,
     timeout: Duration,
 ) -> Result<(), PluginError> {
-    let now = Timestamp::now().to_string();
-    let patch = Patch::Merge(json!({"metadata": {"annotations": {RECONCILE_REQUESTED_AT: now}}}));
-    let kind = match annotate_either(ctx, name, &patch).await? {
-        Kind::Callback => "enscallback",
-        Kind::Subscription => "enssubscription",
-    };
-    println!("{kind}/{name} annotated {RECONCILE_REQUESTED_AT}={now}");
+    let kind = request(ctx, name).await?;
     if !wait {
         return Ok(());
     }
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut asked = tokio::time::Instant::now();
     loop {
         let tree = find_tree(ctx, None, Some(name)).await?;
         match root_cause(&tree) {
@@ -48,9 +47,28 @@ pub(crate) async fn reconcile(
                     format!("{}: {}", c.object, c.cause),
                 ));
             }
-            Some(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            Some(c) => {
+                if asked.elapsed() > MAX_TTL + Duration::from_secs(1) {
+                    let again = c.object.split_once('/').map_or(name, |(_, n)| n);
+                    request(ctx, again).await?;
+                    asked = tokio::time::Instant::now();
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
+}
+
+/// Annotates `name` (a callback, else a subscription) with reconcile-requested-at = now.
+async fn request(ctx: &Ctx, name: &str) -> Result<&'static str, PluginError> {
+    let now = Timestamp::now().to_string();
+    let patch = Patch::Merge(json!({"metadata": {"annotations": {RECONCILE_REQUESTED_AT: now}}}));
+    let kind = match annotate_either(ctx, name, &patch).await? {
+        Kind::Callback => "enscallback",
+        Kind::Subscription => "enssubscription",
+    };
+    println!("{kind}/{name} annotated {RECONCILE_REQUESTED_AT}={now}");
+    Ok(kind)
 }
 
 /// Patches the callback `name`, else the subscription `name`.

@@ -3,6 +3,9 @@
 /// A plugin command's failure.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
+    /// The command line is not usable.
+    #[error("{0}")]
+    Usage(String),
     /// No usable kubeconfig.
     #[error("reading the kubeconfig: {0}")]
     Kubeconfig(String),

@@ -103,12 +103,42 @@ pub enum Output {
 }
 
 /// Which kind a name is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// An EnsCallback.
     Callback,
     /// An EnsSubscription.
     Subscription,
+}
+
+impl Kind {
+    /// `[KIND] [NAME]` from positional words: a first word that names a kind is the kind.
+    fn split(words: &[String]) -> Result<(Option<Self>, Option<&str>), PluginError> {
+        let kind = |w: &str| match w {
+            "callback" | "callbacks" | "enscallback" | "enscallbacks" | "enscb" => {
+                Some(Self::Callback)
+            }
+            "subscription" | "subscriptions" | "enssubscription" | "enssubscriptions"
+            | "enssub" => Some(Self::Subscription),
+            _ => None,
+        };
+        match words {
+            [] => Ok((None, None)),
+            [one] => Ok(match kind(one) {
+                Some(k) => (Some(k), None),
+                None => (None, Some(one.as_str())),
+            }),
+            [k, name] => match kind(k) {
+                Some(k) => Ok((Some(k), Some(name.as_str()))),
+                None => Err(PluginError::Usage(format!(
+                    "{k:?} is not a kind: use callback or subscription"
+                ))),
+            },
+            _ => Err(PluginError::Usage(
+                "status takes at most KIND and NAME".into(),
+            )),
+        }
+    }
 }
 
 /// The plugin's commands.
@@ -117,10 +147,10 @@ pub enum PluginCommand {
     /// The tree callback → subscriptions with conditions, Events, the receiver route and the
     /// ENS side; every object of the namespace without a name.
     Status {
-        /// `callback` or `subscription` (default: a callback, else a subscription of that name).
-        kind: Option<Kind>,
-        /// Object name.
-        name: Option<String>,
+        /// `[callback|subscription] [NAME]`: without a kind, a callback of that name, else a
+        /// subscription; without a name, every object of the namespace.
+        #[arg(num_args = 0..=2, value_name = "KIND|NAME")]
+        target: Vec<String>,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value = "text")]
         output: Output,
@@ -209,12 +239,14 @@ pub async fn run(args: Args) -> Result<(), PluginError> {
     };
     match &ctx.args.command {
         PluginCommand::Status {
-            kind,
-            name,
+            target,
             output,
             watch,
             interval,
-        } => render::status(&ctx, *kind, name.as_deref(), *output, *watch, *interval).await,
+        } => {
+            let (kind, name) = Kind::split(target)?;
+            render::status(&ctx, kind, name, *output, *watch, *interval).await
+        }
         PluginCommand::Why { name } => why::run(&ctx, name).await,
         PluginCommand::Reconcile {
             name,
