@@ -218,10 +218,7 @@ async fn healthy_stack_status_why_check_orphans_rotate_and_the_kubectl_plugin_pa
         "a verified callback has none:\n{s}"
     );
     // Kept for the README's sample output.
-    let sample = std::env::var_os("CARGO_TARGET_TMPDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join("kubectl-ens-status.txt");
+    let sample = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kubectl-ens-status.txt");
     std::fs::write(&sample, s).unwrap();
 
     // The same tree as JSON, every section read.

@@ -652,3 +652,39 @@ pub(crate) async fn tree(ctx: &Ctx, cbs: &[EnsCallback], subs: &[EnsSubscription
         without_callback,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deadline_says_when_half_the_window_is_gone() {
+        let registered: Timestamp = "2026-12-03T08:00:00Z".parse().unwrap();
+        let at: Timestamp = "2026-12-03T12:00:00Z".parse().unwrap();
+        let early = deadline(
+            at,
+            Some(registered),
+            "2026-12-03T08:48:00Z".parse().unwrap(),
+        );
+        assert_eq!(early.left.as_deref(), Some("3h12m"));
+        assert_eq!(early.window.as_deref(), Some("4h"));
+        assert!(!early.past_half);
+        let late = deadline(
+            at,
+            Some(registered),
+            "2026-12-03T10:30:00Z".parse().unwrap(),
+        );
+        assert!(late.past_half);
+        let passed = deadline(at, None, "2026-12-03T12:00:01Z".parse().unwrap());
+        assert_eq!(passed.left, None);
+        assert!(!passed.past_half, "unknown window: not claimed");
+    }
+
+    #[test]
+    fn a_fingerprint_never_holds_the_key() {
+        let key = SignatureKey::new("c2VjcmV0LXNpZ25pbmcta2V5");
+        let f = fingerprint(&key);
+        assert!(f.starts_with("sha256:") && f.len() == 19, "{f}");
+        assert!(!f.contains(key.expose()));
+    }
+}

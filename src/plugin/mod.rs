@@ -262,3 +262,40 @@ pub async fn run(args: Args) -> Result<(), PluginError> {
         PluginCommand::Orphans { output } => orphans::run(&ctx, *output).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plugin_is_recognised_by_its_file_name_only() {
+        assert!(invoked_as_plugin(Some(OsStr::new(
+            "/usr/local/bin/kubectl-ens"
+        ))));
+        assert!(invoked_as_plugin(Some(OsStr::new("kubectl-ens"))));
+        assert!(!invoked_as_plugin(Some(OsStr::new(
+            "/usr/bin/ens-operator"
+        ))));
+        assert!(!invoked_as_plugin(Some(OsStr::new("kubectl-ens-old"))));
+        assert!(!invoked_as_plugin(None));
+    }
+
+    #[test]
+    fn status_words_are_kind_then_name() {
+        let w = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(Kind::split(&w(&[])).unwrap(), (None, None));
+        assert_eq!(
+            Kind::split(&w(&["orders"])).unwrap(),
+            (None, Some("orders"))
+        );
+        assert_eq!(
+            Kind::split(&w(&["subscription", "sent"])).unwrap(),
+            (Some(Kind::Subscription), Some("sent"))
+        );
+        assert_eq!(
+            Kind::split(&w(&["callback"])).unwrap(),
+            (Some(Kind::Callback), None)
+        );
+        assert!(Kind::split(&w(&["orders", "sent"])).is_err());
+    }
+}

@@ -348,3 +348,16 @@ fn text(r: &Report) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ens_names_become_object_names() {
+        assert_eq!(object_name("Made in Setup"), "made-in-setup");
+        assert_eq!(object_name("k8s.team-a.orders"), "k8s-team-a-orders");
+        assert_eq!(object_name("***"), "adopted");
+        assert!(object_name(&"x".repeat(100)).len() <= 63);
+    }
+}

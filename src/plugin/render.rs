@@ -233,11 +233,12 @@ fn conditions(out: &mut String, p: &str, conds: &[Cond]) {
     }
     let _ = writeln!(out, "{p}Conditions:");
     for c in conds {
-        let _ = writeln!(
-            out,
-            "{p}  {}={} {}: {}",
-            c.type_, c.status, c.reason, c.message
-        );
+        let _ = write!(out, "{p}  {}={} {}", c.type_, c.status, c.reason);
+        let _ = if c.message.is_empty() {
+            writeln!(out)
+        } else {
+            writeln!(out, ": {}", c.message)
+        };
     }
 }
 
