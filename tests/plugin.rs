@@ -670,3 +670,34 @@ async fn orphans_shows_a_hand_made_callback_with_the_yaml_to_adopt_it() {
     assert_eq!(unmanaged[0]["adopt"]["spec"]["maxBatchSize"], 500);
     assert_no_secret(&stack, &[&orphans, &json_run]).await;
 }
+
+/// The krew manifest installs the binary under the name that makes it the plugin, at the
+/// crate's version.
+#[test]
+fn the_krew_manifest_installs_the_binary_as_kubectl_ens() {
+    let text = std::fs::read_to_string(common::repo().join("plugins/krew/ens.yaml")).unwrap();
+    let doc: Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(doc["kind"], "Plugin");
+    assert_eq!(doc["metadata"]["name"], "ens", "installed as `kubectl ens`");
+    assert_eq!(
+        doc["spec"]["version"],
+        format!("v{}", env!("CARGO_PKG_VERSION"))
+    );
+    let platforms = doc["spec"]["platforms"].as_array().unwrap();
+    assert!(!platforms.is_empty());
+    for p in platforms {
+        assert_eq!(p["bin"], ens_operator::plugin::PLUGIN_NAME);
+        assert!(
+            p["files"].as_array().unwrap().iter().any(
+                |f| f["from"] == "ens-operator" && f["to"] == ens_operator::plugin::PLUGIN_NAME
+            ),
+            "{p}"
+        );
+        assert!(
+            p["uri"]
+                .as_str()
+                .unwrap()
+                .contains(env!("CARGO_PKG_VERSION"))
+        );
+    }
+}
