@@ -187,6 +187,24 @@ async fn healthy_stack_status_why_check_orphans_rotate_and_the_kubectl_plugin_pa
     let stack = Stack::start("plugin-ok", &[], &[]).await;
     stack.orders_with_sent().await;
     let id = callback_id(&stack, "orders").await;
+    let before_any = kubectl_ens(&stack, &["status", "orders"]);
+    assert!(
+        before_any
+            .stdout
+            .contains("Last delivery: none since the receiver started"),
+        "{}",
+        before_any.stdout
+    );
+    // One event through ENS, the receiver and the sink: the receiver reports it for the route.
+    let event = json!([{"eventCategoryType": "TransactionalSendEvents.EmailSent", "timestampUTC": 1_700_000_000_000u64,
+        "definitionKey": "order-confirmation", "mid": 1, "eid": 1, "info": {"messageKey": "m-1", "to": "a@example.com"}}]);
+    stack
+        .emulator_send(reqwest::Method::POST, "events", event)
+        .await;
+    receiver_support::wait_until("the event reaches the sink", T, || {
+        !stack.sink.accepted().is_empty()
+    })
+    .await;
 
     let status = kubectl_ens(&stack, &["status", "callback", "orders"]);
     assert!(status.ok, "{}", status.text());
@@ -210,6 +228,7 @@ async fn healthy_stack_status_why_check_orphans_rotate_and_the_kubectl_plugin_pa
         "└─ EnsSubscription sent  TransactionalSendEvents.EmailSent",
         "status active",
         "Events:",
+        ": 1 event(s) handed off, 0 duplicate(s), signed with the current key",
     ] {
         assert!(s.contains(want), "status lacks {want:?}:\n{s}");
     }

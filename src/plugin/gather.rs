@@ -3,6 +3,7 @@
 //! section is read on its own and carries its own error (cmctl style): one failing read never
 //! hides the others.
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 
 use jiff::Timestamp;
@@ -31,7 +32,10 @@ use crate::{
         tenant,
     },
     ens::{Credentials, EnsError, signing::SignatureKey},
-    receiver::router::ROUTES_PATH,
+    receiver::{
+        deliveries::{DELIVERIES_PATH, Delivery},
+        router::ROUTES_PATH,
+    },
 };
 
 /// One independently gathered part of a report: its value, or the line saying why not.
@@ -373,9 +377,7 @@ pub(crate) async fn callback(
         route,
         ens,
         events: Section::of(events(ctx, &ns, "EnsCallback", &name).await),
-        last_delivery: Section::Error(
-            "the receiver keeps no per-route delivery record; see its metrics (ens_receiver_batches_total)".into(),
-        ),
+        last_delivery: last_delivery(ctx, cb).await,
         subscriptions,
         cred_problem,
         ens_refused_credentials,
@@ -494,6 +496,41 @@ pub(crate) async fn serves(ctx: &Ctx, base: &str, path: &str) -> Result<bool, St
         .await
         .map_err(|e| format!("receiver {base}: unreadable route list: {e}"))?;
     Ok(paths.iter().any(|p| p == path))
+}
+
+/// The last batch the receiver acknowledged on the callback's path (managed, with a receiver URL).
+async fn last_delivery(ctx: &Ctx, cb: &EnsCallback) -> Section<String> {
+    let Some(base) = ctx.args.receiver_url.as_deref() else {
+        return Section::Error("not checked (no --receiver-url)".into());
+    };
+    if cb.spec.receiver != ReceiverMode::Managed {
+        return Section::Ok("not known: your own endpoint serves this callback".into());
+    }
+    let url = format!("{}{DELIVERIES_PATH}", base.trim_end_matches('/'));
+    let read = async {
+        let r = ctx
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("receiver {base} unreachable: {e}"))?;
+        if !r.status().is_success() {
+            return Err(format!("receiver {base} answered {}", r.status()));
+        }
+        r.json::<BTreeMap<String, Delivery>>()
+            .await
+            .map_err(|e| format!("receiver {base}: unreadable deliveries: {e}"))
+    };
+    match read.await {
+        Err(e) => Section::Error(e),
+        Ok(all) => Section::Ok(match all.get(&url_path(&cb.spec.url)) {
+            None => "none since the receiver started".into(),
+            Some(d) => format!(
+                "{}: {} event(s) handed off, {} duplicate(s), signed with the {} key",
+                d.at, d.events, d.duplicates, d.key
+            ),
+        }),
+    }
 }
 
 /// The object's Events, newest first (at most five).
