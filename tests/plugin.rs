@@ -66,6 +66,16 @@ fn flags(stack: &Stack) -> Vec<String> {
     f
 }
 
+/// A child process (ours) killed and reaped when dropped, even when the test fails first.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// What one run printed.
 struct Run {
     ok: bool,
@@ -580,6 +590,40 @@ async fn subscription_paused_in_ens() {
     let stack = Stack::start("plugin-paused", &[], &[]).await;
     let (_, sub) = stack.orders_with_sent().await;
     let sub_id = sub.status.unwrap().subscription_id.unwrap();
+    // `--watch` prints the tree, then again when it changes.
+    let mut watch = Killed(
+        Command::new(plugin_dir().join("kubectl-ens"))
+            .args([
+                "status",
+                "subscription",
+                "sent",
+                "--watch",
+                "--interval",
+                "200ms",
+            ])
+            .args(flags(&stack))
+            .env("KUBECONFIG", &control_plane().kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = watch.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(T).expect("the first tree");
+    assert!(first.starts_with("EnsCallback "), "{first}");
+    let mut seen = vec![first];
+    while !seen.iter().any(|l| l.contains("status active")) {
+        seen.push(rx.recv_timeout(T).expect("the first tree in full"));
+    }
     stack
         .emulator_send(
             reqwest::Method::PUT,
@@ -587,6 +631,18 @@ async fn subscription_paused_in_ens() {
             json!({"status": "paused", "statusReason": "paused in Setup"}),
         )
         .await;
+
+    // The watch prints the change without being asked again.
+    while !seen
+        .iter()
+        .any(|l| l.contains("status paused (paused in Setup)"))
+    {
+        seen.push(
+            rx.recv_timeout(T)
+                .unwrap_or_else(|_| panic!("--watch never showed the pause:\n{}", seen.join("\n"))),
+        );
+    }
+    drop(watch);
 
     let why = kubectl_ens(&stack, &["why", "orders"]);
     assert!(why.ok, "{}", why.text());
