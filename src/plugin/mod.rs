@@ -1,4 +1,4 @@
-//! `kubectl ens`: the operability plugin (docs/design.md §1). The same binary, run as
+//! `kubectl ens`: the operability plugin. The same binary, run as
 //! `kubectl-ens` (its file name) or as `ens-operator ens`. Each command reads the objects with
 //! the user's kubeconfig, the ENS side with the object's own credentials Secret, and never
 //! prints a key or secret: only fingerprints.

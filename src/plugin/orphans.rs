@@ -100,22 +100,22 @@ async fn gather(ctx: &Ctx) -> Result<Report, PluginError> {
             ),
         ),
     };
-    let mut refs: BTreeMap<String, (Option<CredentialsRef>, Option<&EnsCallback>)> =
-        BTreeMap::new();
+    // Each account once: (reference, whether only the default credentials reach it).
+    let mut refs: BTreeMap<String, (Option<CredentialsRef>, bool)> = BTreeMap::new();
     for cb in &own_cbs {
         let r = gather::credentials_ref(ctx, cb);
         let key = r.as_ref().map_or("(none)".to_owned(), |r| r.to_string());
-        refs.entry(key).or_insert((r, Some(cb)));
+        refs.entry(key).or_insert((r, false));
     }
     if let Some(d) = CredentialsRef::resolve(
         &ctx.namespace,
         None,
         ctx.args.default_credentials.as_deref(),
     ) {
-        refs.entry(d.to_string()).or_insert((Some(d), None));
+        refs.entry(d.to_string()).or_insert((Some(d), true));
     }
     let mut accounts = Vec::new();
-    for (label, (r, example)) in refs {
+    for (label, (r, default_only)) in refs {
         let mut acc = Account {
             secret: label,
             tenant: None,
@@ -199,7 +199,8 @@ async fn gather(ctx: &Ctx) -> Result<Report, PluginError> {
             let parent = own_cbs
                 .iter()
                 .find(|c| c.name_any() == s.spec.callback_ref.name);
-            let ours = parent.map_or(example.is_none(), same_account);
+            // A subscription without its callback is read with the default credentials.
+            let ours = parent.map_or(default_only, same_account);
             if let Some(id) = sub_observe::recorded_id(s)
                 && ours
                 && !remote_subs.iter().any(|r| r.subscription_id == id)
