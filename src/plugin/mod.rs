@@ -51,12 +51,13 @@ pub struct Args {
     /// Namespace of the objects (default: the kubeconfig context's).
     #[arg(short = 'n', long, global = true)]
     pub namespace: Option<String>,
-    /// Namespace of the receiver's route Secrets (as the controller's flag).
+    /// Namespace of the receiver's route Secrets (as the controller's flag; the chart's default
+    /// is `<release namespace>-receiver`).
     #[arg(
         long,
         global = true,
         env = "ENS_RECEIVER_NAMESPACE",
-        default_value = "ens-system"
+        default_value = "ens-system-receiver"
     )]
     pub receiver_namespace: String,
     /// Base URL of the receiver (e.g. through `kubectl port-forward`); unset: whether it serves
