@@ -361,11 +361,25 @@ async fn healthy_stack_status_why_check_orphans_rotate_and_the_kubectl_plugin_pa
         "{}",
         via.text()
     );
+    // And as a subcommand of the binary under its own name.
+    let sub_cmd = Run::of(
+        Command::new(env!("CARGO_BIN_EXE_ens-operator"))
+            .args(["ens", "why", "orders"])
+            .args(flags(&stack))
+            .env("KUBECONFIG", &control_plane().kubeconfig)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        sub_cmd.ok && sub_cmd.stdout.contains("nothing wrong"),
+        "{}",
+        sub_cmd.text()
+    );
 
     assert_no_secret(
         &stack,
         &[
-            &status, &json_run, &all, &sub, &why, &check, &orphans, &rotate, &via,
+            &status, &json_run, &all, &sub, &why, &check, &orphans, &rotate, &via, &sub_cmd,
         ],
     )
     .await;
