@@ -757,7 +757,39 @@ async fn orphans_shows_a_hand_made_callback_with_the_yaml_to_adopt_it() {
         Stack::url("/ens/by-hand")
     );
     assert_eq!(unmanaged[0]["adopt"]["spec"]["maxBatchSize"], 500);
-    assert_no_secret(&stack, &[&orphans, &json_run]).await;
+
+    // The YAML shown adopts it: the controller takes the hand-made callback over, no new one.
+    Api::<Secret>::namespaced(stack.client.clone(), &stack.rx.name)
+        .delete("hand-made-route", &Default::default())
+        .await
+        .unwrap();
+    let mut adopt = unmanaged[0]["adopt"].clone();
+    adopt["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("namespace");
+    stack.apply::<EnsCallback>("made-in-setup", adopt).await;
+    let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    // Registered under the hand-made id (the controller re-keys it: ENS never hands a key out
+    // again), and no other callback was created.
+    wait_for(&cbs, "made-in-setup", T, |cb| {
+        cb.status.as_ref().and_then(|s| s.callback_id.as_deref()) == Some(hand_id.as_str())
+    })
+    .await;
+    assert_eq!(
+        stack.remote_callbacks().await.len(),
+        2,
+        "nothing new in ENS"
+    );
+    let after = kubectl_ens(&stack, &["orphans"]);
+    assert!(
+        !after
+            .stdout
+            .contains(&format!("unmanaged callback {hand_id}")),
+        "{}",
+        after.stdout
+    );
+    assert_no_secret(&stack, &[&orphans, &json_run, &after]).await;
 }
 
 /// The krew manifest installs the binary under the name that makes it the plugin, at the
