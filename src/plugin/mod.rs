@@ -9,6 +9,7 @@ mod error;
 mod gather;
 mod orphans;
 mod render;
+mod report;
 mod why;
 
 use std::{ffi::OsStr, path::Path, time::Duration};

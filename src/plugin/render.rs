@@ -7,8 +7,8 @@ use std::time::Duration;
 use kube::{Api, api::ListParams};
 
 use super::{
-    Ctx, Kind, Output, PluginError,
-    gather::{self, CallbackReport, Cond, EventView, Remote, Section, SubscriptionReport, Tree},
+    Ctx, Kind, Output, PluginError, gather,
+    report::{CallbackReport, Cond, EventView, Remote, Section, SubscriptionReport, Tree},
 };
 use crate::api::{EnsCallback, EnsSubscription};
 

@@ -4,8 +4,8 @@
 
 use super::{
     Ctx, PluginError,
-    gather::{CallbackReport, CredProblem, Remote, Section, SubscriptionReport, Tree},
     render::find_tree,
+    report::{CallbackReport, CredProblem, Remote, Section, SubscriptionReport, Tree},
 };
 use crate::api::{annotations::VERIFICATION_KEY, conditions::ConditionType};
 
