@@ -15,6 +15,7 @@ pub mod crd;
 pub mod dead_letters;
 pub mod emulator;
 pub mod ens;
+pub mod plugin;
 pub mod receiver;
 pub(crate) mod shutdown;
 pub mod telemetry;

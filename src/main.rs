@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ens_operator::{
     cli::{Cli, Command},
-    crd, telemetry,
+    crd, plugin, telemetry,
 };
 
 /// mimalloc: the receiver allocates per event on every core; glibc malloc's arena locks and
@@ -18,8 +18,17 @@ use ens_operator::{
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Installed as `kubectl-ens`: the plugin's own command line (`kubectl ens ...`).
+    if plugin::invoked_as_plugin(std::env::args_os().next().as_deref()) {
+        let cli = plugin::PluginCli::parse();
+        telemetry::init_quiet();
+        return exit(run(async { Ok(plugin::run(cli.args).await?) }));
+    }
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Ens(_) => telemetry::init_quiet(),
+        _ => telemetry::init(cli.log_format),
+    }
     let result = match cli.command {
         Command::Crd { out_dir } => print_crds(out_dir),
         Command::Controller(args) => run(ens_operator::controller::run(*args)),
@@ -31,7 +40,12 @@ fn main() -> ExitCode {
         Command::DeadLetters(args) => {
             run(async { Ok(ens_operator::dead_letters::run(args).await?) })
         }
+        Command::Ens(args) => run(async { Ok(plugin::run(*args).await?) }),
     };
+    exit(result)
+}
+
+fn exit(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -656,6 +656,7 @@ impl Harness {
             ),
             ack_budget: Duration::from_secs(30),
             draining: AtomicBool::new(false),
+            deliveries: Default::default(),
         });
         Self {
             router: router::router(app),

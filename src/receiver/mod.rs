@@ -10,6 +10,7 @@ pub mod canonical;
 pub mod cluster;
 pub mod connections;
 pub mod dedupe;
+pub mod deliveries;
 pub mod event;
 pub mod metrics;
 pub mod probe;
@@ -299,6 +300,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         budget,
         ack_budget: Duration::from_millis(args.ack_budget_ms),
         draining: AtomicBool::new(false),
+        deliveries: deliveries::LastDeliveries::default(),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -1,5 +1,6 @@
 //! HTTP surface: `/healthz`, `/readyz`, `/metrics`, [`ROUTES_PATH`] (the served paths, which the
-//! controller checks before asking ENS to probe one), and every other path as a callback route.
+//! controller checks before asking ENS to probe one), [`DELIVERIES_PATH`] (each route's last
+//! acknowledged batch, loopback peers only), and every other path as a callback route.
 //!
 //! A notification is acknowledged (200) only after its events were handed off (sink 2xx or
 //! spool fsync); every failure to do so is a 503 so ENS retries (docs/design.md §10.3: never 200
@@ -25,6 +26,7 @@ use http_body_util::BodyExt;
 use crate::ens::signing::SIGNATURE_HEADER;
 use crate::receiver::budget::{BodyBudget, ClientAddr, Refusal, Reservation};
 use crate::receiver::dedupe::{RecentIds, Scope};
+use crate::receiver::deliveries::{DELIVERIES_PATH, Delivery, LastDeliveries, may_read};
 use crate::receiver::event::CloudEvent;
 use crate::receiver::metrics::{KeyMatchLabel, Metrics, OutcomeLabel};
 use crate::receiver::probe::{Probe, ProbeSink};
@@ -54,6 +56,8 @@ pub struct App {
     pub ack_budget: Duration,
     /// Set on SIGTERM: readiness turns false while in-flight requests finish.
     pub draining: AtomicBool,
+    /// The last batch each route acknowledged ([`DELIVERIES_PATH`]).
+    pub deliveries: LastDeliveries,
 }
 
 /// Lists the paths this receiver serves (JSON array). Under `.well-known` so no callback path
@@ -65,6 +69,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(ROUTES_PATH, get(served_paths))
+        .route(DELIVERIES_PATH, get(last_deliveries))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(callback)
@@ -83,6 +88,21 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 async fn served_paths(State(app): State<Arc<App>>) -> Response {
     axum::Json(app.routes.current().paths()).into_response()
+}
+
+/// The last delivery per served route, to loopback peers only (see `deliveries`).
+async fn last_deliveries(
+    State(app): State<Arc<App>>,
+    client: Option<Extension<ClientAddr>>,
+) -> Response {
+    if !may_read(client.map(|Extension(c)| c)) {
+        return (
+            StatusCode::FORBIDDEN,
+            "loopback only: use kubectl port-forward\n",
+        )
+            .into_response();
+    }
+    axum::Json(app.deliveries.snapshot(&app.routes.current().paths())).into_response()
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
@@ -156,18 +176,19 @@ async fn callback(
         }
         Ok(Incoming::Probe(probe)) => answer_probe(&app, &route, &probe).await,
         Ok(Incoming::Batch { events, matched }) => {
+            let key = if matched.key_index == 0 {
+                "current"
+            } else {
+                "previous"
+            };
             app.metrics
                 .key_matches
                 .get_or_create(&KeyMatchLabel {
                     mode: matched.mode.as_str(),
-                    key: if matched.key_index == 0 {
-                        "current"
-                    } else {
-                        "previous"
-                    },
+                    key,
                 })
                 .inc();
-            accept_batch(&app, &path, events, started).await
+            accept_batch(&app, &path, events, started, key).await
         }
     }
 }
@@ -202,6 +223,7 @@ async fn accept_batch(
     path: &str,
     events: Vec<CloudEvent>,
     started: Instant,
+    key: &str,
 ) -> Response {
     let total = events.len();
     let scope = Scope::of(path);
@@ -253,6 +275,15 @@ async fn accept_batch(
         .ack_latency
         .observe(started.elapsed().as_secs_f64());
     tracing::debug!(route = %path, events = fresh.len(), duplicates, "batch accepted");
+    app.deliveries.record(
+        path,
+        Delivery {
+            at: jiff::Timestamp::now().to_string(),
+            events: fresh.len(),
+            duplicates,
+            key: key.to_owned(),
+        },
+    );
     StatusCode::OK.into_response()
 }
 
