@@ -1265,11 +1265,14 @@ async fn spool_outlives_its_pod() {
     for i in 0..2 {
         let claim = format!("spool-{workload}-{i}");
         let dir = volumes.join(&claim);
+        // A failed earlier run's volume would be bound to its old claim, and hold its events.
+        let pv = format!("{rx}-{claim}");
+        kubectl(&["delete", "pv", &pv, "--ignore-not-found", "--timeout=60s"]);
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         // Written by the pod's non-root user.
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .unwrap();
-        let pv = format!("{rx}-{claim}");
         apply_json(&json!({
             "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
             "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],

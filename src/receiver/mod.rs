@@ -206,6 +206,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let (forward_tx, forward_rx) = watch::channel(Forwarding::Run);
     let mut tasks = Vec::new();
     let mut forwarder = None;
+    let mut spooled = None;
 
     let handoff = if args.jetstream.selected() {
         if args.spool_dir.is_some() {
@@ -247,6 +248,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             Some(dir) => {
                 let spool = Spool::open(dir, args.spool_max_bytes, metrics.clone())?;
                 forwarder = Some(tokio::spawn(spool.clone().forward(sink, forward_rx)?));
+                spooled = Some(spool.clone());
                 Handoff::Spool(spool)
             }
             None => Handoff::Direct(sink),
@@ -339,8 +341,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
     tracing::info!("shutting down: refusing new connections, finishing in-flight requests");
     let _ = stop_tx.send(true);
     let _ = server.await;
-    if let Some(mut forwarder) = forwarder {
-        // Every request is answered: no more appends. Deliver the spool while time allows.
+    if let (Some(mut forwarder), Some(spool)) = (forwarder, spooled) {
+        // Requests the drain left running get 503 from now on; once the appends under way have
+        // ended the spool holds all it will acknowledge. Deliver it while time allows.
+        spool.close().await;
         let _ = forward_tx.send(Forwarding::Drain);
         let drain = Duration::from_secs(args.spool_drain_secs);
         if tokio::time::timeout(drain, &mut forwarder).await.is_err() {
@@ -349,7 +353,11 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 "spool not drained in time; the rest goes out after the restart"
             );
             let _ = forward_tx.send(Forwarding::Stop);
-            let _ = forwarder.await;
+            // The request in flight ends within its timeout; a disk stuck longer is not waited.
+            let bound = Duration::from_millis(args.sink_timeout_ms) + Duration::from_secs(2);
+            if tokio::time::timeout(bound, forwarder).await.is_err() {
+                tracing::warn!("the spool forwarder did not stop in time; exiting");
+            }
         }
     }
     for t in tasks {

@@ -1,10 +1,12 @@
 //! Dead letters: events the sink refused for good, kept on disk so they neither block the events
 //! behind them nor vanish (docs/receiver.md, "Dead letters").
 //!
-//! A refusal is for good when the sink answered a 4xx other than 408 (timeout) and 429 (slow
-//! down): retrying the same bytes gets the same answer. 413 counts too, but only for a single
-//! event (a group is split first). Each dead letter is one file in `--dead-letter-dir`,
-//! `<unix ms>-<id prefix>.json`, holding the sink's status, when, and the CloudEvent; it is
+//! A refusal is for good when the sink answered 400 (bad request), 413 (too large: for a single
+//! event, a group is split first) or 422 (unprocessable): about the event, so retrying the same
+//! bytes gets the same answer. Other 4xx (401, 403, 404, 415, ...) usually mean the sink is
+//! misconfigured or not ready, which would turn every event into a letter: those stay ordinary
+//! failures (503 to ENS, or the spool retries). Each dead letter is one file in `--dead-letter-dir`,
+//! `<unix ms>-<id prefix>-<n>.json`, holding the sink's status, when, and the CloudEvent; it is
 //! written to a temporary name, fsync'd, renamed and the directory fsync'd, so a letter is whole
 //! or absent. Only once that returned is the event counted as handed off. The directory is
 //! bounded (`--dead-letter-max-bytes`, counted again when reached, so replayed letters make room);
@@ -15,8 +17,8 @@
 use std::fs::{self, File};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +32,7 @@ const TEMP_PREFIX: &str = ".tmp-";
 
 /// Whether the sink's `status` refuses an event for good (see the module doc).
 pub fn refused_for_good(status: u16) -> bool {
-    (400..500).contains(&status) && status != 408 && status != 429
+    matches!(status, 400 | 413 | 422)
 }
 
 /// One dead letter as stored.
@@ -94,8 +96,19 @@ impl std::fmt::Debug for DeadLetters {
 struct Inner {
     dir: PathBuf,
     max_bytes: u64,
-    bytes: AtomicU64,
+    room: Mutex<Room>,
+    /// Makes each name unique within the process (same id, same millisecond).
+    seq: AtomicU64,
     metrics: Arc<Metrics>,
+}
+
+/// What the bound counts.
+#[derive(Default)]
+struct Room {
+    /// Bytes of the letters on disk (as last counted, plus those written since).
+    on_disk: u64,
+    /// Bytes of letters being written.
+    writing: u64,
 }
 
 impl DeadLetters {
@@ -106,12 +119,22 @@ impl DeadLetters {
         metrics: Arc<Metrics>,
     ) -> Result<Self, DeadLetterError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let bytes = dir_bytes(dir)?;
-        metrics.dead_letter_bytes.set(bytes as i64);
+        // Letters a crash left half-written were never counted as handed off.
+        for entry in fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let on_disk = dir_bytes(dir)?;
+        metrics.dead_letter_bytes.set(on_disk as i64);
         Ok(Self(Arc::new(Inner {
             dir: dir.to_owned(),
             max_bytes,
-            bytes: AtomicU64::new(bytes),
+            room: Mutex::new(Room {
+                on_disk,
+                writing: 0,
+            }),
+            seq: AtomicU64::new(0),
             metrics,
         })))
     }
@@ -163,32 +186,44 @@ impl Inner {
     fn write(&self, letter: &Letter) -> Result<(), DeadLetterError> {
         let body = serde_json::to_vec_pretty(letter).expect("a letter serializes");
         let len = body.len() as u64;
-        if self.bytes.fetch_add(len, Ordering::AcqRel) + len > self.max_bytes {
-            // Letters may have been replayed (removed) since: count again before refusing.
-            let on_disk = dir_bytes(&self.dir)?;
-            self.bytes.store(on_disk + len, Ordering::Release);
-            self.metrics.dead_letter_bytes.set(on_disk as i64);
-            if on_disk + len > self.max_bytes {
-                self.bytes.fetch_sub(len, Ordering::AcqRel);
-                return Err(DeadLetterError::Full);
+        {
+            let mut room = self.room();
+            if room.on_disk + room.writing + len > self.max_bytes {
+                // Letters may have been replayed (removed) since: count again before refusing.
+                room.on_disk = dir_bytes(&self.dir)?;
+                self.metrics.dead_letter_bytes.set(room.on_disk as i64);
+                if room.on_disk + room.writing + len > self.max_bytes {
+                    return Err(DeadLetterError::Full);
+                }
             }
+            room.writing += len;
         }
         let written = self.write_file(letter, &body);
+        let mut room = self.room();
+        room.writing -= len;
         if written.is_ok() {
-            self.metrics.dead_letter_bytes.inc_by(len as i64);
-        } else {
-            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            room.on_disk += len;
+            self.metrics.dead_letter_bytes.set(room.on_disk as i64);
         }
         written
+    }
+
+    fn room(&self) -> MutexGuard<'_, Room> {
+        self.room.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn write_file(&self, letter: &Letter, body: &[u8]) -> Result<(), DeadLetterError> {
         let millis = jiff::Timestamp::now().as_millisecond();
         let id: String = letter.event.id.chars().take(16).collect();
-        let name = format!("{millis:013}-{id}{SUFFIX}");
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{millis:013}-{id}-{seq}{SUFFIX}");
         let temp = self.dir.join(format!("{TEMP_PREFIX}{name}"));
         let path = self.dir.join(&name);
-        let mut file = File::create(&temp).map_err(io_err(&temp))?;
+        let mut file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(io_err(&temp))?;
         file.write_all(body).map_err(io_err(&temp))?;
         file.sync_all().map_err(io_err(&temp))?;
         fs::rename(&temp, &path).map_err(io_err(&path))?;
@@ -218,7 +253,12 @@ pub fn read_all(dir: &Path) -> Result<Vec<(PathBuf, Letter)>, DeadLetterError> {
 fn dir_bytes(dir: &Path) -> Result<u64, DeadLetterError> {
     let mut bytes = 0;
     for (path, _) in letter_files(dir)? {
-        bytes += fs::metadata(&path).map_err(io_err(&path))?.len();
+        // A letter replayed (removed) meanwhile takes no room.
+        match fs::metadata(&path) {
+            Ok(m) => bytes += m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
     }
     Ok(bytes)
 }
@@ -254,10 +294,12 @@ mod tests {
 
     #[test]
     fn only_client_errors_that_a_retry_cannot_change_are_for_good() {
-        for s in [400, 401, 403, 404, 409, 413, 415, 422] {
+        for s in [400, 413, 422] {
             assert!(refused_for_good(s), "{s}");
         }
-        for s in [200, 302, 408, 429, 500, 502, 503, 504] {
+        for s in [
+            200, 302, 401, 403, 404, 408, 409, 415, 429, 500, 502, 503, 504,
+        ] {
             assert!(!refused_for_good(s), "{s}");
         }
     }

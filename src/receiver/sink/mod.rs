@@ -53,6 +53,7 @@ impl HandoffError {
             Self::Sink(_) => "sink_failed",
             Self::JetStream(e) => e.outcome(),
             Self::Spool(SpoolError::Full) => "spool_full",
+            Self::Spool(SpoolError::Closed) => "shutting_down",
             Self::Spool(_) => "spool_failed",
         }
     }

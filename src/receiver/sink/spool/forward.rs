@@ -26,7 +26,7 @@
 //!
 //! Shutdown comes in two steps ([`Forwarding`]): told to drain once no more appends can come, the
 //! forwarder goes on until it has caught up, and stops there; told to stop, it stops after the
-//! request in flight. What is left stays in the spool and goes out after the restart, so a spool
+//! group in flight (sent again after the restart). What is left stays in the spool and goes out after the restart, so a spool
 //! on a volume that outlives the pod (docs/receiver.md, "What survives what") loses nothing.
 
 use std::time::Duration;
@@ -59,15 +59,13 @@ pub enum Forwarding {
     Run,
     /// No more appends can come: deliver what is spooled, then stop.
     Drain,
-    /// Stop after the request in flight; what is left goes out after the restart.
+    /// Stop now (the group in flight goes out again after the restart, with what is left).
     Stop,
 }
 
-/// Ends once `state` says [`Forwarding::Stop`] (never, if its sender is gone without saying so).
+/// Ends once `state` says [`Forwarding::Stop`], or its sender is gone (the receiver is).
 async fn stopped(state: &mut watch::Receiver<Forwarding>) {
-    if state.wait_for(|s| *s == Forwarding::Stop).await.is_err() {
-        std::future::pending::<()>().await;
-    }
+    let _ = state.wait_for(|s| *s == Forwarding::Stop).await;
 }
 
 /// How one group's delivery ended.
@@ -148,7 +146,10 @@ async fn run(spool: Spool, sink: HttpSink, mut state: watch::Receiver<Forwarding
                 sync.start(&spool);
                 tokio::select! {
                     _ = spool.0.appended.notified() => {}
-                    _ = state.changed() => {}
+                    changed = state.changed() => if changed.is_err() {
+                        // The receiver is gone without a word: stop.
+                        break;
+                    },
                     _ = sync.running() => {}
                     // Also re-check now and then, in case a read failed transiently.
                     _ = tokio::time::sleep(BACKOFF.1) => {}
@@ -300,7 +301,11 @@ async fn deliver(
     let mut attempt = Attempt::new(events);
     let mut pause = BACKOFF.0;
     loop {
-        let (taken, result) = attempt.run(sink).await;
+        // Told to stop, the group in flight is left (it goes out again after the restart).
+        let (taken, result) = tokio::select! {
+            ran = attempt.run(sink) => ran,
+            _ = stopped(state) => return Delivery::Stopped,
+        };
         metrics.spool_forwarded_events.inc_by(taken as u64);
         match result {
             Ok(()) => return Delivery::Done,

@@ -35,6 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, watch};
@@ -57,6 +58,9 @@ pub enum SpoolError {
     /// Accepting the batch would pass `--spool-max-bytes`.
     #[error("spool is full")]
     Full,
+    /// The receiver is shutting down: the spool takes no more batches.
+    #[error("spool is closed (shutting down)")]
+    Closed,
     /// The batch encodes to more than one record may hold (a reader takes a longer one for
     /// damage).
     #[error("batch encodes to {0} bytes, more than a spool record holds")]
@@ -227,7 +231,20 @@ struct Inner {
     /// Taken (asynchronously) for a frame's write, so appenders queue for the state lock
     /// without holding a thread.
     writing: Arc<tokio::sync::Mutex<()>>,
+    /// Appends under way (see [`Spool::close`]).
+    appending: watch::Sender<usize>,
+    /// Set by [`Spool::close`]: appends are refused.
+    closed: AtomicBool,
     metrics: Arc<Metrics>,
+}
+
+/// Counts an append under way while it lives.
+struct Appending<'a>(&'a Inner);
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        self.0.appending.send_modify(|n| *n -= 1);
+    }
 }
 
 /// A durable, bounded spool. Cheap to clone.
@@ -301,14 +318,28 @@ impl Spool {
             cursor: Mutex::new(cursor),
             appended: Notify::new(),
             writing: Arc::default(),
+            appending: watch::Sender::new(0),
+            closed: AtomicBool::new(false),
             metrics,
         }));
         spool.0.recount()?;
         Ok(spool)
     }
 
+    /// Refuses appends from now on ([`SpoolError::Closed`]) and waits until those under way
+    /// have ended: after it, the spool holds everything it will ever acknowledge.
+    pub async fn close(&self) {
+        self.0.closed.store(true, Ordering::SeqCst);
+        let _ = self.0.appending.subscribe().wait_for(|n| *n == 0).await;
+    }
+
     /// Appends one batch. Returns once it is durable.
     pub async fn append(&self, events: &[CloudEvent]) -> Result<(), SpoolError> {
+        self.0.appending.send_modify(|n| *n += 1);
+        let _appending = Appending(&self.0);
+        if self.0.closed.load(Ordering::SeqCst) {
+            return Err(SpoolError::Closed);
+        }
         let payload = cloudevents::encode_batch(events).map_err(SpoolError::Encode)?;
         let inner = self.0.clone();
         let turn = self.0.writing.clone().lock_owned().await;

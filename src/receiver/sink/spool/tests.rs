@@ -252,20 +252,24 @@ async fn an_append_dropped_midway_leaves_later_appends_unblocked() {
         )
         .unwrap()
     };
+    let mut dropped = 0;
     for i in 0..20 {
-        // Polled once (its write starts on a blocking thread), then dropped.
-        assert!(
-            spool
-                .append(&batch(&format!("gone{i}")))
-                .now_or_never()
-                .is_none()
-        );
+        // Polled once (its write starts on a blocking thread), then dropped; on an idle machine
+        // with a fast disk the write and its sync may even be done by the first poll.
+        if spool
+            .append(&batch(&format!("gone{i}")))
+            .now_or_never()
+            .is_none()
+        {
+            dropped += 1;
+        }
         let kept = batch(&format!("kept{i}"));
         tokio::time::timeout(std::time::Duration::from_secs(10), spool.append(&kept))
             .await
             .unwrap_or_else(|_| panic!("append {i} waited for a sync loop that never started"))
             .unwrap();
     }
+    assert!(dropped >= 5, "only {dropped} appends were dropped midway");
 }
 
 /// The loop syncs with the lock released; meanwhile an appender may roll the segment and the
