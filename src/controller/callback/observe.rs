@@ -320,11 +320,18 @@ async fn receiver_serves(ctx: &Context, base: &str, path: &str) -> bool {
 }
 
 /// The oldest other live EnsCallback with the same URL, or (both on the managed receiver) the
-/// same path; `None` when this object is the first claimant. Ties go by namespace/name.
+/// same path; `None` when this object is the first claimant. One that holds its ENS callback
+/// already (in status, which only the controller writes) comes first whatever its age:
+/// creation times have one-second resolution, so a newcomer created in the same second must not
+/// win by its name. Other ties go by namespace/name.
 pub fn url_claimed_by(ctx: &Context, obj: &EnsCallback) -> Option<String> {
     let store = ctx.callbacks.get()?;
     let rank = |o: &EnsCallback| {
         (
+            o.status
+                .as_ref()
+                .and_then(|s| s.callback_id.as_ref())
+                .is_none(),
             o.meta().creation_timestamp.clone().map(|t| t.0),
             o.namespace().unwrap_or_default(),
             o.name_any(),
@@ -343,5 +350,5 @@ pub fn url_claimed_by(ctx: &Context, obj: &EnsCallback) -> Option<String> {
         .map(|o| rank(&o))
         .filter(|r| *r < mine)
         .min()
-        .map(|(_, ns, name)| format!("{ns}/{name}"))
+        .map(|(_, _, ns, name)| format!("{ns}/{name}"))
 }

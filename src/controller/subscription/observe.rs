@@ -164,6 +164,8 @@ async fn read_remote(
 
 /// The oldest other live EnsSubscription of the namespace with the same ENS name on the same
 /// EnsCallback (two objects must not share one ENS subscription); `None` when this one is first.
+/// One that holds its ENS subscription already (status) comes first whatever its age: creation
+/// times have one-second resolution, and a copy made in the same second must not win by name.
 pub fn name_claimed_by(ctx: &Context, obj: &EnsSubscription) -> Option<String> {
     let store = ctx.subscriptions.get()?;
     let cluster = &ctx.settings.cluster_name;
@@ -171,6 +173,10 @@ pub fn name_claimed_by(ctx: &Context, obj: &EnsSubscription) -> Option<String> {
     let ens_name = |o: &EnsSubscription| ens_name(&o.spec, cluster, &ns, &o.name_any());
     let rank = |o: &EnsSubscription| {
         (
+            o.status
+                .as_ref()
+                .and_then(|s| s.subscription_id.as_ref())
+                .is_none(),
             o.meta().creation_timestamp.clone().map(|t| t.0),
             o.name_any(),
         )
@@ -185,7 +191,7 @@ pub fn name_claimed_by(ctx: &Context, obj: &EnsSubscription) -> Option<String> {
         .map(|o| rank(&o))
         .filter(|r| *r < mine)
         .min()
-        .map(|(_, name)| format!("{ns}/{name}"))
+        .map(|(_, _, name)| format!("{ns}/{name}"))
 }
 
 /// The object's uid and the [`Key`] under which a recent ENS answer about it applies, given the
