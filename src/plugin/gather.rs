@@ -268,9 +268,14 @@ async fn route(ctx: &Ctx, cb: &EnsCallback) -> Result<RouteView, RouteError> {
     })
 }
 
-/// Asks the receiver whether it serves `path` (its list of served paths).
-pub(crate) async fn serves(ctx: &Ctx, base: &str, path: &str) -> Result<bool, String> {
-    let url = format!("{}{ROUTES_PATH}", base.trim_end_matches('/'));
+/// GETs `path` of the receiver at `base` and reads its JSON answer (`what` names it in errors).
+async fn receiver_json<T: serde::de::DeserializeOwned>(
+    ctx: &Ctx,
+    base: &str,
+    path: &str,
+    what: &str,
+) -> Result<T, String> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
     let r = ctx
         .http
         .get(&url)
@@ -280,10 +285,14 @@ pub(crate) async fn serves(ctx: &Ctx, base: &str, path: &str) -> Result<bool, St
     if !r.status().is_success() {
         return Err(format!("receiver {base} answered {}", r.status()));
     }
-    let paths: Vec<String> = r
-        .json()
+    r.json()
         .await
-        .map_err(|e| format!("receiver {base}: unreadable route list: {e}"))?;
+        .map_err(|e| format!("receiver {base}: unreadable {what}: {e}"))
+}
+
+/// Asks the receiver whether it serves `path` (its list of served paths).
+pub(crate) async fn serves(ctx: &Ctx, base: &str, path: &str) -> Result<bool, String> {
+    let paths: Vec<String> = receiver_json(ctx, base, ROUTES_PATH, "route list").await?;
     Ok(paths.iter().any(|p| p == path))
 }
 
@@ -295,21 +304,8 @@ async fn last_delivery(ctx: &Ctx, cb: &EnsCallback) -> Section<String> {
     if cb.spec.receiver != ReceiverMode::Managed {
         return Section::Ok("not known: your own endpoint serves this callback".into());
     }
-    let url = format!("{}{DELIVERIES_PATH}", base.trim_end_matches('/'));
-    let read = async {
-        let r = ctx
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("receiver {base} unreachable: {e}"))?;
-        if !r.status().is_success() {
-            return Err(format!("receiver {base} answered {}", r.status()));
-        }
-        r.json::<BTreeMap<String, Delivery>>()
-            .await
-            .map_err(|e| format!("receiver {base}: unreadable deliveries: {e}"))
-    };
+    let read =
+        receiver_json::<BTreeMap<String, Delivery>>(ctx, base, DELIVERIES_PATH, "deliveries");
     match read.await {
         Err(e) => Section::Error(e),
         Ok(all) => Section::Ok(match all.get(&url_path(&cb.spec.url)) {
