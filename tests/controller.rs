@@ -652,59 +652,15 @@ async fn a_standby_takes_over_when_the_leader_dies_without_duplicates() {
     }
 }
 
-/// The route Secret's `key` entry, as text.
-async fn route_key(stack: &Stack, cb: &str, key: &str) -> Option<String> {
-    let route = ens_operator::controller::names::route_secret(&stack.team.name, cb);
-    let secret = Api::<Secret>::namespaced(stack.client.clone(), &stack.rx.name)
-        .get(&route)
-        .await
-        .unwrap();
-    secret
-        .data
-        .unwrap_or_default()
-        .get(key)
-        .map(|v| String::from_utf8(v.0.clone()).unwrap())
-}
-
-/// Posts a one-event batch signed with `key` straight to the receiver; returns the status.
-async fn post_signed(stack: &Stack, path: &str, key: &str, tag: &str) -> u16 {
-    let body = receiver_support::batch(tag, 1);
-    stack
-        .http
-        .post(format!("{}{path}", stack.receiver.url))
-        .header("x-sfmc-ens-signature", receiver_support::sig(key, &body))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-/// Waits until a batch signed with `key` gets `want` from the receiver (it follows Secrets).
-async fn wait_status(stack: &Stack, path: &str, key: &str, want: u16, what: &str) {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let got = post_signed(stack, path, key, what).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: receiver answered {got}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test]
 async fn key_rotation_serves_both_keys_during_the_overlap_then_only_the_new_one() {
     let stack = Stack::start("rotate", &[], &["--key-overlap", "8s"]).await;
     stack.orders_with_sent().await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
-    let old = route_key(&stack, "orders", "signatureKey").await.unwrap();
-    wait_status(&stack, "/ens/orders", &old, 200, "old key before rotation").await;
+    let old = stack.route_key("orders", "signatureKey").await.unwrap();
+    stack
+        .wait_status("/ens/orders", &old, 200, "old key before rotation")
+        .await;
 
     let annotate = |value: &'static str| {
         let cbs = cbs.clone();
@@ -727,19 +683,24 @@ async fn key_rotation_serves_both_keys_during_the_overlap_then_only_the_new_one(
         cb_ready(cb) && cb.status.as_ref().and_then(|s| s.key_rotation.as_deref()) == Some("r1")
     })
     .await;
-    let new = route_key(&stack, "orders", "signatureKey").await.unwrap();
+    let new = stack.route_key("orders", "signatureKey").await.unwrap();
     assert_ne!(new, old, "a new key is stored");
     assert_eq!(
-        route_key(&stack, "orders", "previousSignatureKey")
+        stack
+            .route_key("orders", "previousSignatureKey")
             .await
             .as_deref(),
         Some(old.as_str()),
         "the old key is kept for the overlap"
     );
     // During the overlap both keys are accepted: batches ENS signed before the rotation still land.
-    wait_status(&stack, "/ens/orders", &new, 200, "new key during overlap").await;
+    stack
+        .wait_status("/ens/orders", &new, 200, "new key during overlap")
+        .await;
     assert_eq!(
-        post_signed(&stack, "/ens/orders", &old, "old key during overlap").await,
+        stack
+            .post_signed("/ens/orders", &old, "old key during overlap")
+            .await,
         200
     );
     // ENS (the emulator) signs with the new key, and the event reaches the sink.
@@ -758,13 +719,17 @@ async fn key_rotation_serves_both_keys_during_the_overlap_then_only_the_new_one(
     .await;
 
     // After the overlap the old key is dropped from the Secret and refused by the receiver.
-    wait_status(&stack, "/ens/orders", &old, 401, "old key after overlap").await;
+    stack
+        .wait_status("/ens/orders", &old, 401, "old key after overlap")
+        .await;
     assert_eq!(
-        route_key(&stack, "orders", "previousSignatureKey").await,
+        stack.route_key("orders", "previousSignatureKey").await,
         None
     );
     assert_eq!(
-        post_signed(&stack, "/ens/orders", &new, "new key after overlap").await,
+        stack
+            .post_signed("/ens/orders", &new, "new key after overlap")
+            .await,
         200
     );
     // One regenerate call per new value: changing it rotates once more ...
@@ -773,7 +738,7 @@ async fn key_rotation_serves_both_keys_during_the_overlap_then_only_the_new_one(
         cb_ready(cb) && cb.status.as_ref().and_then(|s| s.key_rotation.as_deref()) == Some("r2")
     })
     .await;
-    let newer = route_key(&stack, "orders", "signatureKey").await.unwrap();
+    let newer = stack.route_key("orders", "signatureKey").await.unwrap();
     assert_ne!(newer, new, "a second rotation stores another key");
     // ... and a later pass that finds the value unchanged (a spec change: the batch size) does not.
     let changed = cbs
@@ -880,7 +845,7 @@ async fn a_second_callback_for_the_same_url_is_refused_not_merged() {
         .await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     let first = wait_for(&cbs, "first", T, cb_ready).await;
-    let key = route_key(&stack, "first", "signatureKey").await.unwrap();
+    let key = stack.route_key("first", "signatureKey").await.unwrap();
 
     // Same path, another host: on the managed receiver that is the same route.
     let mut doc = callback_doc("second", "/ens/shared");
@@ -908,7 +873,7 @@ async fn a_second_callback_for_the_same_url_is_refused_not_merged() {
         remote[0]["callbackId"],
         first.status.unwrap().callback_id.unwrap().as_str()
     );
-    assert_eq!(route_key(&stack, "first", "signatureKey").await, Some(key));
+    assert_eq!(stack.route_key("first", "signatureKey").await, Some(key));
     let second_route = ens_operator::controller::names::route_secret(&stack.team.name, "second");
     assert!(
         Api::<Secret>::namespaced(stack.client.clone(), &stack.rx.name)
@@ -1014,6 +979,11 @@ async fn an_external_receiver_verifies_with_the_annotated_key_and_reads_the_sign
         )
         .await
         .unwrap();
+    // The receiver follows Secrets by watch: once it accepts a batch signed with the key, ENS's
+    // delivery cannot meet the old route (a refused one is retried only 10 minutes later).
+    stack
+        .wait_status("/ens/own", &key, 200, "signature key loaded")
+        .await;
     let event = json!([{"eventCategoryType": "TransactionalSendEvents.EmailSent", "timestampUTC": 1,
         "mid": 1, "eid": 1, "info": {"messageKey": "external"}}]);
     stack

@@ -404,6 +404,55 @@ impl Stack {
         r.json().await.unwrap_or(Value::Null)
     }
 
+    /// The route Secret's `key` entry for callback `cb`, as text.
+    pub async fn route_key(&self, cb: &str, key: &str) -> Option<String> {
+        let route = ens_operator::controller::names::route_secret(&self.team.name, cb);
+        let secret = Api::<Secret>::namespaced(self.client.clone(), &self.rx.name)
+            .get(&route)
+            .await
+            .unwrap();
+        secret
+            .data
+            .unwrap_or_default()
+            .get(key)
+            .map(|v| String::from_utf8(v.0.clone()).unwrap())
+    }
+
+    /// Posts a one-event batch signed with `key` straight to the receiver; returns the status.
+    pub async fn post_signed(&self, path: &str, key: &str, tag: &str) -> u16 {
+        let body = crate::receiver_support::batch(tag, 1);
+        self.http
+            .post(format!("{}{path}", self.receiver.url))
+            .header(
+                "x-sfmc-ens-signature",
+                crate::receiver_support::sig(key, &body),
+            )
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Waits until a batch signed with `key` gets `want` from the receiver, which follows route
+    /// Secrets by watch.
+    pub async fn wait_status(&self, path: &str, key: &str, want: u16, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = self.post_signed(path, key, what).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: receiver answered {got}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Every callback the emulator holds.
     pub async fn remote_callbacks(&self) -> Vec<Value> {
         self.emulator_get("callbacks")
