@@ -16,13 +16,10 @@ use std::{
 use common::{control_plane, wait_for};
 use ens_operator::{
     api::{EnsCallback, EnsSubscription, conditions::ConditionType},
-    ens::{ClientConfig, ClientSecret, Credentials, EndpointPolicy, EnsClient, NewCallback},
+    ens::NewCallback,
 };
 use k8s_openapi::api::core::v1::Secret;
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-};
+use kube::Api;
 use serde_json::{Value, json};
 use stack::{CREDENTIALS, Stack, callback_doc, sub_ready};
 
@@ -146,50 +143,6 @@ async fn callback_id(stack: &Stack, name: &str) -> String {
         .unwrap()
         .callback_id
         .unwrap()
-}
-
-/// A route Secret made by hand: the receiver answers ENS's probe on `path` and hands the key to
-/// no one (so a callback there stays unverified, or can be registered by hand).
-async fn hand_made_route(stack: &Stack, name: &str, path: &str) {
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": name, "labels": {"ens-operator.io/route": "true"}},
-        "stringData": {"path": path, "expectProbe": "true"},
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(stack.client.clone(), &stack.rx.name)
-        .patch(
-            name,
-            &PatchParams::apply("tests").force(),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .unwrap();
-}
-
-/// Waits until the receiver serves `path`.
-async fn served(stack: &Stack, path: &str) {
-    let url = format!("{}/.well-known/ens-operator/routes", stack.receiver.url);
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let paths: Vec<String> = stack
-            .http
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if paths.iter().any(|p| p == path) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the receiver never served {path}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -483,8 +436,8 @@ async fn awaiting_verification_past_half_the_window() {
     )
     .await;
     // An endpoint that answers ENS's probe but hands the key to no one.
-    hand_made_route(&stack, "hand-made-route", "/ens/promo").await;
-    served(&stack, "/ens/promo").await;
+    stack.hand_made_route("hand-made-route", "/ens/promo").await;
+    stack.served("/ens/promo").await;
     let mut doc = callback_doc("promo", "/ens/promo");
     doc["spec"]["receiver"] = "External".into();
     stack.apply::<EnsCallback>("promo", doc).await;
@@ -696,23 +649,11 @@ async fn orphans_shows_a_hand_made_callback_with_the_yaml_to_adopt_it() {
     let stack = Stack::start("plugin-orphans", &[], &[]).await;
     stack.orders_with_sent().await;
     // Registered by hand, as in Marketing Cloud's Setup.
-    hand_made_route(&stack, "hand-made-route", "/ens/by-hand").await;
-    served(&stack, "/ens/by-hand").await;
-    let ens = EnsClient::new(ClientConfig {
-        endpoints: EndpointPolicy::new(
-            vec!["127.0.0.1".parse().unwrap()],
-            vec!["127.0.0.1".parse().unwrap()],
-            true,
-        ),
-        ..ClientConfig::default()
-    })
-    .unwrap();
-    let creds = Credentials {
-        client_id: "test-client".into(),
-        client_secret: ClientSecret::new("test-secret"),
-        account_id: None,
-        auth_base_url: stack.emulator.url.clone(),
-    };
+    stack
+        .hand_made_route("hand-made-route", "/ens/by-hand")
+        .await;
+    stack.served("/ens/by-hand").await;
+    let (ens, creds) = stack.ens_as_a_person();
     ens.create_callback(
         &creds,
         &NewCallback {

@@ -886,3 +886,74 @@ async fn a_paused_object_says_so_and_its_deletion_still_cleans_up() {
         "callback deleted in ENS"
     );
 }
+
+#[tokio::test]
+async fn an_observe_only_object_never_blocks_reads_or_changes_another_teams_callback() {
+    let t = Tenants::start("ten-observe").await;
+    let ans = t.attacker.name.clone();
+    let observe = |mut doc: Value| {
+        doc["spec"]["managementPolicy"] = json!("Observe");
+        doc
+    };
+    // The attacker observes the victim's URL before the victim exists, so it is the oldest
+    // object for that URL.
+    t.apply::<EnsCallback>(&t.mallory, &ans, observe(t.callback("peek", "/ens/victim")))
+        .await;
+    t.wait_reason::<EnsCallback>(&ans, "peek", "NotFoundInEns")
+        .await;
+    // It does not block the victim, which becomes Ready as if it were alone.
+    let v = t.victim_ready().await;
+    let before = t.victim_state(&v).await;
+    let mutations = t.mutations().await;
+    // Once the victim holds the URL, the observer shows nothing of its callback.
+    let msg = t.wait_reason::<EnsCallback>(&ans, "peek", "UrlInUse").await;
+    assert!(msg.contains(&format!("{}/orders", t.victim.name)), "{msg}");
+    let peek = t.callbacks(&ans).get("peek").await.unwrap();
+    let status = peek.status.unwrap();
+    assert_eq!(status.observed, None, "nothing of the victim's callback");
+    assert_eq!(status.callback_id, None);
+    assert!(peek.metadata.finalizers.unwrap_or_default().is_empty());
+    // Asking for the victim's subscription by its ENS name under the observer finds nothing.
+    let victim_sub_name =
+        ens_operator::controller::names::subscription_name("test", &t.victim.name, "sent");
+    let mut sub = observe(t.subscription("peek-sub", "peek"));
+    sub["spec"]["subscriptionName"] = json!(victim_sub_name);
+    t.apply::<EnsSubscription>(&t.mallory, &ans, sub).await;
+    t.wait_reason::<EnsSubscription>(&ans, "peek-sub", "CallbackNotFound")
+        .await;
+    let peek_sub = t.subscriptions(&ans).get("peek-sub").await.unwrap();
+    assert_eq!(peek_sub.status.unwrap().observed, None);
+    // Switching to Full is refused as for any newcomer on the victim's URL.
+    Api::<EnsCallback>::namespaced(t.mallory.clone(), &ans)
+        .patch(
+            "peek",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"managementPolicy": "Full"}})),
+        )
+        .await
+        .unwrap();
+    wait_for(&t.callbacks(&ans), "peek", T, |cb| {
+        cb.ready()
+            .is_some_and(|(r, m)| r == "UrlInUse" && m.contains("already uses this URL"))
+    })
+    .await;
+    for name in ["peek-sub"] {
+        Api::<EnsSubscription>::namespaced(t.mallory.clone(), &ans)
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    Api::<EnsCallback>::namespaced(t.mallory.clone(), &ans)
+        .delete("peek", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&t.callbacks(&ans), "peek", T).await;
+    wait_gone(&t.subscriptions(&ans), "peek-sub", T).await;
+    assert_eq!(t.mutations().await, mutations, "nothing changed in ENS");
+    assert_eq!(
+        t.victim_state(&v).await,
+        before,
+        "victim's callback, subscriptions and key"
+    );
+    t.victim_still_receives("after-observe").await;
+}

@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DeletionPolicy, SecretRef};
+use super::common::{DeletionPolicy, ManagementPolicy, SecretRef};
 
 /// Desired state of an ENS callback.
 #[allow(
@@ -91,6 +91,11 @@ pub struct EnsCallbackSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
+    /// `Full` (default) manages the ENS callback; `Observe` only finds the callback with this
+    /// URL and reports it and its drift in `status.observed`, never changing ENS.
+    #[serde(default, skip_serializing_if = "is_full")]
+    pub management_policy: ManagementPolicy,
+
     /// How an existing ENS callback with the same URL is treated.
     #[serde(default)]
     pub adoption: AdoptionPolicy,
@@ -104,6 +109,10 @@ pub struct EnsCallbackSpec {
 
 fn default_max_batch_size() -> i32 {
     1000
+}
+
+pub(crate) fn is_full(p: &ManagementPolicy) -> bool {
+    *p == ManagementPolicy::Full
 }
 
 /// Who serves the callback URL.
@@ -159,4 +168,30 @@ pub struct EnsCallbackStatus {
     /// controller's alone, so only the pair proves the pending create is this object's own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub create_pending: bool,
+    /// With `managementPolicy: Observe`: the ENS callback found for the URL. Kept apart from
+    /// `callbackId`, which only a managed object's own create or adoption sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<ObservedCallback>,
+}
+
+/// An ENS callback as an observe-only EnsCallback last read it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedCallback {
+    /// Its `callbackId`.
+    pub callback_id: String,
+    /// Its name in ENS.
+    pub callback_name: String,
+    /// ENS's `status` (e.g. `verified`, `pending`).
+    pub status: String,
+    /// ENS's `statusReason`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    /// Its batch size in ENS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_size: Option<i32>,
+    /// Where ENS differs from the spec, one entry per field (`field: spec X, ENS Y`); empty when
+    /// they agree.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
 }

@@ -13,6 +13,20 @@ pub enum DeletionPolicy {
     Retain,
 }
 
+/// Whether the controller manages the ENS object or only reports it (like Crossplane's
+/// `managementPolicies: ["Observe"]`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ManagementPolicy {
+    /// Create, update, verify and (by `deletionPolicy`) delete the ENS object.
+    #[default]
+    Full,
+    /// Find the existing ENS object and report it and its drift from the spec in status; never
+    /// change or delete anything in ENS, and write nothing but status. Switching to `Full` is an
+    /// explicit edit (and, for a callback made by hand, the `ens-operator.io/callback-id`
+    /// annotation that adopts it).
+    Observe,
+}
+
 /// A reference to a Secret in the same namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct SecretRef {

@@ -22,6 +22,8 @@ pub enum ConditionType {
     Verified,
     /// Subscription: ENS reports the subscription active (not paused).
     Active,
+    /// Observe-only objects: ENS matches the spec (`False` with reason `Drifted` lists where not).
+    Synced,
 }
 
 impl ConditionType {
@@ -35,6 +37,7 @@ impl ConditionType {
             Self::Registered => "Registered",
             Self::Verified => "Verified",
             Self::Active => "Active",
+            Self::Synced => "Synced",
         }
     }
 }
@@ -130,6 +133,14 @@ reasons! {
     SecretNotOwned,
     /// A Kubernetes API call failed; retried with backoff.
     KubernetesError,
+    /// Observe-only: the ENS object was found and is reported; nothing in ENS is changed.
+    Observed,
+    /// Observe-only: ENS has no object this one describes.
+    NotFoundInEns,
+    /// Observe-only: ENS differs from the spec (reported, not repaired).
+    Drifted,
+    /// A managed EnsSubscription's EnsCallback is observe-only: nothing can be attached to it.
+    CallbackObserveOnly,
 }
 
 /// Builds a condition. `observed_generation` and `now` come from the caller (pure).

@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DeletionPolicy, LocalRef};
+use super::common::{DeletionPolicy, LocalRef, ManagementPolicy};
 
 /// Desired state of an ENS subscription.
 #[allow(
@@ -84,6 +84,12 @@ pub struct EnsSubscriptionSpec {
     /// What happens to the ENS subscription when this object is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// `Full` (default) manages the ENS subscription; `Observe` only finds the subscription of
+    /// this name on the callback and reports it and its drift in `status.observed`, never
+    /// changing ENS. Its EnsCallback must be observe-only too, or managed and ready.
+    #[serde(default, skip_serializing_if = "super::callback::is_full")]
+    pub management_policy: ManagementPolicy,
 }
 
 /// Observed state of an ENS subscription.
@@ -109,4 +115,31 @@ pub struct EnsSubscriptionStatus {
     /// Fingerprint of the ENS account (credentials) `subscriptionId` lives in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// With `managementPolicy: Observe`: the ENS subscription found by name on the callback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<ObservedSubscription>,
+}
+
+/// An ENS subscription as an observe-only EnsSubscription last read it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedSubscription {
+    /// Its `subscriptionId`.
+    pub subscription_id: String,
+    /// The `callbackId` it delivers to.
+    pub callback_id: String,
+    /// ENS's `status` (`active` or `paused`).
+    pub status: String,
+    /// ENS's `statusReason`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    /// Its event types in ENS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_category_types: Vec<String>,
+    /// Its filters in ENS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
+    /// Where ENS differs from the spec, one entry per field; empty when they agree.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
 }

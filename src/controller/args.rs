@@ -65,6 +65,10 @@ pub struct ControllerArgs {
     /// Interval of the drift check of each verified object (jittered ±10% per object).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub drift_interval: Duration,
+    /// Interval of the orphan scan (`ens_operator_orphans`): every account's callbacks and
+    /// subscriptions listed and compared with the watched objects. `0s` turns it off.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub orphan_scan_interval: Duration,
     /// How long the previous signature key stays accepted after a rotation.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub key_overlap: Duration,

@@ -6,6 +6,7 @@ use prometheus_client::{
     metrics::{
         counter::Counter,
         family::Family,
+        gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
@@ -56,6 +57,15 @@ pub struct ErrorLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the orphan gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OrphanLabels {
+    /// Fingerprint of the ENS account (as in status `tenant`; never a credential).
+    pub account: String,
+    /// `callback` or `subscription`.
+    pub kind: &'static str,
+}
+
 /// The controller's metrics.
 pub struct Metrics {
     /// Reconciles by kind and result.
@@ -70,6 +80,8 @@ pub struct Metrics {
     pub drift: Family<DriftLabels, Counter>,
     /// Seconds from an object's creation to its callback being verified.
     pub time_to_verified: Histogram,
+    /// ENS objects no resource describes, per account, as of the last orphan scan.
+    pub orphans: Family<OrphanLabels, Gauge>,
 }
 
 impl Metrics {
@@ -86,6 +98,7 @@ impl Metrics {
             time_to_verified: Histogram::new([
                 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0,
             ]),
+            orphans: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("ens_operator");
         r.register(
@@ -117,6 +130,11 @@ impl Metrics {
             "time_to_verified_seconds",
             "Seconds from creation to a verified callback",
             m.time_to_verified.clone(),
+        );
+        r.register(
+            "orphans",
+            "ENS callbacks and subscriptions no resource describes, per account (last orphan scan)",
+            m.orphans.clone(),
         );
         m
     }

@@ -10,6 +10,7 @@ pub(crate) mod error;
 pub(crate) mod keys;
 pub(crate) mod metrics;
 pub mod names;
+pub(crate) mod orphans;
 pub(crate) mod recent;
 pub(crate) mod reconciler;
 pub(crate) mod status;
@@ -45,6 +46,7 @@ use crate::{
 };
 pub use args::ControllerArgs;
 use context::Context;
+use reconciler::Managed;
 
 /// Runs the controller until SIGTERM/Ctrl-C or until leadership is lost.
 pub async fn run(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -112,7 +114,11 @@ pub async fn run(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>>
         }
     };
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let (rx1, rx2) = (stop_tx.subscribe(), stop_tx.subscribe());
+    let (rx1, rx2, rx3) = (
+        stop_tx.subscribe(),
+        stop_tx.subscribe(),
+        stop_tx.subscribe(),
+    );
     let deadline = tokio::spawn(async move {
         stop.await;
         let _ = stop_tx.send(());
@@ -121,9 +127,11 @@ pub async fn run(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>>
     let wait = |mut rx: tokio::sync::broadcast::Receiver<()>| async move {
         let _ = rx.recv().await;
     };
-    let controllers = future::join(
+    let scan = ctx.args.orphan_scan_interval;
+    let controllers = future::join3(
         run_callbacks(client.clone(), ctx.clone(), wait(rx1)),
-        run_subscriptions(client, ctx, wait(rx2)),
+        run_subscriptions(client, ctx.clone(), wait(rx2)),
+        orphans::scan_every(ctx, scan, wait(rx3)),
     );
     tokio::select! {
         _ = controllers => {}
@@ -199,7 +207,7 @@ async fn run_callbacks(
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ctrl = controller_for::<EnsCallback>(&client, &ctx);
-    let (by_route, by_creds) = (ctrl.store(), ctrl.store());
+    let (by_route, by_creds, by_url) = (ctrl.store(), ctrl.store(), ctrl.store());
     // Set once per process: this is the only callback controller.
     let _ = ctx.callbacks.set(ctrl.store());
     let default_creds = ctx.args.default_credentials.clone();
@@ -234,11 +242,50 @@ async fn run_callbacks(
                 .map(|cb| ObjectRef::from_obj(&*cb))
                 .collect::<Vec<_>>()
         })
+        // A managed callback taking, recording or giving up a URL changes what its observers
+        // may show.
+        .watches_stream(claims(&client, &ctx), move |cb| observers_of(&by_url, &cb))
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
         .graceful_shutdown_on(stop)
         .run(callback::reconcile, reconciler::error_policy, ctx)
         .for_each(|_| future::ready(()))
         .await;
+}
+
+/// Changes of what managed EnsCallbacks claim: URL, recorded id, deletion.
+fn claims(
+    client: &Client,
+    ctx: &Context,
+) -> impl futures::Stream<Item = Result<EnsCallback, watcher::Error>> + Send + 'static {
+    watch::watch(scoped::<EnsCallback>(client, ctx), objects(ctx))
+        .touched_objects()
+        .predicate_filter(
+            |cb: &EnsCallback| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (
+                    &cb.spec.url,
+                    cb.observe_only(),
+                    cb.status.as_ref().and_then(|s| s.callback_id.as_ref()),
+                    cb.meta().deletion_timestamp.is_some(),
+                )
+                    .hash(&mut h);
+                Some(h.finish())
+            },
+            Default::default(),
+        )
+}
+
+/// The observe-only EnsCallbacks with the URL of managed `cb`.
+fn observers_of(store: &Store<EnsCallback>, cb: &EnsCallback) -> Vec<ObjectRef<EnsCallback>> {
+    if cb.observe_only() {
+        return Vec::new();
+    }
+    store
+        .state()
+        .into_iter()
+        .filter(|o| o.observe_only() && o.spec.url == cb.spec.url)
+        .map(|o| ObjectRef::from_obj(&*o))
+        .collect()
 }
 
 /// Secret metadata touched in the namespaces the controller needs: with `--watch-namespace`,
@@ -319,6 +366,7 @@ async fn run_subscriptions(
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 (
                     s.callback_id,
+                    s.observed.map(|o| o.callback_id),
                     is_true(&s.conditions, ConditionType::Verified),
                     cb.meta().deletion_timestamp.is_some(),
                 )

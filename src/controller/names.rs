@@ -56,6 +56,14 @@ pub fn callback_name(cluster: &str, namespace: &str, name: &str) -> String {
     qualified(cluster, namespace, name, ENS_NAME_MAX)
 }
 
+/// `interval` jittered ±10% by a hash of the object `namespace/name`, so periodic checks of
+/// many objects spread out.
+pub fn spread(interval: std::time::Duration, namespace: &str, name: &str) -> std::time::Duration {
+    let h = short_hash(&[namespace, name]);
+    let frac = u64::from_str_radix(&h[..4], 16).unwrap_or(0) as f64 / 65535.0; // 0..1
+    interval.mul_f64(0.9 + 0.2 * frac)
+}
+
 /// Default ENS subscription name: `<cluster>.<namespace>.<name>` (≤ 128 characters).
 pub fn subscription_name(cluster: &str, namespace: &str, name: &str) -> String {
     qualified(cluster, namespace, name, ENS_NAME_MAX)

@@ -1,12 +1,13 @@
 //! What both reconcilers share around their own apply/cleanup/pause: the pause annotation, the
-//! tenant's reconcile slot, the finalizer, the reconcile metric, per-object backoff and the
-//! requeue policy after errors.
+//! tenant's reconcile slot, the finalizer (none for observe-only objects), the reconcile metric,
+//! per-object backoff and the requeue policy after errors.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::{
     Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
     runtime::{
         controller::Action,
         finalizer::{Error as FinalizerError, Event, finalizer},
@@ -19,6 +20,7 @@ use crate::{
     api::{
         EnsCallback, EnsSubscription,
         annotations::{FINALIZER, PAUSE},
+        common::ManagementPolicy,
         conditions::Reason,
     },
     controller::{
@@ -60,6 +62,24 @@ impl Tenant for EnsSubscription {
     }
 }
 
+/// An object whose ENS side the controller may manage, or only observe.
+pub trait Managed {
+    /// `managementPolicy: Observe`: no finalizer, nothing changed in ENS, deletion untouched.
+    fn observe_only(&self) -> bool;
+}
+
+impl Managed for EnsCallback {
+    fn observe_only(&self) -> bool {
+        self.spec.management_policy == ManagementPolicy::Observe
+    }
+}
+
+impl Managed for EnsSubscription {
+    fn observe_only(&self) -> bool {
+        self.spec.management_policy == ManagementPolicy::Observe
+    }
+}
+
 /// Errors surfaced to kube-runtime (the finalizer wraps ours).
 pub type ReconcileError = FinalizerError<Error>;
 
@@ -73,7 +93,9 @@ fn backoff_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 }
 
 /// Runs `apply` or `cleanup` behind the finalizer, unless the object is paused; counts the
-/// result and resets the object's backoff on success. Holds one of the tenant's slots
+/// result and resets the object's backoff on success. An observe-only object has no finalizer
+/// (one left from when it was managed is removed): `apply` reports it, and its deletion calls
+/// nothing. Holds one of the tenant's slots
 /// throughout; when they are all taken, requeues soon without reading anything (docs/design.md §8:
 /// one tenant's slow ENS never holds the workers another's reconciles need).
 pub async fn reconcile<K, A, AF, C, CF, P, PF>(
@@ -86,6 +108,7 @@ pub async fn reconcile<K, A, AF, C, CF, P, PF>(
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Tenant
+        + Managed
         + Clone
         + DeserializeOwned
         + Serialize
@@ -122,13 +145,23 @@ where
         None => None,
     };
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let res = finalizer(&api, FINALIZER, obj, |event| async {
-        match event {
-            Event::Apply(obj) => apply(obj, ctx.clone()).await,
-            Event::Cleanup(obj) => cleanup(obj, ctx.clone()).await,
+    let res = if obj.observe_only() {
+        match release_finalizer(&api, obj.as_ref()).await {
+            Err(e) => Err(FinalizerError::RemoveFinalizer(e)),
+            Ok(()) if obj.meta().deletion_timestamp.is_some() => Ok(Action::await_change()),
+            Ok(()) => apply(obj, ctx.clone())
+                .await
+                .map_err(FinalizerError::ApplyFailed),
         }
-    })
-    .await;
+    } else {
+        finalizer(&api, FINALIZER, obj, |event| async {
+            match event {
+                Event::Apply(obj) => apply(obj, ctx.clone()).await,
+                Event::Cleanup(obj) => cleanup(obj, ctx.clone()).await,
+            }
+        })
+        .await
+    };
     // The object went away while its finalizer was being removed: the cleanup is done.
     let res = match res {
         Err(FinalizerError::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => {
@@ -158,6 +191,35 @@ where
         ctx.reset_backoff(&key);
     }
     res
+}
+
+/// Removes this controller's finalizer, if present: a JSON patch that first tests the list is
+/// unchanged, so another controller's finalizer added meanwhile is never dropped.
+async fn release_finalizer<K>(api: &Api<K>, obj: &K) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let finalizers = obj.finalizers();
+    let Some(i) = finalizers.iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": FINALIZER},
+        {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
+    ]))
+    .expect("a valid JSON patch");
+    match api
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The reconcile metric's `result` when the tenant's slots were all taken.

@@ -132,6 +132,38 @@ pub fn after_error<S: HasConditions>(
     status
 }
 
+/// Shows a failed reconcile in the object's status (see [`after_error`]); a conflict is not
+/// shown, as it is retried at once from fresh state. A failed write is only logged: the error
+/// itself is what the caller returns.
+pub async fn show_error<K, S>(
+    obj: &K,
+    current: Option<&S>,
+    e: &crate::controller::error::Error,
+    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    client: &kube::Client,
+) where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    S: HasConditions + Default,
+{
+    if e.is_conflict() {
+        return;
+    }
+    let s = after_error(
+        current.cloned().unwrap_or_default(),
+        e.reason(),
+        &e.to_string(),
+        e.is_terminal(),
+        obj.meta().generation,
+        now,
+    );
+    if let Err(w) = apply(obj, current, &s, client).await {
+        tracing::warn!(error = %w, "writing the error status failed");
+    }
+}
+
 /// The status of a paused object: `Reconciling` and `Stalled` False with reason
 /// `ReconcilePaused`, so readers see nothing is being done; `Ready` and the domain conditions stay
 /// as last observed, and the message says they may be stale.

@@ -17,8 +17,12 @@ use crate::{
         annotations::{CALLBACK_ID, SUBSCRIPTION_ID},
     },
     controller::{
-        callback::observe as cb_observe, credentials::CredentialsRef, names,
-        subscription::observe as sub_observe, tenant,
+        callback::observe as cb_observe,
+        credentials::CredentialsRef,
+        names,
+        orphans::{describes_callback, describes_subscription},
+        subscription::observe as sub_observe,
+        tenant,
     },
     ens::{Callback, Subscription},
 };
@@ -149,20 +153,13 @@ async fn gather(ctx: &Ctx) -> Result<Report, PluginError> {
         }
         let secret_name = r.as_ref().map(|r| r.name.clone());
         for rc in &remote {
-            let manager = all_cbs.iter().find(|cb| {
-                cb_observe::recorded_id(cb).as_deref() == Some(rc.callback_id.as_str())
-                    || cb.spec.url == rc.url
-            });
-            if manager.is_none() {
+            if !all_cbs.iter().any(|cb| describes_callback(cb, rc)) {
                 acc.unmanaged
                     .push(unmanaged_callback(ctx, rc, secret_name.as_deref()));
             }
         }
         for rs in &remote_subs {
-            let managed = all_subs.iter().any(|s| {
-                sub_observe::recorded_id(s).as_deref() == Some(rs.subscription_id.as_str())
-            });
-            if !managed {
+            if !all_subs.iter().any(|s| describes_subscription(s, rs)) {
                 let parent = all_cbs
                     .iter()
                     .find(|cb| {

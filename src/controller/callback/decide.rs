@@ -240,9 +240,7 @@ pub fn url_path(url: &str) -> String {
 
 /// Per-object drift interval, jittered ±10% by a hash of the object so checks spread out.
 pub fn drift_interval(seen: &Observed, s: &Settings) -> Duration {
-    let h = crate::controller::names::short_hash(&[&seen.namespace, &seen.name]);
-    let frac = u64::from_str_radix(&h[..4], 16).unwrap_or(0) as f64 / 65535.0; // 0..1
-    s.drift_interval.mul_f64(0.9 + 0.2 * frac)
+    names::spread(s.drift_interval, &seen.namespace, &seen.name)
 }
 
 /// Whether ENS's probe of `cb` reached the receiver: its hand-off names it (or names no
@@ -690,6 +688,8 @@ impl<'a> StatusBuilder<'a> {
     fn new(seen: &'a Observed, now: Timestamp) -> Self {
         let mut status = seen.status.clone();
         status.observed_generation = seen.generation;
+        // What an observe-only phase of this object reported is not a managed object's status.
+        status.observed = None;
         // Only an id this object was found to own and still records is shown (registration
         // sets a newly recorded one once it holds).
         status.callback_id = seen

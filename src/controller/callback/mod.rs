@@ -4,6 +4,7 @@
 pub mod act;
 pub mod decide;
 pub mod observe;
+pub(crate) mod observe_only;
 pub mod ownership;
 
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::{
     controller::{
         context::Context,
         error::{Error, Op, ens_reason},
-        reconciler::{self, ReconcileError},
+        reconciler::{self, Managed, ReconcileError},
         status,
     },
     ens::{Credentials, Deleted, EnsError},
@@ -29,7 +30,13 @@ pub async fn reconcile(obj: Arc<EnsCallback>, ctx: Arc<Context>) -> Result<Actio
     reconciler::reconcile(
         obj,
         ctx,
-        |o, c| async move { apply(&o, &c).await },
+        |o, c| async move {
+            if o.observe_only() {
+                observe_only::reconcile(&o, &c).await
+            } else {
+                apply(&o, &c).await
+            }
+        },
         |o, c| async move { cleanup(&o, &c).await },
         |o, c| async move { pause(&o, &c).await },
     )
@@ -74,21 +81,9 @@ async fn apply(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
         Ok::<_, Error>(Action::requeue(plan.requeue))
     }
     .await;
-    // A conflict is retried at once from fresh state: nothing worth reporting in the status.
-    if let Some(e) = outcome.as_ref().err().filter(|e| !e.is_conflict()) {
-        // The status tells the truth about the failure too.
-        let current = obj.status.clone().unwrap_or_default();
-        let s = status::after_error(
-            current,
-            e.reason(),
-            &e.to_string(),
-            e.is_terminal(),
-            obj.meta().generation,
-            &Time(now),
-        );
-        if let Err(w) = status::apply(obj, obj.status.as_ref(), &s, &ctx.client).await {
-            tracing::warn!(error = %w, "writing the error status failed");
-        }
+    // The status tells the truth about a failure too.
+    if let Err(e) = &outcome {
+        status::show_error(obj, obj.status.as_ref(), e, &Time(now), &ctx.client).await;
     }
     outcome
 }

@@ -25,6 +25,7 @@ use crate::{
         keys::{Claim, KeyData, KeySecretRef, Owner, Probe},
         names,
         recent::Key,
+        reconciler::Managed,
         tenant,
     },
     ens::Credentials,
@@ -319,8 +320,8 @@ async fn receiver_serves(ctx: &Context, base: &str, path: &str) -> bool {
     }
 }
 
-/// The oldest other live EnsCallback with the same URL, or (both on the managed receiver) the
-/// same path; `None` when this object is the first claimant. One that holds its ENS callback
+/// The oldest other live managed EnsCallback with the same URL, or (both on the managed
+/// receiver) the same path; `None` when this object is the first claimant. One that holds its ENS callback
 /// already (in status, which only the controller writes) comes first whatever its age:
 /// creation times have one-second resolution, so a newcomer created in the same second must not
 /// win by its name. Other ties go by namespace/name.
@@ -339,16 +340,23 @@ pub fn url_claimed_by(ctx: &Context, obj: &EnsCallback) -> Option<String> {
     };
     let managed = |o: &EnsCallback| o.spec.receiver == ReceiverMode::Managed;
     let mine = rank(obj);
+    // An observe-only object serves no path and claims nothing; it yields to every managed one
+    // with its URL, whatever their ages, and reads nothing of theirs.
+    let observing = obj.observe_only();
     store
         .state()
         .into_iter()
         .filter(|o| o.meta().uid != obj.meta().uid && o.meta().deletion_timestamp.is_none())
+        .filter(|o| !o.observe_only())
         .filter(|o| {
             o.spec.url == obj.spec.url
-                || (managed(o) && managed(obj) && url_path(&o.spec.url) == url_path(&obj.spec.url))
+                || (!observing
+                    && managed(o)
+                    && managed(obj)
+                    && url_path(&o.spec.url) == url_path(&obj.spec.url))
         })
         .map(|o| rank(&o))
-        .filter(|r| *r < mine)
+        .filter(|r| observing || *r < mine)
         .min()
         .map(|(_, _, ns, name)| format!("{ns}/{name}"))
 }

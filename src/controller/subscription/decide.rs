@@ -23,6 +23,8 @@ pub enum CallbackView {
     NotVerified,
     /// Verified; subscriptions may attach to this callback id.
     Verified(String),
+    /// The EnsCallback is observe-only: a managed subscription cannot attach to it.
+    ObserveOnly,
 }
 
 /// What ENS holds for this subscription.
@@ -142,7 +144,7 @@ fn desired_state(spec: &EnsSubscriptionSpec) -> SubscriptionState {
     }
 }
 
-fn as_set(v: &[String]) -> BTreeSet<&str> {
+pub(crate) fn as_set(v: &[String]) -> BTreeSet<&str> {
     v.iter().map(String::as_str).collect()
 }
 
@@ -177,6 +179,8 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
     let now = Time(now);
     let mut status = seen.status.clone();
     status.observed_generation = seen.generation;
+    // What an observe-only phase of this object reported is not a managed object's status.
+    status.observed = None;
     // Only an id this object was found to own is shown (set below once it is).
     status.subscription_id = seen
         .confirmed_id
@@ -268,6 +272,21 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
                 Reason::CallbackNotVerified,
                 msg,
                 WAIT_CALLBACK,
+            );
+        }
+        CallbackView::ObserveOnly => {
+            let msg = format!(
+                "EnsCallback {} is observe-only (managementPolicy: Observe): nothing is attached to a callback the operator does not manage; set managementPolicy: Observe here too, or Full on the EnsCallback",
+                seen.spec.callback_ref.name
+            );
+            return plan(
+                status,
+                None,
+                false,
+                true,
+                Reason::CallbackObserveOnly,
+                msg,
+                STALLED_RECHECK,
             );
         }
         CallbackView::Verified(id) => id.clone(),

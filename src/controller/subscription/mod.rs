@@ -4,6 +4,7 @@
 pub mod act;
 pub mod decide;
 pub mod observe;
+pub(crate) mod observe_only;
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use crate::{
     controller::{
         context::Context,
         error::{Error, Op, ens_reason},
-        reconciler::{self, ReconcileError},
+        reconciler::{self, Managed, ReconcileError},
         status,
     },
     ens::{Deleted, EnsError},
@@ -30,7 +31,13 @@ pub async fn reconcile(
     reconciler::reconcile(
         obj,
         ctx,
-        |o, c| async move { apply(&o, &c).await },
+        |o, c| async move {
+            if o.observe_only() {
+                observe_only::reconcile(&o, &c).await
+            } else {
+                apply(&o, &c).await
+            }
+        },
         |o, c| async move { cleanup(&o, &c).await },
         |o, c| async move { pause(&o, &c).await },
     )
@@ -72,19 +79,8 @@ async fn apply(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
         Ok::<_, Error>(Action::requeue(plan.requeue))
     }
     .await;
-    // A conflict is retried at once from fresh state: nothing worth reporting in the status.
-    if let Some(e) = outcome.as_ref().err().filter(|e| !e.is_conflict()) {
-        let s = status::after_error(
-            obj.status.clone().unwrap_or_default(),
-            e.reason(),
-            &e.to_string(),
-            e.is_terminal(),
-            obj.meta().generation,
-            &Time(now),
-        );
-        if let Err(w) = status::apply(obj, obj.status.as_ref(), &s, &ctx.client).await {
-            tracing::warn!(error = %w, "writing the error status failed");
-        }
+    if let Err(e) = &outcome {
+        status::show_error(obj, obj.status.as_ref(), e, &Time(now), &ctx.client).await;
     }
     outcome
 }

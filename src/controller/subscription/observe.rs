@@ -19,6 +19,7 @@ use crate::{
         credentials::{self, CredentialsError, CredentialsRef},
         error::{Error, Op},
         recent::Key,
+        reconciler::Managed,
     },
     ens::Credentials,
 };
@@ -70,6 +71,7 @@ pub async fn observe(
     let cb = callback(ctx, obj).await?;
     let callback = match &cb {
         None => CallbackView::Missing,
+        Some(cb) if cb.observe_only() => CallbackView::ObserveOnly,
         Some(cb) => {
             let status = cb.status.clone().unwrap_or_default();
             match status.callback_id {
@@ -186,7 +188,7 @@ pub fn name_claimed_by(ctx: &Context, obj: &EnsSubscription) -> Option<String> {
         .state()
         .into_iter()
         .filter(|o| o.meta().uid != obj.meta().uid && o.meta().deletion_timestamp.is_none())
-        .filter(|o| o.namespace() == obj.namespace())
+        .filter(|o| o.namespace() == obj.namespace() && !o.observe_only())
         .filter(|o| o.spec.callback_ref == obj.spec.callback_ref && ens_name(o) == mine_name)
         .map(|o| rank(&o))
         .filter(|r| *r < mine)
