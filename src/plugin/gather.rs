@@ -29,6 +29,7 @@ use crate::{
         credentials::{self, CredentialsError, CredentialsRef},
         keys::KeyData,
         names,
+        reconciler::Managed,
         subscription::observe as sub_observe,
         tenant,
     },
@@ -154,12 +155,18 @@ pub(crate) async fn callback(
     let mut subscriptions = Vec::new();
     for s in subs {
         let c = creds.as_ref().map_err(|(m, _)| m.clone());
-        subscriptions.push(subscription(ctx, s, c, status.callback_id.as_deref()).await);
+        // An observer's subscriptions hang on the callback it reports.
+        let id = status
+            .callback_id
+            .as_deref()
+            .or(status.observed.as_ref().map(|o| o.callback_id.as_str()));
+        subscriptions.push(subscription(ctx, s, c, id).await);
     }
     CallbackReport {
         url: cb.spec.url.clone(),
         receiver: format!("{:?}", cb.spec.receiver),
         paused: cb.annotations().get(PAUSE).is_some_and(|v| v == "true"),
+        observe_only: cb.observe_only(),
         conditions: status.conditions.iter().map(Cond::from).collect(),
         verification_deadline,
         credentials,

@@ -115,13 +115,18 @@ pub(crate) fn text(tree: &Tree) -> String {
 fn callback(out: &mut String, cb: &CallbackReport) {
     let _ = writeln!(
         out,
-        "EnsCallback {}/{}  {}  (receiver {}){}",
+        "EnsCallback {}/{}  {}  (receiver {}){}{}",
         cb.namespace,
         cb.name,
         cb.url,
         cb.receiver,
         if cb.paused {
             "  [reconcile paused by annotation]"
+        } else {
+            ""
+        },
+        if cb.observe_only {
+            "  [observe-only: nothing in ENS is changed]"
         } else {
             ""
         }

@@ -177,6 +177,8 @@ pub(crate) struct CallbackReport {
     pub(crate) receiver: String,
     /// The `ens-operator.io/paused` annotation is `"true"`.
     pub(crate) paused: bool,
+    /// `managementPolicy: Observe`.
+    pub(crate) observe_only: bool,
     pub(crate) conditions: Vec<Cond>,
     pub(crate) verification_deadline: Option<Deadline>,
     pub(crate) credentials: Section<CredView>,
