@@ -890,7 +890,7 @@ async fn a_paused_object_says_so_and_its_deletion_still_cleans_up() {
 #[tokio::test]
 async fn an_observe_only_object_never_blocks_reads_or_changes_another_teams_callback() {
     let t = Tenants::start("ten-observe").await;
-    let ans = t.attacker.name.clone();
+    let (vns, ans) = (t.victim.name.clone(), t.attacker.name.clone());
     let observe = |mut doc: Value| {
         doc["spec"]["managementPolicy"] = json!("Observe");
         doc
@@ -903,26 +903,95 @@ async fn an_observe_only_object_never_blocks_reads_or_changes_another_teams_call
         .await;
     // It does not block the victim, which becomes Ready as if it were alone.
     let v = t.victim_ready().await;
-    let before = t.victim_state(&v).await;
-    let mutations = t.mutations().await;
     // Once the victim holds the URL, the observer shows nothing of its callback.
     let msg = t.wait_reason::<EnsCallback>(&ans, "peek", "UrlInUse").await;
-    assert!(msg.contains(&format!("{}/orders", t.victim.name)), "{msg}");
+    assert!(msg.contains(&format!("{vns}/orders")), "{msg}");
     let peek = t.callbacks(&ans).get("peek").await.unwrap();
-    let status = peek.status.unwrap();
-    assert_eq!(status.observed, None, "nothing of the victim's callback");
-    assert_eq!(status.callback_id, None);
+    assert_eq!(peek.status.as_ref().unwrap().observed, None);
+    assert_eq!(peek.status.unwrap().callback_id, None);
     assert!(peek.metadata.finalizers.unwrap_or_default().is_empty());
-    // Asking for the victim's subscription by its ENS name under the observer finds nothing.
-    let victim_sub_name =
-        ens_operator::controller::names::subscription_name("test", &t.victim.name, "sent");
-    let mut sub = observe(t.subscription("peek-sub", "peek"));
-    sub["spec"]["subscriptionName"] = json!(victim_sub_name);
-    t.apply::<EnsSubscription>(&t.mallory, &ans, sub).await;
-    t.wait_reason::<EnsSubscription>(&ans, "peek-sub", "CallbackNotFound")
+
+    // A callback made by hand, observed by the attacker, whose observer is then paused (its
+    // report goes stale) while the victim adopts the callback and subscribes to it.
+    let hand = t.hand_made_callback("Shared (Setup)", "/ens/shared").await;
+    t.apply::<EnsCallback>(&t.mallory, &ans, observe(t.callback("look", "/ens/shared")))
         .await;
-    let peek_sub = t.subscriptions(&ans).get("peek-sub").await.unwrap();
-    assert_eq!(peek_sub.status.unwrap().observed, None);
+    wait_for(&t.callbacks(&ans), "look", T, |cb| {
+        cb.status
+            .as_ref()
+            .and_then(|s| s.observed.as_ref())
+            .is_some_and(|o| o.callback_id == hand)
+    })
+    .await;
+    annotate::<EnsCallback>(
+        &t.mallory,
+        &ans,
+        "look",
+        json!({"ens-operator.io/paused": "true"}),
+    )
+    .await;
+    t.wait_reason::<EnsCallback>(&ans, "look", "Observed").await;
+    let probe = Api::<Secret>::namespaced(t.admin.clone(), &t.rx.name)
+        .get("hand-made-ens-shared-probe")
+        .await
+        .unwrap();
+    let vkey = String::from_utf8(probe.data.unwrap()["verificationKey"].0.clone()).unwrap();
+    let mut adopt = t.callback("shared", "/ens/shared");
+    adopt["spec"]["receiver"] = json!("External");
+    adopt["metadata"]["annotations"] = json!({
+        "ens-operator.io/callback-id": hand, "ens-operator.io/verification-key": vkey});
+    t.apply::<EnsCallback>(&t.admin, &vns, adopt).await;
+    wait_for(&t.callbacks(&vns), "shared", T, cb_ready).await;
+    t.apply::<EnsSubscription>(&t.admin, &vns, t.subscription("shared-sent", "shared"))
+        .await;
+    let victim_sub = wait_for(&t.subscriptions(&vns), "shared-sent", T, sub_ready).await;
+    let victim_sub_id = victim_sub.status.unwrap().subscription_id.unwrap();
+    let before = t.victim_state(&v).await;
+    let shared_before = t.remote(&hand).await.unwrap();
+    let mutations = t.mutations().await;
+    // The paused observer still reports the callback; an observe-only subscription under it,
+    // named as the victim's, must show nothing of the victim's subscription.
+    let stale = t.callbacks(&ans).get("look").await.unwrap();
+    assert_eq!(stale.status.unwrap().observed.unwrap().callback_id, hand);
+    let mut sub = observe(t.subscription("look-sub", "look"));
+    sub["spec"]["subscriptionName"] = json!(ens_operator::controller::names::subscription_name(
+        "test",
+        &vns,
+        "shared-sent"
+    ));
+    t.apply::<EnsSubscription>(&t.mallory, &ans, sub).await;
+    let msg = t
+        .wait_reason::<EnsSubscription>(&ans, "look-sub", "UrlInUse")
+        .await;
+    assert!(msg.contains(&format!("{vns}/shared")), "{msg}");
+    let look_sub = t.subscriptions(&ans).get("look-sub").await.unwrap();
+    let status = look_sub.status.unwrap();
+    assert_eq!(status.observed, None, "nothing of {victim_sub_id}");
+    assert!(
+        !serde_json::to_string(&status)
+            .unwrap()
+            .contains(&victim_sub_id),
+        "{status:?}"
+    );
+    // Unpaused, the observer drops what it reported.
+    annotate::<EnsCallback>(
+        &t.mallory,
+        &ans,
+        "look",
+        json!({"ens-operator.io/paused": null}),
+    )
+    .await;
+    t.wait_reason::<EnsCallback>(&ans, "look", "UrlInUse").await;
+    assert_eq!(
+        t.callbacks(&ans)
+            .get("look")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .observed,
+        None
+    );
     // Switching to Full is refused as for any newcomer on the victim's URL.
     Api::<EnsCallback>::namespaced(t.mallory.clone(), &ans)
         .patch(
@@ -937,23 +1006,28 @@ async fn an_observe_only_object_never_blocks_reads_or_changes_another_teams_call
             .is_some_and(|(r, m)| r == "UrlInUse" && m.contains("already uses this URL"))
     })
     .await;
-    for name in ["peek-sub"] {
-        Api::<EnsSubscription>::namespaced(t.mallory.clone(), &ans)
+    Api::<EnsSubscription>::namespaced(t.mallory.clone(), &ans)
+        .delete("look-sub", &DeleteParams::default())
+        .await
+        .unwrap();
+    for name in ["peek", "look"] {
+        Api::<EnsCallback>::namespaced(t.mallory.clone(), &ans)
             .delete(name, &DeleteParams::default())
             .await
             .unwrap();
+        wait_gone(&t.callbacks(&ans), name, T).await;
     }
-    Api::<EnsCallback>::namespaced(t.mallory.clone(), &ans)
-        .delete("peek", &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_gone(&t.callbacks(&ans), "peek", T).await;
-    wait_gone(&t.subscriptions(&ans), "peek-sub", T).await;
+    wait_gone(&t.subscriptions(&ans), "look-sub", T).await;
     assert_eq!(t.mutations().await, mutations, "nothing changed in ENS");
     assert_eq!(
         t.victim_state(&v).await,
         before,
         "victim's callback, subscriptions and key"
+    );
+    assert_eq!(
+        t.remote(&hand).await.unwrap(),
+        shared_before,
+        "the adopted callback"
     );
     t.victim_still_receives("after-observe").await;
 }

@@ -92,8 +92,10 @@ pub struct EnsCallbackSpec {
     pub deletion_policy: DeletionPolicy,
 
     /// `Full` (default) manages the ENS callback; `Observe` only finds the callback with this
-    /// URL and reports it and its drift in `status.observed`, never changing ENS.
-    #[serde(default, skip_serializing_if = "is_full")]
+    /// URL and reports it and its drift in `status.observed`, never changing ENS. `Observe` may
+    /// become `Full`, not the reverse.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf || self == 'Full'").message("managementPolicy cannot change from Full to Observe: to stop managing the callback, delete this object with deletionPolicy: Retain and create an observe-only one"))]
     pub management_policy: ManagementPolicy,
 
     /// How an existing ENS callback with the same URL is treated.
@@ -109,10 +111,6 @@ pub struct EnsCallbackSpec {
 
 fn default_max_batch_size() -> i32 {
     1000
-}
-
-pub(crate) fn is_full(p: &ManagementPolicy) -> bool {
-    *p == ManagementPolicy::Full
 }
 
 /// Who serves the callback URL.

@@ -87,8 +87,10 @@ pub struct EnsSubscriptionSpec {
 
     /// `Full` (default) manages the ENS subscription; `Observe` only finds the subscription of
     /// this name on the callback and reports it and its drift in `status.observed`, never
-    /// changing ENS. Its EnsCallback must be observe-only too, or managed and ready.
-    #[serde(default, skip_serializing_if = "super::callback::is_full")]
+    /// changing ENS. Its EnsCallback must be observe-only too, or managed and ready. `Observe`
+    /// may become `Full`, not the reverse.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf || self == 'Full'").message("managementPolicy cannot change from Full to Observe: to stop managing the subscription, delete this object with deletionPolicy: Retain and create an observe-only one"))]
     pub management_policy: ManagementPolicy,
 }
 

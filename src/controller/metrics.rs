@@ -66,6 +66,13 @@ pub struct OrphanLabels {
     pub kind: &'static str,
 }
 
+/// Labels of the orphan scan counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScanLabels {
+    /// `ok` or `failed`, per account scanned.
+    pub result: &'static str,
+}
+
 /// The controller's metrics.
 pub struct Metrics {
     /// Reconciles by kind and result.
@@ -82,6 +89,8 @@ pub struct Metrics {
     pub time_to_verified: Histogram,
     /// ENS objects no resource describes, per account, as of the last orphan scan.
     pub orphans: Family<OrphanLabels, Gauge>,
+    /// Orphan scans of one account, by result.
+    pub orphan_scans: Family<ScanLabels, Counter>,
 }
 
 impl Metrics {
@@ -99,6 +108,7 @@ impl Metrics {
                 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0,
             ]),
             orphans: Family::default(),
+            orphan_scans: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("ens_operator");
         r.register(
@@ -135,6 +145,11 @@ impl Metrics {
             "orphans",
             "ENS callbacks and subscriptions no resource describes, per account (last orphan scan)",
             m.orphans.clone(),
+        );
+        r.register(
+            "orphan_scans",
+            "Orphan scans of one ENS account, by result (a failed one keeps the last figures)",
+            m.orphan_scans.clone(),
         );
         m
     }

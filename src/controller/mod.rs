@@ -8,6 +8,7 @@ pub mod crash;
 pub(crate) mod credentials;
 pub(crate) mod error;
 pub(crate) mod keys;
+pub(crate) mod lifecycle;
 pub(crate) mod metrics;
 pub mod names;
 pub(crate) mod orphans;

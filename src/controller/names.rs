@@ -91,6 +91,15 @@ pub fn looks_derived(name: &str) -> bool {
     }
 }
 
+/// Whether `name` is the readable name derived in `cluster` for some object of `namespace`.
+pub fn derived_in(name: &str, cluster: &str, namespace: &str) -> bool {
+    name.strip_prefix(cluster)
+        .and_then(|r| r.strip_prefix('.'))
+        .and_then(|r| r.strip_prefix(namespace))
+        .and_then(|r| r.strip_prefix('.'))
+        .is_some_and(|n| !n.is_empty())
+}
+
 /// Route Secret (receiver namespace) of a managed callback: `ens-route.<namespace>.<name>`.
 pub fn route_secret(namespace: &str, name: &str) -> String {
     qualified("ens-route", namespace, name, ROUTE_MAX)

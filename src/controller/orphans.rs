@@ -4,7 +4,9 @@
 //! `ens_operator_orphans{account,kind}`, counted per ENS account every `--orphan-scan-interval`
 //! against the objects the controller watches.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::ResourceExt;
 
 use crate::{
     api::{EnsCallback, EnsSubscription},
@@ -12,27 +14,31 @@ use crate::{
         callback::observe as cb_observe,
         context::Context,
         credentials::{self, CredentialsRef},
-        metrics::OrphanLabels,
-        subscription::observe as sub_observe,
+        metrics::{OrphanLabels, ScanLabels},
         tenant,
     },
     ens::{Callback, EnsError, Subscription},
 };
 
-/// Whether `cb` describes the remote callback `rc`: it records or observes its id, or has its
-/// URL (one callback per URL in an account).
+/// Whether `cb` describes the remote callback `rc` (of the same account): its status records or
+/// observes its id (status is the controller's alone), or it has its URL (one callback per URL
+/// in an account).
 pub(crate) fn describes_callback(cb: &EnsCallback, rc: &Callback) -> bool {
-    let observed = cb.status.as_ref().and_then(|s| s.observed.as_ref());
-    cb_observe::recorded_id(cb).as_deref() == Some(rc.callback_id.as_str())
-        || observed.is_some_and(|o| o.callback_id == rc.callback_id)
+    let status = cb.status.as_ref();
+    status.and_then(|s| s.callback_id.as_deref()) == Some(rc.callback_id.as_str())
+        || status
+            .and_then(|s| s.observed.as_ref())
+            .is_some_and(|o| o.callback_id == rc.callback_id)
         || cb.spec.url == rc.url
 }
 
-/// Whether `s` describes the remote subscription `rs`: it records or observes its id.
+/// Whether `s` describes the remote subscription `rs`: its status records or observes its id.
 pub(crate) fn describes_subscription(s: &EnsSubscription, rs: &Subscription) -> bool {
-    let observed = s.status.as_ref().and_then(|st| st.observed.as_ref());
-    sub_observe::recorded_id(s).as_deref() == Some(rs.subscription_id.as_str())
-        || observed.is_some_and(|o| o.subscription_id == rs.subscription_id)
+    let status = s.status.as_ref();
+    status.and_then(|st| st.subscription_id.as_deref()) == Some(rs.subscription_id.as_str())
+        || status
+            .and_then(|st| st.observed.as_ref())
+            .is_some_and(|o| o.subscription_id == rs.subscription_id)
 }
 
 /// How many of an account's callbacks and subscriptions no object describes.
@@ -80,8 +86,9 @@ pub(crate) async fn scan_every(
             return;
         };
         let _ = (cbs.wait_until_ready().await, subs.wait_until_ready().await);
+        let mut known = BTreeSet::new();
         loop {
-            scan(&ctx, &cbs.state(), &subs.state()).await;
+            scan(&ctx, &cbs.state(), &subs.state(), &mut known).await;
             tokio::time::sleep(interval).await;
         }
     };
@@ -105,67 +112,98 @@ async fn wait_store<K: kube::Resource<DynamicType = ()> + Clone + 'static>(
     None
 }
 
-/// One scan: each account the objects' credentials (or the default ones) reach, once.
+/// One scan: each account the objects' credentials (or the default ones) reach, once, compared
+/// with the objects of that account. An account whose credentials or lists fail keeps its last
+/// figures; one no object reaches any more is dropped.
 async fn scan(
     ctx: &Context,
     cbs: &[std::sync::Arc<EnsCallback>],
     subs: &[std::sync::Arc<EnsSubscription>],
+    known: &mut BTreeSet<String>,
 ) {
-    let mut refs: BTreeMap<(String, String), CredentialsRef> = BTreeMap::new();
-    let default = ctx.args.default_credentials.as_deref().and_then(|d| {
-        let (namespace, name) = d.split_once('/')?;
-        Some(CredentialsRef {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            default_for: None,
-        })
-    });
-    for r in cbs
-        .iter()
-        .filter_map(|cb| cb_observe::credentials_ref(ctx, cb))
-        .filter(|r| r.default_for.is_none())
-        .chain(default)
-    {
-        refs.entry((r.namespace.clone(), r.name.clone()))
-            .or_insert(r);
-    }
-    let cbs: Vec<EnsCallback> = cbs.iter().map(|c| (**c).clone()).collect();
-    let subs: Vec<EnsSubscription> = subs.iter().map(|s| (**s).clone()).collect();
-    let mut found: BTreeMap<String, Counts> = BTreeMap::new();
-    for r in refs.values() {
-        let creds = match credentials::load(&ctx.client, Some(r)).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(credentials = %r, error = %e, "orphan scan: credentials unusable");
-                continue;
+    // Each reference as the objects resolve it (the default's scope is per asking namespace).
+    let cb_ref = |cb: &EnsCallback| cb_observe::credentials_ref(ctx, cb);
+    let sub_ref = |s: &EnsSubscription| {
+        let ns = s.namespace().unwrap_or_default();
+        cbs.iter()
+            .find(|cb| {
+                cb.namespace().as_deref() == Some(ns.as_str())
+                    && cb.name_any() == s.spec.callback_ref.name
+            })
+            .map_or_else(
+                || CredentialsRef::resolve(&ns, None, ctx.args.default_credentials.as_deref()),
+                |cb| cb_ref(cb),
+            )
+    };
+    let mut refs: Vec<CredentialsRef> = cbs.iter().filter_map(|cb| cb_ref(cb)).collect();
+    refs.extend(subs.iter().filter_map(|s| sub_ref(s)));
+    refs.sort_by_key(|r| r.to_string() + r.default_for.as_deref().unwrap_or_default());
+    refs.dedup();
+    let mut account_of: Vec<(CredentialsRef, String)> = Vec::new();
+    let mut accounts: BTreeMap<String, crate::ens::Credentials> = BTreeMap::new();
+    for r in refs {
+        match credentials::load(&ctx.client, Some(&r)).await {
+            Ok(c) => {
+                let account = tenant::fingerprint(&c);
+                accounts.entry(account.clone()).or_insert(c);
+                account_of.push((r, account));
             }
-        };
-        let account = tenant::fingerprint(&creds);
-        if found.contains_key(&account) {
-            continue;
+            Err(e) => {
+                tracing::debug!(credentials = %r, error = %e, "orphan scan: credentials unusable")
+            }
         }
-        match remote_of(ctx, &creds).await {
+    }
+    let in_account = |r: Option<CredentialsRef>, account: &str| {
+        r.is_some_and(|r| account_of.iter().any(|(k, a)| *k == r && a == account))
+    };
+    let mut seen = BTreeSet::new();
+    for (account, creds) in &accounts {
+        seen.insert(account.clone());
+        let mine_cbs: Vec<EnsCallback> = cbs
+            .iter()
+            .filter(|cb| in_account(cb_ref(cb), account))
+            .map(|cb| (**cb).clone())
+            .collect();
+        let mine_subs: Vec<EnsSubscription> = subs
+            .iter()
+            .filter(|s| in_account(sub_ref(s), account))
+            .map(|s| (**s).clone())
+            .collect();
+        match remote_of(ctx, creds).await {
             Ok((remote, remote_subs)) => {
-                found.insert(account, count(&remote, &remote_subs, &cbs, &subs));
+                let n = count(&remote, &remote_subs, &mine_cbs, &mine_subs);
+                for (kind, v) in [("callback", n.callbacks), ("subscription", n.subscriptions)] {
+                    ctx.metrics
+                        .orphans
+                        .get_or_create(&OrphanLabels {
+                            account: account.clone(),
+                            kind,
+                        })
+                        .set(v);
+                }
+                ctx.metrics
+                    .orphan_scans
+                    .get_or_create(&ScanLabels { result: "ok" })
+                    .inc();
             }
             Err(e) => {
-                tracing::warn!(credentials = %r, error = %e, "orphan scan: listing ENS failed");
+                ctx.metrics
+                    .orphan_scans
+                    .get_or_create(&ScanLabels { result: "failed" })
+                    .inc();
+                tracing::warn!(account = %account, error = %e, "orphan scan: listing ENS failed; keeping the last figures");
             }
         }
     }
-    tracing::debug!(accounts = found.len(), "orphan scan done");
-    let gauge = &ctx.metrics.orphans;
-    gauge.clear();
-    for (account, n) in found {
-        for (kind, v) in [("callback", n.callbacks), ("subscription", n.subscriptions)] {
-            gauge
-                .get_or_create(&OrphanLabels {
-                    account: account.clone(),
-                    kind,
-                })
-                .set(v);
+    for gone in known.difference(&seen) {
+        for kind in ["callback", "subscription"] {
+            ctx.metrics.orphans.remove(&OrphanLabels {
+                account: gone.clone(),
+                kind,
+            });
         }
     }
+    *known = seen;
 }
 
 /// Every callback of the account and every subscription of each.

@@ -26,7 +26,7 @@ use crate::{
     controller::{
         callback::ownership::{self, Claimant},
         keys::{Claim, KeyData, KeySecretRef, Probe},
-        names,
+        lifecycle, names,
     },
     ens::{Callback, CallbackUpdate, NewCallback},
 };
@@ -207,18 +207,9 @@ pub struct LegacyRoute {
 }
 
 /// The decision: at most one step, the status to show, and when to look again.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    /// The step to take, if any.
-    pub step: Option<Step>,
-    /// The status describing the object after this decision.
-    pub status: EnsCallbackStatus,
-    /// When to reconcile again if nothing else triggers it.
-    pub requeue: Duration,
-}
+pub type Plan = lifecycle::Plan<Step, EnsCallbackStatus>;
 
-/// How soon to look again after a mutating step (its own watch event usually comes first).
-pub const AFTER_STEP: Duration = Duration::from_millis(200);
+pub use crate::controller::lifecycle::AFTER_STEP;
 const RECEIVER_POLL: Duration = Duration::from_secs(2);
 const STALLED_RECHECK: Duration = Duration::from_secs(300);
 
@@ -608,6 +599,9 @@ fn steady(
     // from the status in the cache, which may lag and would rotate twice.
     let handled = seen.keys.as_ref().and_then(|k| k.rotation.as_ref());
     if seen.regenerate_request.is_some() && seen.regenerate_request.as_ref() != handled {
+        // Written only once the step succeeded, as every plan's status is.
+        let mut b = b;
+        b.status.key_rotation = seen.regenerate_request.clone();
         return b
             .progressing(Reason::KeyRegenerating, "rotating the signature key")
             .plan(
@@ -690,6 +684,7 @@ impl<'a> StatusBuilder<'a> {
         status.observed_generation = seen.generation;
         // What an observe-only phase of this object reported is not a managed object's status.
         status.observed = None;
+        status.conditions.retain(|c| c.type_ != C::Synced.as_str());
         // Only an id this object was found to own and still records is shown (registration
         // sets a newly recorded one once it holds).
         status.callback_id = seen

@@ -9,18 +9,19 @@ pub mod ownership;
 
 use std::sync::Arc;
 
-use k8s_openapi::{
-    api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
-};
+use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{Api, Resource, ResourceExt, api::DeleteParams, runtime::controller::Action};
 
 use crate::{
-    api::{EnsCallback, annotations::CREATE_PENDING, common::DeletionPolicy, conditions::Reason},
+    api::{
+        EnsCallback, EnsCallbackStatus, annotations::CREATE_PENDING, common::DeletionPolicy,
+        conditions::Reason,
+    },
     controller::{
         context::Context,
         error::{Error, Op, ens_reason},
+        lifecycle::{self, Lifecycle},
         reconciler::{self, Managed, ReconcileError},
-        status,
     },
     ens::{Credentials, Deleted, EnsError},
 };
@@ -32,77 +33,75 @@ pub async fn reconcile(obj: Arc<EnsCallback>, ctx: Arc<Context>) -> Result<Actio
         ctx,
         |o, c| async move {
             if o.observe_only() {
-                observe_only::reconcile(&o, &c).await
+                lifecycle::run::<observe_only::Observe>(&o, &c).await
             } else {
-                apply(&o, &c).await
+                lifecycle::run::<Manage>(&o, &c).await
             }
         },
         |o, c| async move { cleanup(&o, &c).await },
-        |o, c| async move { pause(&o, &c).await },
+        |o, c| async move { lifecycle::pause::<Manage>(&o, &c).await },
     )
     .await
 }
 
-/// Shows in status that reconciliation is paused.
-async fn pause(obj: &EnsCallback, ctx: &Context) -> Result<(), Error> {
-    let current = obj.status.clone().unwrap_or_default();
-    let s = status::paused(current, obj.meta().generation, &Time(Timestamp::now()));
-    status::apply(obj, obj.status.as_ref(), &s, &ctx.client)
-        .await
-        .map_err(Error::kube(Op::WritingStatus))?;
-    Ok(())
-}
+/// The managed lifecycle: create → verify → keep in line with the spec (docs/design.md §3).
+pub(crate) struct Manage;
 
-async fn apply(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
-    let recorded = observe::recorded_id(obj);
-    if let Some(uid) = obj.meta().uid.as_deref()
-        && ctx.recent_callbacks.awaits_record(uid, recorded.as_deref())
-    {
-        // The cache has not caught up with the id this process just recorded; the watch event
-        // of that write wakes the next reconcile (or the requeue does, at most a few seconds on).
-        return Ok(Action::requeue(decide::AFTER_STEP));
+impl Lifecycle for Manage {
+    type Object = EnsCallback;
+    type Status = EnsCallbackStatus;
+    type Seen = decide::Observed;
+    type Step = decide::Step;
+
+    fn current(obj: &EnsCallback) -> Option<&EnsCallbackStatus> {
+        obj.status.as_ref()
     }
-    let now = Timestamp::now();
-    let outcome = async {
-        let (seen, creds) = observe::observe(ctx, obj).await?;
-        let mut plan = decide::decide(&seen, &ctx.settings, now);
-        if let Some(step) = plan.step.take() {
-            tracing::info!(callback = %obj.name_any(), namespace = ?obj.namespace(), step = ?step_name(&step), "acting");
-            let rotated = match &step {
-                decide::Step::RegenerateKey { request, .. } => request.clone(),
-                _ => None,
-            };
-            act::act(ctx, obj, &seen, creds.as_ref(), step).await?;
-            if rotated.is_some() {
-                plan.status.key_rotation = rotated;
-            }
+
+    fn awaits_record(obj: &EnsCallback, ctx: &Context) -> bool {
+        let recorded = observe::recorded_id(obj);
+        obj.meta()
+            .uid
+            .as_deref()
+            .is_some_and(|uid| ctx.recent_callbacks.awaits_record(uid, recorded.as_deref()))
+    }
+
+    async fn observe(
+        obj: &EnsCallback,
+        ctx: &Context,
+    ) -> Result<(decide::Observed, Option<Credentials>), Error> {
+        observe::observe(ctx, obj).await
+    }
+
+    fn decide(seen: &decide::Observed, ctx: &Context, now: Timestamp) -> decide::Plan {
+        decide::decide(seen, &ctx.settings, now)
+    }
+
+    fn step_name(step: &decide::Step) -> &'static str {
+        use decide::Step::*;
+        match step {
+            WriteKeySecret(_) => "write-key-secret",
+            MarkCreatePending => "mark-create-pending",
+            Create(_) => "create",
+            Record(_) => "record",
+            ForgetRemote => "forget-remote",
+            RegenerateKey { .. } => "regenerate-key",
+            Verify { .. } => "verify",
+            DiscardProbe => "discard-probe",
+            DeleteRemote { .. } => "delete-remote",
+            DeleteUnprobed { .. } => "delete-unprobed",
+            Update(_) => "update",
+            DeleteLegacyRoute(_) => "delete-legacy-route",
         }
-        status::apply(obj, obj.status.as_ref(), &plan.status, &ctx.client).await.map_err(Error::kube(Op::WritingStatus))?;
-        Ok::<_, Error>(Action::requeue(plan.requeue))
     }
-    .await;
-    // The status tells the truth about a failure too.
-    if let Err(e) = &outcome {
-        status::show_error(obj, obj.status.as_ref(), e, &Time(now), &ctx.client).await;
-    }
-    outcome
-}
 
-fn step_name(step: &decide::Step) -> &'static str {
-    use decide::Step::*;
-    match step {
-        WriteKeySecret(_) => "write-key-secret",
-        MarkCreatePending => "mark-create-pending",
-        Create(_) => "create",
-        Record(_) => "record",
-        ForgetRemote => "forget-remote",
-        RegenerateKey { .. } => "regenerate-key",
-        Verify { .. } => "verify",
-        DiscardProbe => "discard-probe",
-        DeleteRemote { .. } => "delete-remote",
-        DeleteUnprobed { .. } => "delete-unprobed",
-        Update(_) => "update",
-        DeleteLegacyRoute(_) => "delete-legacy-route",
+    async fn act(
+        obj: &EnsCallback,
+        ctx: &Context,
+        seen: &decide::Observed,
+        creds: Option<&Credentials>,
+        step: decide::Step,
+    ) -> Result<(), Error> {
+        act::act(ctx, obj, seen, creds, step).await
     }
 }
 

@@ -340,23 +340,18 @@ pub fn url_claimed_by(ctx: &Context, obj: &EnsCallback) -> Option<String> {
     };
     let managed = |o: &EnsCallback| o.spec.receiver == ReceiverMode::Managed;
     let mine = rank(obj);
-    // An observe-only object serves no path and claims nothing; it yields to every managed one
-    // with its URL, whatever their ages, and reads nothing of theirs.
-    let observing = obj.observe_only();
     store
         .state()
         .into_iter()
         .filter(|o| o.meta().uid != obj.meta().uid && o.meta().deletion_timestamp.is_none())
+        // An observe-only object serves no path and claims nothing (docs/observe-only.md).
         .filter(|o| !o.observe_only())
         .filter(|o| {
             o.spec.url == obj.spec.url
-                || (!observing
-                    && managed(o)
-                    && managed(obj)
-                    && url_path(&o.spec.url) == url_path(&obj.spec.url))
+                || (managed(o) && managed(obj) && url_path(&o.spec.url) == url_path(&obj.spec.url))
         })
         .map(|o| rank(&o))
-        .filter(|r| observing || *r < mine)
+        .filter(|r| *r < mine)
         .min()
         .map(|(_, _, ns, name)| format!("{ns}/{name}"))
 }

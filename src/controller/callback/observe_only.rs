@@ -3,12 +3,12 @@
 //! `status.observed`. It reads ENS and writes only its own status: no finalizer, route, key
 //! Secret or ENS mutation. It never shows a callback a managed EnsCallback holds.
 
-use std::time::Duration;
+use std::{convert::Infallible, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{Resource, ResourceExt, runtime::controller::Action};
+use kube::{Resource, ResourceExt};
 
-use super::observe::{load_credentials, url_claimed_by};
+use super::observe::load_credentials;
 use crate::{
     api::{
         EnsCallback,
@@ -18,38 +18,68 @@ use crate::{
     controller::{
         context::Context,
         error::{Error, Op},
-        names, status,
+        lifecycle::{Lifecycle, Plan},
+        names,
+        reconciler::Managed,
+        tenant,
     },
-    ens::Callback,
+    ens::{Callback, Credentials},
 };
 
 /// Looks again this long after a person must act (URL in use, no credentials).
 const STALLED_RECHECK: Duration = Duration::from_secs(300);
-/// Looks again at most this long after ENS had no callback for the URL.
-const ABSENT_RECHECK: Duration = Duration::from_secs(60);
+/// Looks again at most this long after ENS had no callback for the URL (one may be registered
+/// by hand any moment; `kubectl ens reconcile` looks at once).
+const ABSENT_RECHECK: Duration = Duration::from_secs(300);
 
-/// Reports the ENS callback with this object's URL.
-pub(crate) async fn reconcile(obj: &EnsCallback, ctx: &Context) -> Result<Action, Error> {
-    let now = Timestamp::now();
-    let outcome = async {
-        let seen = observe(ctx, obj).await?;
-        let (status, requeue) = decide(&seen, &ctx.settings.cluster_name, now);
-        status::apply(obj, obj.status.as_ref(), &status, &ctx.client)
-            .await
-            .map_err(Error::kube(Op::WritingStatus))?;
-        Ok::<_, Error>(Action::requeue(requeue))
+/// The observe-only lifecycle: observe and report, never a step.
+pub(crate) struct Observe;
+
+impl Lifecycle for Observe {
+    type Object = EnsCallback;
+    type Status = EnsCallbackStatus;
+    type Seen = Seen;
+    type Step = Infallible;
+
+    fn current(obj: &EnsCallback) -> Option<&EnsCallbackStatus> {
+        obj.status.as_ref()
     }
-    .await;
-    if let Err(e) = &outcome {
-        status::show_error(obj, obj.status.as_ref(), e, &Time(now), &ctx.client).await;
+
+    async fn observe(
+        obj: &EnsCallback,
+        ctx: &Context,
+    ) -> Result<(Seen, Option<Credentials>), Error> {
+        Ok((observe(ctx, obj).await?, None))
     }
-    outcome
+
+    fn decide(seen: &Seen, ctx: &Context, now: Timestamp) -> Plan<Infallible, EnsCallbackStatus> {
+        let (status, requeue) = decide(seen, &ctx.settings.cluster_name, now);
+        Plan {
+            step: None,
+            status,
+            requeue,
+        }
+    }
+
+    fn step_name(step: &Infallible) -> &'static str {
+        match *step {}
+    }
+
+    async fn act(
+        _: &EnsCallback,
+        _: &Context,
+        _: &Seen,
+        _: Option<&Credentials>,
+        step: Infallible,
+    ) -> Result<(), Error> {
+        match step {}
+    }
 }
 
 /// What ENS holds for the URL, as far as this object may know.
 #[derive(Clone, Debug, PartialEq)]
 enum Lookup {
-    /// A managed EnsCallback (`namespace/name`) holds the URL: not read.
+    /// A managed EnsCallback (`namespace/name`) holds the URL or the callback: not shown.
     Claimed(String),
     /// The credentials are unusable: not read.
     NoCredentials(String),
@@ -61,7 +91,7 @@ enum Lookup {
 
 /// Everything the decision looks at.
 #[derive(Clone, Debug)]
-struct Seen {
+pub(crate) struct Seen {
     generation: Option<i64>,
     namespace: String,
     name: String,
@@ -72,27 +102,32 @@ struct Seen {
 }
 
 async fn observe(ctx: &Context, obj: &EnsCallback) -> Result<Seen, Error> {
-    let lookup = match url_claimed_by(ctx, obj) {
-        Some(owner) => Lookup::Claimed(owner),
-        None => match load_credentials(ctx, obj).await? {
-            Err(why) => Lookup::NoCredentials(why),
-            Ok(c) => {
-                ctx.ens_permit(&c).await;
-                let found = ctx
-                    .ens
-                    .list_callbacks(&c)
-                    .await
-                    .map_err(Error::ens(Op::ListingCallbacks))?
-                    .into_iter()
-                    .find(|cb| cb.url == obj.spec.url);
-                // A managed object creates its callback only after the cache holds it: asked
-                // again now, the cache names any object whose create the list could show.
-                match (url_claimed_by(ctx, obj), found) {
-                    (Some(owner), _) => Lookup::Claimed(owner),
-                    (None, found) => found.map_or(Lookup::Absent, Lookup::Found),
+    let lookup = match load_credentials(ctx, obj).await? {
+        Err(why) => Lookup::NoCredentials(why),
+        Ok(c) => {
+            let tenant = tenant::fingerprint(&c);
+            match blocked_by(ctx, obj, &tenant) {
+                Some(owner) => Lookup::Claimed(owner),
+                None => {
+                    ctx.ens_permit(&c).await;
+                    let found = ctx
+                        .ens
+                        .list_callbacks(&c)
+                        .await
+                        .map_err(Error::ens(Op::ListingCallbacks))?
+                        .into_iter()
+                        .find(|cb| cb.url == obj.spec.url);
+                    // A managed object creates its callback only once the cache holds it: asked
+                    // again now, the cache names any object whose create the list could show.
+                    let holder = blocked_by(ctx, obj, &tenant)
+                        .or_else(|| found.as_ref().and_then(|cb| held_by(ctx, obj, cb)));
+                    match (holder, found) {
+                        (Some(owner), _) => Lookup::Claimed(owner),
+                        (None, found) => found.map_or(Lookup::Absent, Lookup::Found),
+                    }
                 }
             }
-        },
+        }
     };
     Ok(Seen {
         generation: obj.meta().generation,
@@ -102,6 +137,56 @@ async fn observe(ctx: &Context, obj: &EnsCallback) -> Result<Seen, Error> {
         status: obj.status.clone().unwrap_or_default(),
         lookup,
         drift_interval: ctx.settings.drift_interval,
+    })
+}
+
+/// A managed EnsCallback (`namespace/name`, being deleted or not) with the URL of observer `obj`
+/// in its account `tenant` (or in an account not known yet): the observer then shows nothing.
+pub(crate) fn blocked_by(ctx: &Context, obj: &EnsCallback, tenant: &str) -> Option<String> {
+    let store = ctx.callbacks.get()?;
+    store
+        .state()
+        .into_iter()
+        .filter(|o| o.meta().uid != obj.meta().uid && !o.observe_only())
+        .filter(|o| o.spec.url == obj.spec.url)
+        .filter(|o| {
+            o.status
+                .as_ref()
+                .and_then(|s| s.tenant.as_deref())
+                .is_none_or(|t| t == tenant)
+        })
+        .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
+        .min()
+}
+
+/// Why observer `obj` may not show `cb` although no managed object has its URL: a managed
+/// EnsCallback records it, or its name is one the operator derives for an object of another
+/// cluster or namespace (which this controller may not watch).
+pub(crate) fn held_by(ctx: &Context, obj: &EnsCallback, cb: &Callback) -> Option<String> {
+    held(ctx, obj, &cb.callback_id, &cb.callback_name)
+}
+
+/// [`held_by`] for the callback `id` named `name` in ENS.
+pub(crate) fn held(ctx: &Context, obj: &EnsCallback, id: &str, name: &str) -> Option<String> {
+    let ns = obj.namespace().unwrap_or_default();
+    let recorded = ctx.callbacks.get().and_then(|store| {
+        store
+            .state()
+            .into_iter()
+            .filter(|o| !o.observe_only())
+            .find(|o| o.status.as_ref().and_then(|s| s.callback_id.as_deref()) == Some(id))
+            .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
+    });
+    let cluster = &ctx.settings.cluster_name;
+    let foreign_name = names::looks_derived(name)
+        && !names::derived_in(name, cluster, &ns)
+        && name != names::callback_name(cluster, &ns, &obj.name_any());
+    recorded.or_else(|| {
+        foreign_name.then(|| {
+            format!(
+                "an object of another cluster or namespace (its ENS name {name:?} is one ens-operator derives)"
+            )
+        })
     })
 }
 
@@ -158,7 +243,7 @@ fn decide(seen: &Seen, cluster: &str, now: Timestamp) -> (EnsCallbackStatus, Dur
             true,
             Reason::UrlInUse,
             format!(
-                "EnsCallback {owner} manages this URL; an observe-only EnsCallback does not read a callback another object holds"
+                "EnsCallback {owner} manages this URL; an observe-only EnsCallback shows nothing of a callback another object holds"
             ),
             STALLED_RECHECK,
         ),
@@ -177,7 +262,6 @@ fn decide(seen: &Seen, cluster: &str, now: Timestamp) -> (EnsCallbackStatus, Dur
                 "ENS has no callback for {} in this account; observe-only never creates one (set managementPolicy: Full to create it)",
                 seen.spec.url
             ),
-            // One may be registered by hand any moment.
             names::spread(
                 seen.drift_interval.min(ABSENT_RECHECK),
                 &seen.namespace,
@@ -199,8 +283,9 @@ fn decide(seen: &Seen, cluster: &str, now: Timestamp) -> (EnsCallbackStatus, Dur
                 "observing ENS callback {id} (status {}); nothing in ENS is changed; {adopt}",
                 cb.status
             );
+            // Ready as for any callback: usable, i.e. verified.
             (
-                true,
+                cb.is_verified(),
                 false,
                 Reason::Observed,
                 msg,
@@ -337,6 +422,11 @@ mod tests {
         );
         assert_eq!(reason(&s, C::Synced), ("True".into(), "Observed".into()));
         assert_eq!(reason(&s, C::Verified).0, "False");
+        assert_eq!(
+            reason(&s, C::Ready),
+            ("False".into(), "Observed".into()),
+            "not usable"
+        );
         assert!(s.observed.unwrap().drift.is_empty());
     }
 

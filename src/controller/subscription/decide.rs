@@ -84,18 +84,9 @@ pub enum Step {
 }
 
 /// The decision.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    /// At most one step.
-    pub step: Option<Step>,
-    /// Status to show.
-    pub status: EnsSubscriptionStatus,
-    /// When to look again.
-    pub requeue: Duration,
-}
+pub type Plan = crate::controller::lifecycle::Plan<Step, EnsSubscriptionStatus>;
 
-/// How soon to look again after a mutating step.
-pub const AFTER_STEP: Duration = Duration::from_millis(200);
+pub use crate::controller::lifecycle::AFTER_STEP;
 const WAIT_CALLBACK: Duration = Duration::from_secs(30);
 const STALLED_RECHECK: Duration = Duration::from_secs(300);
 
@@ -181,6 +172,7 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
     status.observed_generation = seen.generation;
     // What an observe-only phase of this object reported is not a managed object's status.
     status.observed = None;
+    status.conditions.retain(|c| c.type_ != C::Synced.as_str());
     // Only an id this object was found to own is shown (set below once it is).
     status.subscription_id = seen
         .confirmed_id

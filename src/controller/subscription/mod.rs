@@ -8,19 +8,19 @@ pub(crate) mod observe_only;
 
 use std::sync::Arc;
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt, runtime::controller::Action};
 
 use crate::{
-    api::{EnsSubscription, common::DeletionPolicy, conditions::Reason},
+    api::{EnsSubscription, EnsSubscriptionStatus, common::DeletionPolicy, conditions::Reason},
     controller::tenant::fingerprint,
     controller::{
         context::Context,
         error::{Error, Op, ens_reason},
+        lifecycle::{self, Lifecycle},
         reconciler::{self, Managed, ReconcileError},
-        status,
     },
-    ens::{Deleted, EnsError},
+    ens::{Credentials, Deleted, EnsError},
 };
 
 /// Reconciles one `EnsSubscription`.
@@ -33,56 +33,69 @@ pub async fn reconcile(
         ctx,
         |o, c| async move {
             if o.observe_only() {
-                observe_only::reconcile(&o, &c).await
+                lifecycle::run::<observe_only::Observe>(&o, &c).await
             } else {
-                apply(&o, &c).await
+                lifecycle::run::<Manage>(&o, &c).await
             }
         },
         |o, c| async move { cleanup(&o, &c).await },
-        |o, c| async move { pause(&o, &c).await },
+        |o, c| async move { lifecycle::pause::<Manage>(&o, &c).await },
     )
     .await
 }
 
-/// Shows in status that reconciliation is paused.
-async fn pause(obj: &EnsSubscription, ctx: &Context) -> Result<(), Error> {
-    let current = obj.status.clone().unwrap_or_default();
-    let s = status::paused(current, obj.meta().generation, &Time(Timestamp::now()));
-    status::apply(obj, obj.status.as_ref(), &s, &ctx.client)
-        .await
-        .map_err(Error::kube(Op::WritingStatus))?;
-    Ok(())
-}
+/// The managed lifecycle: wait for a verified callback, create or adopt, keep in line with
+/// the spec.
+pub(crate) struct Manage;
 
-async fn apply(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
-    let recorded = observe::recorded_id(obj);
-    if let Some(uid) = obj.meta().uid.as_deref()
-        && ctx
-            .recent_subscriptions
-            .awaits_record(uid, recorded.as_deref())
-    {
-        // The cache has not caught up with the id this process just recorded; the watch event
-        // of that write wakes the next reconcile (or the requeue does, at most a few seconds on).
-        return Ok(Action::requeue(decide::AFTER_STEP));
+impl Lifecycle for Manage {
+    type Object = EnsSubscription;
+    type Status = EnsSubscriptionStatus;
+    type Seen = decide::Observed;
+    type Step = decide::Step;
+
+    fn current(obj: &EnsSubscription) -> Option<&EnsSubscriptionStatus> {
+        obj.status.as_ref()
     }
-    let now = Timestamp::now();
-    let outcome = async {
-        let (seen, creds) = observe::observe(ctx, obj).await?;
+
+    fn awaits_record(obj: &EnsSubscription, ctx: &Context) -> bool {
+        let recorded = observe::recorded_id(obj);
+        obj.meta().uid.as_deref().is_some_and(|uid| {
+            ctx.recent_subscriptions
+                .awaits_record(uid, recorded.as_deref())
+        })
+    }
+
+    async fn observe(
+        obj: &EnsSubscription,
+        ctx: &Context,
+    ) -> Result<(decide::Observed, Option<Credentials>), Error> {
+        observe::observe(ctx, obj).await
+    }
+
+    fn decide(seen: &decide::Observed, ctx: &Context, now: Timestamp) -> decide::Plan {
         let drift = ctx.settings.drift_interval;
-        let mut plan = decide::decide(&seen, &ctx.settings.cluster_name, drift, now);
-        if let Some(step) = plan.step.take() {
-            act::act(ctx, obj, &seen, creds.as_ref(), step).await?;
+        decide::decide(seen, &ctx.settings.cluster_name, drift, now)
+    }
+
+    fn step_name(step: &decide::Step) -> &'static str {
+        match step {
+            decide::Step::Create(_) => "create",
+            decide::Step::Record(_) => "record",
+            decide::Step::ForgetRemote => "forget-remote",
+            decide::Step::Update(_) => "update",
         }
-        status::apply(obj, obj.status.as_ref(), &plan.status, &ctx.client)
-            .await
-            .map_err(Error::kube(Op::WritingStatus))?;
-        Ok::<_, Error>(Action::requeue(plan.requeue))
     }
-    .await;
-    if let Err(e) = &outcome {
-        status::show_error(obj, obj.status.as_ref(), e, &Time(now), &ctx.client).await;
+
+    async fn act(
+        obj: &EnsSubscription,
+        ctx: &Context,
+        seen: &decide::Observed,
+        creds: Option<&Credentials>,
+        step: decide::Step,
+    ) -> Result<(), Error> {
+        act::act(ctx, obj, seen, creds, step).await
     }
-    outcome
 }
 
 /// Deletes the remote subscription (404 = gone) once it is found to be this object's (see

@@ -3,15 +3,16 @@
 //! or, observe-only too, the one it reports) and reports it and its drift from the spec in
 //! `status.observed`. It reads ENS and writes only its own status.
 
-use std::time::Duration;
+use std::{convert::Infallible, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{Resource, ResourceExt, runtime::controller::Action};
+use kube::{Resource, ResourceExt};
 
 use super::{
     decide::{as_set, ens_name},
     observe::{callback, load_credentials},
 };
+use crate::controller::callback::observe_only::{blocked_by, held};
 use crate::{
     api::{
         EnsCallback, EnsSubscription,
@@ -21,32 +22,59 @@ use crate::{
     controller::{
         context::Context,
         error::{Error, Op},
+        lifecycle::{Lifecycle, Plan},
         names,
         reconciler::Managed,
-        status,
+        tenant,
     },
-    ens::{Subscription, SubscriptionState},
+    ens::{Credentials, Subscription, SubscriptionState},
 };
 
 /// Looks again this long while the callback is not known or a person must act.
 const RECHECK: Duration = Duration::from_secs(60);
 
-/// Reports the ENS subscription this object names.
-pub(crate) async fn reconcile(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> {
-    let now = Timestamp::now();
-    let outcome = async {
-        let seen = observe(ctx, obj).await?;
-        let (status, requeue) = decide(&seen, now);
-        status::apply(obj, obj.status.as_ref(), &status, &ctx.client)
-            .await
-            .map_err(Error::kube(Op::WritingStatus))?;
-        Ok::<_, Error>(Action::requeue(requeue))
+/// The observe-only lifecycle: observe and report, never a step.
+pub(crate) struct Observe;
+
+impl Lifecycle for Observe {
+    type Object = EnsSubscription;
+    type Status = EnsSubscriptionStatus;
+    type Seen = Seen;
+    type Step = Infallible;
+
+    fn current(obj: &EnsSubscription) -> Option<&EnsSubscriptionStatus> {
+        obj.status.as_ref()
     }
-    .await;
-    if let Err(e) = &outcome {
-        status::show_error(obj, obj.status.as_ref(), e, &Time(now), &ctx.client).await;
+
+    async fn observe(
+        obj: &EnsSubscription,
+        ctx: &Context,
+    ) -> Result<(Seen, Option<Credentials>), Error> {
+        Ok((observe(ctx, obj).await?, None))
     }
-    outcome
+
+    fn decide(seen: &Seen, _: &Context, now: Timestamp) -> Plan<Infallible, EnsSubscriptionStatus> {
+        let (status, requeue) = decide(seen, now);
+        Plan {
+            step: None,
+            status,
+            requeue,
+        }
+    }
+
+    fn step_name(step: &Infallible) -> &'static str {
+        match *step {}
+    }
+
+    async fn act(
+        _: &EnsSubscription,
+        _: &Context,
+        _: &Seen,
+        _: Option<&Credentials>,
+        step: Infallible,
+    ) -> Result<(), Error> {
+        match step {}
+    }
 }
 
 /// What ENS holds, as far as this object may know.
@@ -58,6 +86,10 @@ enum Lookup {
     CallbackUnknown,
     /// The credentials are unusable.
     NoCredentials(String),
+    /// A managed EnsCallback (`namespace/name`) holds what the observe-only EnsCallback reported.
+    CallbackClaimed(String),
+    /// The subscription is another object's: why.
+    Held(String),
     /// The callback has no subscription of this name.
     Absent,
     /// The subscription.
@@ -65,7 +97,7 @@ enum Lookup {
 }
 
 #[derive(Clone, Debug)]
-struct Seen {
+pub(crate) struct Seen {
     generation: Option<i64>,
     namespace: String,
     name: String,
@@ -101,14 +133,30 @@ async fn observe(ctx: &Context, obj: &EnsSubscription) -> Result<Seen, Error> {
         Some((cb, Some(id))) => match load_credentials(ctx, obj, Some(cb)).await? {
             Err(why) => Lookup::NoCredentials(why),
             Ok(c) => {
-                ctx.ens_permit(&c).await;
-                ctx.ens
-                    .list_subscriptions(&c, &id)
-                    .await
-                    .map_err(Error::ens(Op::ListingCallbackSSubscriptions))?
-                    .into_iter()
-                    .find(|s| s.subscription_name == ens_name)
-                    .map_or(Lookup::Absent, Lookup::Found)
+                // What an observe-only callback reported may be stale (paused, backing off):
+                // it must still be its to show, before and after the list.
+                let hidden = || parent_hidden(ctx, cb, &c);
+                match hidden() {
+                    Some(owner) => Lookup::CallbackClaimed(owner),
+                    None => {
+                        ctx.ens_permit(&c).await;
+                        let found = ctx
+                            .ens
+                            .list_subscriptions(&c, &id)
+                            .await
+                            .map_err(Error::ens(Op::ListingCallbackSSubscriptions))?
+                            .into_iter()
+                            .find(|s| s.subscription_name == ens_name);
+                        match (hidden(), found) {
+                            (Some(owner), _) => Lookup::CallbackClaimed(owner),
+                            (None, None) => Lookup::Absent,
+                            (None, Some(sub)) => match held_by(ctx, obj, &sub) {
+                                Some(why) => Lookup::Held(why),
+                                None => Lookup::Found(sub),
+                            },
+                        }
+                    }
+                }
             }
         },
     };
@@ -121,6 +169,53 @@ async fn observe(ctx: &Context, obj: &EnsSubscription) -> Result<Seen, Error> {
         status: obj.status.clone().unwrap_or_default(),
         lookup,
         drift_interval: ctx.settings.drift_interval,
+    })
+}
+
+/// Who holds what observe-only `parent` reports (see `callback::observe_only`); `None` for a
+/// managed parent, whose callback is its own.
+fn parent_hidden(ctx: &Context, parent: &EnsCallback, c: &Credentials) -> Option<String> {
+    if !parent.observe_only() {
+        return None;
+    }
+    let observed = parent.status.as_ref()?.observed.as_ref()?;
+    blocked_by(ctx, parent, &tenant::fingerprint(c))
+        .or_else(|| held(ctx, parent, &observed.callback_id, &observed.callback_name))
+}
+
+/// Why observer `obj` may not show `sub`: a managed EnsSubscription of another namespace
+/// records it, or its name is one the operator derives for an object of another cluster or
+/// namespace.
+fn held_by(ctx: &Context, obj: &EnsSubscription, sub: &Subscription) -> Option<String> {
+    let ns = obj.namespace().unwrap_or_default();
+    let recorded = ctx.subscriptions.get().and_then(|store| {
+        store
+            .state()
+            .into_iter()
+            .filter(|o| !o.observe_only() && o.namespace().as_deref() != Some(ns.as_str()))
+            .find(|o| {
+                o.status.as_ref().and_then(|s| s.subscription_id.as_deref())
+                    == Some(sub.subscription_id.as_str())
+            })
+            .map(|o| {
+                format!(
+                    "EnsSubscription {}/{} manages it",
+                    o.namespace().unwrap_or_default(),
+                    o.name_any()
+                )
+            })
+    });
+    let cluster = &ctx.settings.cluster_name;
+    let name = &sub.subscription_name;
+    let foreign = names::looks_derived(name)
+        && !names::derived_in(name, cluster, &ns)
+        && *name != names::subscription_name(cluster, &ns, &obj.name_any());
+    recorded.or_else(|| {
+        foreign.then(|| {
+            format!(
+                "its ENS name {name:?} is one ens-operator derives for an object of another cluster or namespace"
+            )
+        })
     })
 }
 
@@ -184,6 +279,25 @@ fn decide(seen: &Seen, now: Timestamp) -> (EnsSubscriptionStatus, Duration) {
             format!("EnsCallback {cb} holds or reports no ENS callback yet"),
             RECHECK,
         ),
+        Lookup::CallbackClaimed(owner) => (
+            false,
+            true,
+            Reason::UrlInUse,
+            format!(
+                "EnsCallback {owner} manages the URL of EnsCallback {cb}; an observe-only EnsSubscription shows nothing of its subscriptions"
+            ),
+            RECHECK,
+        ),
+        Lookup::Held(why) => (
+            false,
+            true,
+            Reason::ForeignObject,
+            format!(
+                "the ENS subscription named {:?} is not this object's to show: {why}",
+                seen.ens_name
+            ),
+            RECHECK,
+        ),
         Lookup::NoCredentials(why) => (
             false,
             true,
@@ -201,8 +315,9 @@ fn decide(seen: &Seen, now: Timestamp) -> (EnsSubscriptionStatus, Duration) {
             ),
             spread,
         ),
+        // Ready as for any subscription: delivering, i.e. active.
         Lookup::Found(sub) => (
-            true,
+            sub.status == SubscriptionState::Active,
             false,
             Reason::Observed,
             format!(
@@ -333,7 +448,12 @@ mod tests {
             (active.status.as_str(), active.reason.as_str()),
             ("False", "Paused")
         );
-        assert!(crate::api::conditions::is_true(&s.conditions, C::Ready));
+        let ready = find(&s.conditions, C::Ready).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Observed"),
+            "paused"
+        );
     }
 
     #[test]
