@@ -597,41 +597,9 @@ impl Tenants {
     /// An endpoint outside the operator that answers ENS's probe for `path`: a route on the
     /// receiver made by hand, which hands the verification key to nobody.
     async fn hand_made_route(&self, path: &str) {
-        let route: Secret = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": format!("hand-made{}", path.replace('/', "-")), "labels": {"ens-operator.io/route": "true"}},
-            "stringData": {"path": path, "expectProbe": "true"},
-        }))
-        .unwrap();
-        Api::<Secret>::namespaced(self.admin.clone(), &self.rx.name)
-            .create(&PostParams::default(), &route)
-            .await
-            .unwrap();
-        let served = format!(
-            "{}{}",
-            self._receiver.url,
-            ens_operator::receiver::router::ROUTES_PATH
-        );
-        let deadline = tokio::time::Instant::now() + T;
-        loop {
-            let paths: Vec<String> = self
-                .http
-                .get(&served)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if paths.iter().any(|p| p == path) {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the receiver never served {path}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let name = format!("hand-made{}", path.replace('/', "-"));
+        common::hand_made_route(&self.admin, &self.rx.name, &name, path).await;
+        common::wait_served(&self._receiver.url, path).await;
     }
 }
 

@@ -80,6 +80,73 @@ pub(crate) trait Lifecycle {
     ) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
+/// An observe-only lifecycle: it looks and reports, and never takes a step.
+pub(crate) trait Report {
+    /// The custom resource.
+    type Object: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Sync;
+    /// Its status.
+    type Status: HasConditions + Default + Send;
+    /// Everything the report looks at.
+    type Seen: Send + Sync;
+
+    /// The status as last written.
+    fn current(obj: &Self::Object) -> Option<&Self::Status>;
+
+    /// Reads everything once.
+    fn look(
+        obj: &Self::Object,
+        ctx: &Context,
+    ) -> impl Future<Output = Result<Self::Seen, Error>> + Send;
+
+    /// The status to show and when to look again. Pure.
+    fn report(seen: &Self::Seen, ctx: &Context, now: Timestamp) -> (Self::Status, Duration);
+}
+
+impl<R: Report> Lifecycle for R {
+    type Object = R::Object;
+    type Status = R::Status;
+    type Seen = R::Seen;
+    type Step = std::convert::Infallible;
+
+    fn current(obj: &R::Object) -> Option<&R::Status> {
+        R::current(obj)
+    }
+
+    async fn observe(
+        obj: &R::Object,
+        ctx: &Context,
+    ) -> Result<(R::Seen, Option<Credentials>), Error> {
+        Ok((R::look(obj, ctx).await?, None))
+    }
+
+    fn decide(seen: &R::Seen, ctx: &Context, now: Timestamp) -> Plan<Self::Step, R::Status> {
+        let (status, requeue) = R::report(seen, ctx, now);
+        Plan {
+            step: None,
+            status,
+            requeue,
+        }
+    }
+
+    fn step_name(step: &Self::Step) -> &'static str {
+        match *step {}
+    }
+
+    async fn act(
+        _: &R::Object,
+        _: &Context,
+        _: &R::Seen,
+        _: Option<&Credentials>,
+        step: Self::Step,
+    ) -> Result<(), Error> {
+        match step {}
+    }
+}
+
 /// Reconciles `obj` once through lifecycle `L`.
 pub(crate) async fn run<L: Lifecycle>(obj: &L::Object, ctx: &Context) -> Result<Action, Error> {
     if L::awaits_record(obj, ctx) {

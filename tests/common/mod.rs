@@ -229,3 +229,45 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// A receiver route Secret made by hand in `rx_ns`: the receiver answers ENS's probe on `path`
+/// and hands the key to no one but the `<name>-probe` Secret (an endpoint outside the operator,
+/// as for a callback registered by hand in Marketing Cloud's Setup).
+pub async fn hand_made_route(client: &Client, rx_ns: &str, name: &str, path: &str) {
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "labels": {"ens-operator.io/route": "true"}},
+        "stringData": {"path": path, "expectProbe": "true"},
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), rx_ns)
+        .patch(
+            name,
+            &kube::api::PatchParams::apply("tests").force(),
+            &kube::api::Patch::Apply(&secret),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until the receiver at `receiver_url` serves `path`.
+pub async fn wait_served(receiver_url: &str, path: &str) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = format!(
+        "{receiver_url}{}",
+        ens_operator::receiver::router::ROUTES_PATH
+    );
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let paths: Vec<String> = http.get(&url).send().await.unwrap().json().await.unwrap();
+        if paths.iter().any(|p| p == path) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the receiver never served {path}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -457,53 +457,14 @@ impl Stack {
         }
     }
 
-    /// A route Secret made by hand: the receiver answers ENS's probe on `path` and hands the
-    /// key to no one but the `<name>-probe` Secret (so a callback there stays unverified, or can
-    /// be registered and verified by hand, as in Marketing Cloud's Setup).
+    /// A route Secret made by hand (see [`crate::common::hand_made_route`]).
     pub async fn hand_made_route(&self, name: &str, path: &str) {
-        let secret: Secret = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": name, "labels": {"ens-operator.io/route": "true"}},
-            "stringData": {"path": path, "expectProbe": "true"},
-        }))
-        .unwrap();
-        Api::<Secret>::namespaced(self.client.clone(), &self.rx.name)
-            .patch(
-                name,
-                &PatchParams::apply("tests").force(),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .unwrap();
+        crate::common::hand_made_route(&self.client, &self.rx.name, name, path).await;
     }
 
     /// Waits until the receiver serves `path`.
     pub async fn served(&self, path: &str) {
-        let url = format!(
-            "{}{}",
-            self.receiver.url,
-            ens_operator::receiver::router::ROUTES_PATH
-        );
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let paths: Vec<String> = self
-                .http
-                .get(&url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if paths.iter().any(|p| p == path) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the receiver never served {path}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::common::wait_served(&self.receiver.url, path).await;
     }
 
     /// An ENS client and the account's credentials, for what a person does by hand in Setup.

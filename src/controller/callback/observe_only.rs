@@ -3,7 +3,7 @@
 //! `status.observed`. It reads ENS and writes only its own status: no finalizer, route, key
 //! Secret or ENS mutation. It never shows a callback a managed EnsCallback holds.
 
-use std::{convert::Infallible, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Resource, ResourceExt};
@@ -18,12 +18,12 @@ use crate::{
     controller::{
         context::Context,
         error::{Error, Op},
-        lifecycle::{Lifecycle, Plan},
+        lifecycle::Report,
         names,
         reconciler::Managed,
         tenant,
     },
-    ens::{Callback, Credentials},
+    ens::Callback,
 };
 
 /// Looks again this long after a person must act (URL in use, no credentials).
@@ -35,44 +35,21 @@ const ABSENT_RECHECK: Duration = Duration::from_secs(300);
 /// The observe-only lifecycle: observe and report, never a step.
 pub(crate) struct Observe;
 
-impl Lifecycle for Observe {
+impl Report for Observe {
     type Object = EnsCallback;
     type Status = EnsCallbackStatus;
     type Seen = Seen;
-    type Step = Infallible;
 
     fn current(obj: &EnsCallback) -> Option<&EnsCallbackStatus> {
         obj.status.as_ref()
     }
 
-    async fn observe(
-        obj: &EnsCallback,
-        ctx: &Context,
-    ) -> Result<(Seen, Option<Credentials>), Error> {
-        Ok((observe(ctx, obj).await?, None))
+    async fn look(obj: &EnsCallback, ctx: &Context) -> Result<Seen, Error> {
+        observe(ctx, obj).await
     }
 
-    fn decide(seen: &Seen, ctx: &Context, now: Timestamp) -> Plan<Infallible, EnsCallbackStatus> {
-        let (status, requeue) = decide(seen, &ctx.settings.cluster_name, now);
-        Plan {
-            step: None,
-            status,
-            requeue,
-        }
-    }
-
-    fn step_name(step: &Infallible) -> &'static str {
-        match *step {}
-    }
-
-    async fn act(
-        _: &EnsCallback,
-        _: &Context,
-        _: &Seen,
-        _: Option<&Credentials>,
-        step: Infallible,
-    ) -> Result<(), Error> {
-        match step {}
+    fn report(seen: &Seen, ctx: &Context, now: Timestamp) -> (EnsCallbackStatus, Duration) {
+        decide(seen, &ctx.settings.cluster_name, now)
     }
 }
 

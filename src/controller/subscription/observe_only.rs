@@ -3,7 +3,7 @@
 //! or, observe-only too, the one it reports) and reports it and its drift from the spec in
 //! `status.observed`. It reads ENS and writes only its own status.
 
-use std::{convert::Infallible, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Resource, ResourceExt};
@@ -22,7 +22,7 @@ use crate::{
     controller::{
         context::Context,
         error::{Error, Op},
-        lifecycle::{Lifecycle, Plan},
+        lifecycle::Report,
         names,
         reconciler::Managed,
         tenant,
@@ -36,44 +36,21 @@ const RECHECK: Duration = Duration::from_secs(60);
 /// The observe-only lifecycle: observe and report, never a step.
 pub(crate) struct Observe;
 
-impl Lifecycle for Observe {
+impl Report for Observe {
     type Object = EnsSubscription;
     type Status = EnsSubscriptionStatus;
     type Seen = Seen;
-    type Step = Infallible;
 
     fn current(obj: &EnsSubscription) -> Option<&EnsSubscriptionStatus> {
         obj.status.as_ref()
     }
 
-    async fn observe(
-        obj: &EnsSubscription,
-        ctx: &Context,
-    ) -> Result<(Seen, Option<Credentials>), Error> {
-        Ok((observe(ctx, obj).await?, None))
+    async fn look(obj: &EnsSubscription, ctx: &Context) -> Result<Seen, Error> {
+        observe(ctx, obj).await
     }
 
-    fn decide(seen: &Seen, _: &Context, now: Timestamp) -> Plan<Infallible, EnsSubscriptionStatus> {
-        let (status, requeue) = decide(seen, now);
-        Plan {
-            step: None,
-            status,
-            requeue,
-        }
-    }
-
-    fn step_name(step: &Infallible) -> &'static str {
-        match *step {}
-    }
-
-    async fn act(
-        _: &EnsSubscription,
-        _: &Context,
-        _: &Seen,
-        _: Option<&Credentials>,
-        step: Infallible,
-    ) -> Result<(), Error> {
-        match step {}
+    fn report(seen: &Seen, _: &Context, now: Timestamp) -> (EnsSubscriptionStatus, Duration) {
+        decide(seen, now)
     }
 }
 
