@@ -159,15 +159,7 @@ async fn healthy_stack_status_why_check_orphans_rotate_and_the_kubectl_plugin_pa
         before_any.stdout
     );
     // One event through ENS, the receiver and the sink: the receiver reports it for the route.
-    let event = json!([{"eventCategoryType": "TransactionalSendEvents.EmailSent", "timestampUTC": 1_700_000_000_000u64,
-        "definitionKey": "order-confirmation", "mid": 1, "eid": 1, "info": {"messageKey": "m-1", "to": "a@example.com"}}]);
-    stack
-        .emulator_send(reqwest::Method::POST, "events", event)
-        .await;
-    receiver_support::wait_until("the event reaches the sink", T, || {
-        !stack.sink.accepted().is_empty()
-    })
-    .await;
+    stack.deliver_one("m-1").await;
 
     let status = kubectl_ens(&stack, &["status", "callback", "orders"]);
     assert!(status.ok, "{}", status.text());

@@ -501,6 +501,27 @@ impl Stack {
             .sum()
     }
 
+    /// Injects one `EmailSent` event of `order-confirmation` into ENS (message key `key`) and
+    /// waits until the sink accepted it, signature checked by the receiver on the way.
+    pub async fn deliver_one(&self, key: &str) {
+        let event = json!([{"eventCategoryType": "TransactionalSendEvents.EmailSent", "timestampUTC": 1_700_000_000_000u64,
+            "definitionKey": "order-confirmation", "mid": 1, "eid": 1, "info": {"messageKey": key, "to": "a@example.com"}}]);
+        self.emulator_send(reqwest::Method::POST, "events", event)
+            .await;
+        let marker = format!("\"messageKey\":\"{key}\"");
+        crate::receiver_support::wait_until(
+            "the event reaches the sink",
+            Duration::from_secs(60),
+            || {
+                self.sink
+                    .accepted()
+                    .iter()
+                    .any(|d| String::from_utf8_lossy(&d.body).contains(&marker))
+            },
+        )
+        .await;
+    }
+
     /// Every callback the emulator holds.
     pub async fn remote_callbacks(&self) -> Vec<Value> {
         self.emulator_get("callbacks")
