@@ -25,10 +25,10 @@ use crate::{
         context::Context,
         crash::{self, Point},
         error::{Error, Op},
-        keys::KeyData,
+        keys::{KeyData, Probe},
         metrics::DriftLabels,
     },
-    ens::{Callback, Created, CreatedCallback, Credentials, EnsError, NewCallback},
+    ens::{Callback, CallbackUpdate, Created, CreatedCallback, Credentials, EnsError, NewCallback},
 };
 
 /// Runs one step.
@@ -45,298 +45,368 @@ pub async fn act(
         })
     };
     // What ENS said about the object stays true across steps that do not touch ENS; any other
-    // step makes the next reconcile read ENS, unless the step's own answer says it all (below).
-    match &step {
-        Step::WriteKeySecret(_)
-        | Step::MarkCreatePending
-        | Step::DiscardProbe
-        | Step::DeleteLegacyRoute(_)
-        | Step::Record(_) => {}
-        Step::Create(_)
-        | Step::ForgetRemote
-        | Step::RegenerateKey { .. }
-        | Step::Verify { .. }
-        | Step::DeleteRemote { .. }
-        | Step::DeleteUnprobed { .. }
-        | Step::Update(_) => forget(ctx, obj),
+    // step makes the next reconcile read ENS, unless the step's own answer says it all.
+    if step.touches_ens() {
+        forget(ctx, obj);
     }
     match step {
-        Step::WriteKeySecret(data) => write_keys(ctx, seen, &data).await?,
-        Step::DeleteLegacyRoute(at) => {
-            match Api::<Secret>::namespaced(ctx.client.clone(), &at.namespace)
-                .delete(&at.name, &DeleteParams::default())
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => {
-                    return Err(Error::kube(Op::DeletingRouteSecretOldNaming)(e));
-                }
-            }
-        }
-        Step::MarkCreatePending => {
-            // Optimistic concurrency: only one writer may move the object into "create pending".
-            let rv = obj.resource_version();
-            annotate(
-                ctx,
-                obj,
-                json!({ CREATE_PENDING: Timestamp::now().to_string() }),
-                rv,
-            )
-            .await?;
-        }
-        Step::Create(new) => {
-            let c = creds()?;
-            ctx.ens_permit(c).await;
-            crash::reached(Point::BeforeCreatePost);
-            let sent = Instant::now();
-            let res = ctx.ens.create_callback(c, &new).await;
-            match res {
-                Ok(Created::New(created)) => {
-                    crash::reached(Point::AfterCreatePost);
-                    let id = created.callback_id.clone();
-                    let answer = created_as_asked(&created, &new);
-                    let mut keys = seen.keys.clone().unwrap_or_default();
-                    keys.key_callback_id = Some(id.clone());
-                    keys.signature_key = Some(created.signature_key);
-                    keys.previous_key = None;
-                    keys.previous_expires = None;
-                    write_keys(ctx, seen, &keys).await?;
-                    crash::reached(Point::AfterKeyWrite);
-                    record(ctx, obj, Some(&id)).await?;
-                    // The 201 is the whole outcome: the next reconcile (woken by the record)
-                    // need not read the callback back.
-                    if let Some(cb) = answer {
-                        remember(ctx, obj, c, sent, cb);
-                    }
-                    ctx.event(
-                        obj,
-                        false,
-                        Reason::Created,
-                        "CreateCallback",
-                        format!("created ENS callback {id} for {}", new.url),
-                    )
-                    .await;
-                }
-                // 304: a callback with this URL exists (maybe our own earlier attempt); the
-                // pending marker stays, so the next reconcile lists and matches it.
-                Ok(Created::AlreadyExists) => {}
-                Err(e) if e.is_probe_failure() => {
-                    // ENS keeps a callback whose probe failed; delete it so the URL is free.
-                    ctx.ens_permit(c).await;
-                    let leftovers = ctx
-                        .ens
-                        .list_callbacks(c)
-                        .await
-                        .map_err(Error::ens(Op::ListingCallbacks))?;
-                    for cb in leftovers.into_iter().filter(|cb| {
-                        cb.url == new.url
-                            && cb.callback_name == new.callback_name
-                            && !cb.is_verified()
-                    }) {
-                        ctx.ens_permit(c).await;
-                        ctx.ens
-                            .delete_callback(c, &cb.callback_id)
-                            .await
-                            .map_err(Error::ens(Op::DeletingUnverifiableCallback))?;
-                        ctx.event(
-                            obj,
-                            true,
-                            Reason::ReceiverNotReady,
-                            "DeleteCallback",
-                            format!(
-                                "ENS could not probe the URL; deleted the unverifiable callback {}",
-                                cb.callback_id
-                            ),
-                        )
-                        .await;
-                    }
-                    return Err(Error::ens(Op::CreatingCallback)(e));
-                }
-                Err(e) => return Err(Error::ens(Op::CreatingCallback)(e)),
-            }
-        }
-        Step::Record(cb) => {
-            let adopted = !seen.create_pending;
-            record(ctx, obj, Some(&cb.callback_id)).await?;
-            // Only the object changed: what ENS showed still holds, now under the recorded id.
-            if let Ok(c) = creds() {
-                let from = observe::recent_key(obj, seen.recorded_id.as_deref(), c);
-                let to = observe::recent_key(obj, Some(&cb.callback_id), c);
-                if let (Some((uid, from)), Some((_, to))) = (from, to) {
-                    ctx.recent_callbacks.rekey(&uid, &from, to);
-                }
-            }
-            let (reason, note) = if adopted {
-                (
-                    Reason::Adopted,
-                    format!(
-                        "adopted the existing ENS callback {} for {}",
-                        cb.callback_id, cb.url
-                    ),
-                )
-            } else {
-                (
-                    Reason::Created,
-                    format!(
-                        "recorded ENS callback {} created by an earlier attempt",
-                        cb.callback_id
-                    ),
-                )
-            };
-            ctx.event(obj, false, reason, "RecordCallback", note).await;
-        }
-        Step::ForgetRemote => {
-            let id = seen.recorded_id.clone().unwrap_or_default();
-            ctx.metrics
-                .drift
-                .get_or_create(&DriftLabels {
-                    kind: "EnsCallback",
-                    what: "deleted",
-                })
-                .inc();
-            clear_record(ctx, obj).await?;
-            ctx.event(
-                obj,
-                true,
-                Reason::RemoteDeleted,
-                "RecreateCallback",
-                format!("ENS callback {id} was deleted outside Kubernetes; creating a new one"),
-            )
-            .await;
-        }
+        Step::WriteKeySecret(data) => write_keys(ctx, seen, &data).await,
+        Step::DeleteLegacyRoute(at) => delete_legacy_route(ctx, &at).await,
+        Step::MarkCreatePending => mark_create_pending(ctx, obj).await,
+        Step::Create(new) => create(ctx, obj, seen, creds()?, new).await,
+        Step::Record(cb) => record_found(ctx, obj, seen, creds().ok(), cb).await,
+        Step::ForgetRemote => forget_remote(ctx, obj, seen).await,
         Step::RegenerateKey {
             callback_id,
             request,
-        } => {
-            let c = creds()?;
-            ctx.ens_permit(c).await;
-            let res = ctx.ens.regenerate_key(c, &callback_id).await;
-            let created = res.map_err(Error::ens(Op::RegeneratingSignatureKey))?;
-            let mut keys = seen.keys.clone().unwrap_or_default();
-            let old = keys.key_of(&callback_id).cloned();
-            let rotation = request.is_some();
-            keys.key_callback_id = Some(callback_id.clone());
-            keys.signature_key = Some(created.signature_key);
-            (keys.previous_key, keys.previous_expires) = match (rotation, old) {
-                (true, Some(old)) => (
-                    Some(old),
-                    Timestamp::now()
-                        .checked_add(
-                            k8s_openapi::jiff::SignedDuration::try_from(ctx.settings.key_overlap)
-                                .unwrap_or_default(),
-                        )
-                        .ok(),
-                ),
-                _ => (None, None),
-            };
-            if rotation {
-                keys.rotation = request;
-            }
-            write_keys(ctx, seen, &keys).await?;
-            let note = if rotation {
-                format!(
-                    "rotated the signature key of callback {callback_id}; the previous key is accepted for {}",
-                    humantime::format_duration(ctx.settings.key_overlap)
-                )
-            } else {
-                format!(
-                    "the stored signature key of callback {callback_id} was missing; regenerated it"
-                )
-            };
-            ctx.event(
-                obj,
-                !rotation,
-                Reason::KeyRegenerating,
-                "RegenerateKey",
-                note,
-            )
-            .await;
-        }
+        } => regenerate_key(ctx, obj, seen, creds()?, callback_id, request).await,
         Step::Verify { callback_id, probe } => {
-            let c = creds()?;
-            ctx.ens_permit(c).await;
-            let res = ctx
-                .ens
-                .verify_callback(c, &callback_id, &probe.verification_key)
-                .await;
-            match res {
-                Ok(()) => {
-                    crash::reached(Point::AfterVerifyPost);
-                    if let Some(created) = obj.meta().creation_timestamp.as_ref() {
-                        let secs = Timestamp::now().duration_since(created.0).as_secs_f64();
-                        ctx.metrics.time_to_verified.observe(secs.max(0.0));
-                    }
-                    ctx.event(
-                        obj,
-                        false,
-                        Reason::Verified,
-                        "VerifyCallback",
-                        format!("verified ENS callback {callback_id}"),
-                    )
-                    .await;
-                }
-                Err(EnsError::NotFound { .. }) => {
-                    discard_probe(ctx, seen).await?;
-                    ctx.event(
-                        obj,
-                        true,
-                        Reason::AwaitingVerification,
-                        "VerifyCallback",
-                        format!("ENS refused the verification key for callback {callback_id}"),
-                    )
-                    .await;
-                    return Err(Error::VerificationRefused(callback_id));
-                }
-                Err(e) => return Err(Error::ens(Op::VerifyingCallback)(e)),
-            }
+            verify(ctx, obj, seen, creds()?, callback_id, probe).await
         }
-        Step::DiscardProbe => discard_probe(ctx, seen).await?,
+        Step::DiscardProbe => discard_probe(ctx, seen).await,
         Step::DeleteUnprobed { callback_id } => {
-            let c = creds()?;
-            ctx.ens_permit(c).await;
-            let res = ctx.ens.delete_callback(c, &callback_id).await;
-            res.map_err(Error::ens(Op::DeletingUnprobedCallback))?;
-            let note = format!(
-                "ENS callback {callback_id}, left by a create whose probe never reached the receiver, could never be verified; deleted it to create a fresh one"
-            );
-            ctx.event(obj, true, Reason::ReceiverNotReady, "DeleteCallback", note)
-                .await;
+            delete_unprobed(ctx, obj, creds()?, callback_id).await
         }
         Step::DeleteRemote { callback_id } => {
-            let c = creds()?;
-            ctx.ens_permit(c).await;
-            let res = ctx.ens.delete_callback(c, &callback_id).await;
-            res.map_err(Error::ens(Op::DeletingExpiredCallback))?;
-            clear_record(ctx, obj).await?;
-            discard_probe(ctx, seen).await?;
-            ctx.event(obj, true, Reason::VerificationExpired, "DeleteCallback", format!("ENS callback {callback_id} was not verified in time; deleted it to create a fresh one")).await;
+            delete_expired(ctx, obj, seen, creds()?, callback_id).await
         }
-        Step::Update(update) => {
-            let c = creds()?;
-            ctx.ens_permit(c).await;
-            let res = ctx.ens.update_callback(c, &update).await;
-            res.map_err(Error::ens(Op::UpdatingCallback))?;
-            ctx.metrics
-                .drift
-                .get_or_create(&DriftLabels {
-                    kind: "EnsCallback",
-                    what: "settings",
-                })
-                .inc();
+        Step::Update(update) => update_remote(ctx, obj, creds()?, update).await,
+    }
+}
+
+async fn delete_legacy_route(ctx: &Context, at: &super::decide::SecretAt) -> Result<(), Error> {
+    match Api::<Secret>::namespaced(ctx.client.clone(), &at.namespace)
+        .delete(&at.name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(Op::DeletingRouteSecretOldNaming)(e)),
+    }
+}
+
+/// Optimistic concurrency: only one writer may move the object into "create pending".
+async fn mark_create_pending(ctx: &Context, obj: &EnsCallback) -> Result<(), Error> {
+    let rv = obj.resource_version();
+    annotate(
+        ctx,
+        obj,
+        json!({ CREATE_PENDING: Timestamp::now().to_string() }),
+        rv,
+    )
+    .await
+}
+
+/// Creates the callback; on a 201 writes the key, then records the id. A probe failure deletes
+/// the unverifiable callback ENS keeps, so the URL is free for the retry.
+async fn create(
+    ctx: &Context,
+    obj: &EnsCallback,
+    seen: &Observed,
+    c: &Credentials,
+    new: NewCallback,
+) -> Result<(), Error> {
+    ctx.ens_permit(c).await;
+    crash::reached(Point::BeforeCreatePost);
+    let sent = Instant::now();
+    let res = ctx.ens.create_callback(c, &new).await;
+    match res {
+        Ok(Created::New(created)) => {
+            crash::reached(Point::AfterCreatePost);
+            let id = created.callback_id.clone();
+            let answer = created_as_asked(&created, &new);
+            let mut keys = seen.keys.clone().unwrap_or_default();
+            keys.key_callback_id = Some(id.clone());
+            keys.signature_key = Some(created.signature_key);
+            keys.previous_key = None;
+            keys.previous_expires = None;
+            write_keys(ctx, seen, &keys).await?;
+            crash::reached(Point::AfterKeyWrite);
+            record(ctx, obj, Some(&id)).await?;
+            // The 201 is the whole outcome: the next reconcile (woken by the record)
+            // need not read the callback back.
+            if let Some(cb) = answer {
+                remember(ctx, obj, c, sent, cb);
+            }
             ctx.event(
                 obj,
                 false,
-                Reason::ChangePending,
-                "UpdateCallback",
-                format!(
-                    "updated ENS callback {}: name {:?}, maxBatchSize {:?}",
-                    update.callback_id, update.callback_name, update.max_batch_size
-                ),
+                Reason::Created,
+                "CreateCallback",
+                format!("created ENS callback {id} for {}", new.url),
             )
             .await;
         }
+        // 304: a callback with this URL exists (maybe our own earlier attempt); the
+        // pending marker stays, so the next reconcile lists and matches it.
+        Ok(Created::AlreadyExists) => {}
+        Err(e) if e.is_probe_failure() => {
+            // ENS keeps a callback whose probe failed; delete it so the URL is free.
+            ctx.ens_permit(c).await;
+            let leftovers = ctx
+                .ens
+                .list_callbacks(c)
+                .await
+                .map_err(Error::ens(Op::ListingCallbacks))?;
+            for cb in leftovers.into_iter().filter(|cb| {
+                cb.url == new.url && cb.callback_name == new.callback_name && !cb.is_verified()
+            }) {
+                ctx.ens_permit(c).await;
+                ctx.ens
+                    .delete_callback(c, &cb.callback_id)
+                    .await
+                    .map_err(Error::ens(Op::DeletingUnverifiableCallback))?;
+                ctx.event(
+                    obj,
+                    true,
+                    Reason::ReceiverNotReady,
+                    "DeleteCallback",
+                    format!(
+                        "ENS could not probe the URL; deleted the unverifiable callback {}",
+                        cb.callback_id
+                    ),
+                )
+                .await;
+            }
+            return Err(Error::ens(Op::CreatingCallback)(e));
+        }
+        Err(e) => return Err(Error::ens(Op::CreatingCallback)(e)),
     }
+    Ok(())
+}
+
+/// Records an existing callback as this object's.
+async fn record_found(
+    ctx: &Context,
+    obj: &EnsCallback,
+    seen: &Observed,
+    creds: Option<&Credentials>,
+    cb: Callback,
+) -> Result<(), Error> {
+    let adopted = !seen.create_pending;
+    record(ctx, obj, Some(&cb.callback_id)).await?;
+    // Only the object changed: what ENS showed still holds, now under the recorded id.
+    if let Some(c) = creds {
+        let from = observe::recent_key(obj, seen.recorded_id.as_deref(), c);
+        let to = observe::recent_key(obj, Some(&cb.callback_id), c);
+        if let (Some((uid, from)), Some((_, to))) = (from, to) {
+            ctx.recent_callbacks.rekey(&uid, &from, to);
+        }
+    }
+    let (reason, note) = if adopted {
+        (
+            Reason::Adopted,
+            format!(
+                "adopted the existing ENS callback {} for {}",
+                cb.callback_id, cb.url
+            ),
+        )
+    } else {
+        (
+            Reason::Created,
+            format!(
+                "recorded ENS callback {} created by an earlier attempt",
+                cb.callback_id
+            ),
+        )
+    };
+    ctx.event(obj, false, reason, "RecordCallback", note).await;
+    Ok(())
+}
+
+/// Forgets a recorded callback ENS no longer has.
+async fn forget_remote(ctx: &Context, obj: &EnsCallback, seen: &Observed) -> Result<(), Error> {
+    let id = seen.recorded_id.clone().unwrap_or_default();
+    ctx.metrics
+        .drift
+        .get_or_create(&DriftLabels {
+            kind: "EnsCallback",
+            what: "deleted",
+        })
+        .inc();
+    clear_record(ctx, obj).await?;
+    ctx.event(
+        obj,
+        true,
+        Reason::RemoteDeleted,
+        "RecreateCallback",
+        format!("ENS callback {id} was deleted outside Kubernetes; creating a new one"),
+    )
+    .await;
+    Ok(())
+}
+
+/// Gets a new signature key; a rotation keeps the old one for the overlap.
+async fn regenerate_key(
+    ctx: &Context,
+    obj: &EnsCallback,
+    seen: &Observed,
+    c: &Credentials,
+    callback_id: String,
+    request: Option<String>,
+) -> Result<(), Error> {
+    ctx.ens_permit(c).await;
+    let res = ctx.ens.regenerate_key(c, &callback_id).await;
+    let created = res.map_err(Error::ens(Op::RegeneratingSignatureKey))?;
+    let mut keys = seen.keys.clone().unwrap_or_default();
+    let old = keys.key_of(&callback_id).cloned();
+    let rotation = request.is_some();
+    keys.key_callback_id = Some(callback_id.clone());
+    keys.signature_key = Some(created.signature_key);
+    (keys.previous_key, keys.previous_expires) = match (rotation, old) {
+        (true, Some(old)) => (
+            Some(old),
+            Timestamp::now()
+                .checked_add(
+                    k8s_openapi::jiff::SignedDuration::try_from(ctx.settings.key_overlap)
+                        .unwrap_or_default(),
+                )
+                .ok(),
+        ),
+        _ => (None, None),
+    };
+    if rotation {
+        keys.rotation = request;
+    }
+    write_keys(ctx, seen, &keys).await?;
+    let note = if rotation {
+        format!(
+            "rotated the signature key of callback {callback_id}; the previous key is accepted for {}",
+            humantime::format_duration(ctx.settings.key_overlap)
+        )
+    } else {
+        format!("the stored signature key of callback {callback_id} was missing; regenerated it")
+    };
+    ctx.event(
+        obj,
+        !rotation,
+        Reason::KeyRegenerating,
+        "RegenerateKey",
+        note,
+    )
+    .await;
+    Ok(())
+}
+
+/// Verifies with the key the probe delivered.
+async fn verify(
+    ctx: &Context,
+    obj: &EnsCallback,
+    seen: &Observed,
+    c: &Credentials,
+    callback_id: String,
+    probe: Probe,
+) -> Result<(), Error> {
+    ctx.ens_permit(c).await;
+    let res = ctx
+        .ens
+        .verify_callback(c, &callback_id, &probe.verification_key)
+        .await;
+    match res {
+        Ok(()) => {
+            crash::reached(Point::AfterVerifyPost);
+            if let Some(created) = obj.meta().creation_timestamp.as_ref() {
+                let secs = Timestamp::now().duration_since(created.0).as_secs_f64();
+                ctx.metrics.time_to_verified.observe(secs.max(0.0));
+            }
+            ctx.event(
+                obj,
+                false,
+                Reason::Verified,
+                "VerifyCallback",
+                format!("verified ENS callback {callback_id}"),
+            )
+            .await;
+        }
+        Err(EnsError::NotFound { .. }) => {
+            discard_probe(ctx, seen).await?;
+            ctx.event(
+                obj,
+                true,
+                Reason::AwaitingVerification,
+                "VerifyCallback",
+                format!("ENS refused the verification key for callback {callback_id}"),
+            )
+            .await;
+            return Err(Error::VerificationRefused(callback_id));
+        }
+        Err(e) => return Err(Error::ens(Op::VerifyingCallback)(e)),
+    }
+    Ok(())
+}
+
+/// Deletes a callback an ambiguous create left without a probe.
+async fn delete_unprobed(
+    ctx: &Context,
+    obj: &EnsCallback,
+    c: &Credentials,
+    callback_id: String,
+) -> Result<(), Error> {
+    ctx.ens_permit(c).await;
+    let res = ctx.ens.delete_callback(c, &callback_id).await;
+    res.map_err(Error::ens(Op::DeletingUnprobedCallback))?;
+    let note = format!(
+        "ENS callback {callback_id}, left by a create whose probe never reached the receiver, could never be verified; deleted it to create a fresh one"
+    );
+    ctx.event(obj, true, Reason::ReceiverNotReady, "DeleteCallback", note)
+        .await;
+    Ok(())
+}
+
+/// Deletes a callback whose verification window passed, to create a fresh one.
+async fn delete_expired(
+    ctx: &Context,
+    obj: &EnsCallback,
+    seen: &Observed,
+    c: &Credentials,
+    callback_id: String,
+) -> Result<(), Error> {
+    ctx.ens_permit(c).await;
+    let res = ctx.ens.delete_callback(c, &callback_id).await;
+    res.map_err(Error::ens(Op::DeletingExpiredCallback))?;
+    clear_record(ctx, obj).await?;
+    discard_probe(ctx, seen).await?;
+    ctx.event(
+        obj,
+        true,
+        Reason::VerificationExpired,
+        "DeleteCallback",
+        format!(
+            "ENS callback {callback_id} was not verified in time; deleted it to create a fresh one"
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+/// Brings name and batch size in line with the spec.
+async fn update_remote(
+    ctx: &Context,
+    obj: &EnsCallback,
+    c: &Credentials,
+    update: CallbackUpdate,
+) -> Result<(), Error> {
+    ctx.ens_permit(c).await;
+    let res = ctx.ens.update_callback(c, &update).await;
+    res.map_err(Error::ens(Op::UpdatingCallback))?;
+    ctx.metrics
+        .drift
+        .get_or_create(&DriftLabels {
+            kind: "EnsCallback",
+            what: "settings",
+        })
+        .inc();
+    ctx.event(
+        obj,
+        false,
+        Reason::ChangePending,
+        "UpdateCallback",
+        format!(
+            "updated ENS callback {}: name {:?}, maxBatchSize {:?}",
+            update.callback_id, update.callback_name, update.max_batch_size
+        ),
+    )
+    .await;
     Ok(())
 }
 

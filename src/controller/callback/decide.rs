@@ -187,6 +187,27 @@ pub enum Step {
     DeleteLegacyRoute(SecretAt),
 }
 
+impl Step {
+    /// Whether the step may change what ENS holds for the object (so what ENS said before no
+    /// longer holds).
+    pub fn touches_ens(&self) -> bool {
+        match self {
+            Step::WriteKeySecret(_)
+            | Step::MarkCreatePending
+            | Step::DiscardProbe
+            | Step::DeleteLegacyRoute(_)
+            | Step::Record(_) => false,
+            Step::Create(_)
+            | Step::ForgetRemote
+            | Step::RegenerateKey { .. }
+            | Step::Verify { .. }
+            | Step::DeleteRemote { .. }
+            | Step::DeleteUnprobed { .. }
+            | Step::Update(_) => true,
+        }
+    }
+}
+
 /// A Secret's place.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretAt {
