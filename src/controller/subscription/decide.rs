@@ -2,6 +2,11 @@
 //! the same-named subscription), keep ENS in line with the spec by full-state `PUT`.
 //! Pure: no client, no clock.
 
+#![allow(
+    clippy::result_large_err,
+    reason = "a phase's `Err` is the decision itself, made once per reconcile: boxing buys nothing"
+)]
+
 use std::{collections::BTreeSet, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
@@ -165,184 +170,93 @@ fn observed_active(
     }
 }
 
-/// Chooses the next step.
-pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -> Plan {
-    let now = Time(now);
-    let mut status = seen.status.clone();
-    status.observed_generation = seen.generation;
-    // What an observe-only phase of this object reported is not a managed object's status.
-    status.observed = None;
-    status.conditions.retain(|c| c.type_ != C::Synced.as_str());
-    // Only an id this object was found to own is shown (set below once it is).
-    status.subscription_id = seen
-        .confirmed_id
-        .clone()
-        .filter(|id| seen.recorded_id.as_ref() == Some(id));
-    let g = seen.generation;
-    let plan = |mut status: EnsSubscriptionStatus,
-                step: Option<Step>,
-                ready: bool,
-                stalled: bool,
-                reason: Reason,
-                msg: String,
-                requeue: Duration| {
-        let c = &mut status.conditions;
-        set(c, condition(C::Ready, ready, reason, &msg, g, &now));
-        if !ready {
-            set(c, observed_active(&seen.remote, reason, &msg, g, &now));
-        }
-        set(
-            c,
-            condition(
-                C::Reconciling,
-                !ready && !stalled,
-                reason,
-                if ready { "" } else { &msg },
-                g,
-                &now,
-            ),
-        );
-        set(
-            c,
-            condition(
-                C::Stalled,
-                stalled,
-                reason,
-                if stalled { &msg } else { "" },
-                g,
-                &now,
-            ),
-        );
-        Plan {
-            step,
-            status,
-            requeue,
-        }
-    };
+/// What a phase of [`decide`] hands on: the status so far and what it found, or — when the
+/// phase settles the decision — `Err` with the plan, so phases chain with `?`.
+type Phase<'a, T> = Result<(Builder<'a>, T), Plan>;
 
+/// Chooses the next step: `guards` (whose the name, callback, credentials and remote
+/// subscription are), `registration` (create, record or forget), then `steady` (keep ENS in
+/// line with the spec, Ready).
+pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -> Plan {
+    let phases = || -> Result<Plan, Plan> {
+        let (b, callback_id) = guards(seen, cluster, Builder::new(seen, now))?;
+        let (b, sub) = registration(seen, cluster, b, callback_id)?;
+        Ok(steady(seen, cluster, drift, b, sub))
+    };
+    match phases() {
+        Ok(plan) | Err(plan) => plan,
+    }
+}
+
+/// The name, the callback, the credentials and the remote subscription must be this object's
+/// before anything is sent; hands on the callback id.
+fn guards<'a>(seen: &'a Observed, cluster: &str, mut b: Builder<'a>) -> Phase<'a, String> {
     if let Some(owner) = &seen.name_claimed_by {
         let msg = format!(
             "EnsSubscription {owner} already uses the ENS subscription name {:?} on this callback; set spec.subscriptionName to another name",
             subscription_name(seen, cluster)
         );
-        return plan(
-            status,
-            None,
-            false,
-            true,
-            Reason::NameInUse,
-            msg,
-            STALLED_RECHECK,
-        );
+        return Err(b.stalled(Reason::NameInUse, msg));
     }
+    let cb = &seen.spec.callback_ref.name;
     let callback_id = match &seen.callback {
         CallbackView::Missing => {
-            let msg = format!(
-                "EnsCallback {} does not exist in this namespace",
-                seen.spec.callback_ref.name
-            );
-            return plan(
-                status,
-                None,
-                false,
-                false,
-                Reason::CallbackNotFound,
-                msg,
-                WAIT_CALLBACK,
-            );
+            let msg = format!("EnsCallback {cb} does not exist in this namespace");
+            return Err(b.waiting(Reason::CallbackNotFound, msg, WAIT_CALLBACK));
         }
         CallbackView::NotVerified => {
             let msg = format!(
-                "waiting for EnsCallback {} to be verified; ENS only subscribes verified callbacks",
-                seen.spec.callback_ref.name
+                "waiting for EnsCallback {cb} to be verified; ENS only subscribes verified callbacks"
             );
-            return plan(
-                status,
-                None,
-                false,
-                false,
-                Reason::CallbackNotVerified,
-                msg,
-                WAIT_CALLBACK,
-            );
+            return Err(b.waiting(Reason::CallbackNotVerified, msg, WAIT_CALLBACK));
         }
         CallbackView::ObserveOnly => {
             let msg = format!(
-                "EnsCallback {} is observe-only (managementPolicy: Observe): nothing is attached to a callback the operator does not manage; set managementPolicy: Observe here too, or Full on the EnsCallback",
-                seen.spec.callback_ref.name
+                "EnsCallback {cb} is observe-only (managementPolicy: Observe): nothing is attached to a callback the operator does not manage; set managementPolicy: Observe here too, or Full on the EnsCallback"
             );
-            return plan(
-                status,
-                None,
-                false,
-                true,
-                Reason::CallbackObserveOnly,
-                msg,
-                STALLED_RECHECK,
-            );
+            return Err(b.stalled(Reason::CallbackObserveOnly, msg));
         }
         CallbackView::Verified(id) => id.clone(),
     };
-    status.callback_id = Some(callback_id.clone());
+    b.status.callback_id = Some(callback_id.clone());
     if let Some(err) = &seen.credentials_error {
-        return plan(
-            status,
-            None,
-            false,
-            true,
-            Reason::CredentialsNotFound,
-            err.clone(),
-            STALLED_RECHECK,
-        );
+        return Err(b.stalled(Reason::CredentialsNotFound, err.clone()));
     }
     let name = subscription_name(seen, cluster);
     if let Remote::Found(sub) = &seen.remote
         && let Err(why) = owns(&callback_id, seen.confirmed_id.as_deref(), &name, sub)
     {
-        return plan(
-            status,
-            None,
-            false,
-            true,
-            Reason::ForeignObject,
-            why,
-            STALLED_RECHECK,
-        );
+        return Err(b.stalled(Reason::ForeignObject, why));
     }
+    Ok((b, callback_id))
+}
+
+/// The subscription in ENS: found (and this object's, see [`guards`]), or the step that makes it
+/// so.
+fn registration<'a>(
+    seen: &'a Observed,
+    cluster: &str,
+    mut b: Builder<'a>,
+    callback_id: String,
+) -> Phase<'a, &'a Subscription> {
     let sub = match (&seen.remote, &seen.recorded_id) {
         (Remote::Unknown, _) => {
-            return plan(
-                status,
-                None,
-                false,
-                false,
-                Reason::Progressing,
-                "looking up the subscription in ENS".into(),
-                AFTER_STEP,
-            );
+            let msg = "looking up the subscription in ENS".into();
+            return Err(b.waiting(Reason::Progressing, msg, AFTER_STEP));
         }
         (Remote::Gone, recorded) => {
             let confirmed = seen.confirmed_id.is_some() && seen.confirmed_id == *recorded;
-            if confirmed
-                && seen
-                    .status
-                    .tenant
-                    .as_ref()
-                    .is_some_and(|t| Some(t) != seen.tenant.as_ref())
-            {
+            let moved = seen
+                .status
+                .tenant
+                .as_ref()
+                .is_some_and(|t| Some(t) != seen.tenant.as_ref());
+            if confirmed && moved {
                 let msg = format!(
                     "ENS subscription {} was created in another ENS account than the credentials now reach; restore the credentials, or delete this EnsSubscription and apply it again",
                     recorded.as_deref().unwrap_or_default()
                 );
-                return plan(
-                    status,
-                    None,
-                    false,
-                    true,
-                    Reason::CredentialsChanged,
-                    msg,
-                    STALLED_RECHECK,
-                );
+                return Err(b.stalled(Reason::CredentialsChanged, msg));
             }
             let msg = if confirmed {
                 "the subscription was deleted outside Kubernetes; creating it again".to_owned()
@@ -352,51 +266,43 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
                     recorded.as_deref().unwrap_or_default()
                 )
             };
-            status.subscription_id = None;
-            status.tenant = None;
-            return plan(
-                status,
-                Some(Step::ForgetRemote),
-                false,
-                false,
-                Reason::RemoteDeleted,
-                msg,
-                AFTER_STEP,
-            );
+            b.status.subscription_id = None;
+            b.status.tenant = None;
+            return Err(b.step(Step::ForgetRemote, Reason::RemoteDeleted, msg));
         }
         (Remote::Absent, _) => {
             let new = NewSubscription {
                 callback_id,
-                subscription_name: name,
+                subscription_name: subscription_name(seen, cluster),
                 event_category_types: seen.spec.event_category_types.clone(),
                 filters: seen.spec.filters.clone(),
             };
-            return plan(
-                status,
-                Some(Step::Create(new)),
-                false,
-                false,
-                Reason::Progressing,
-                "creating the subscription in ENS".into(),
-                AFTER_STEP,
-            );
+            let msg = "creating the subscription in ENS".into();
+            return Err(b.step(Step::Create(new), Reason::Progressing, msg));
         }
         (Remote::Found(sub), None) => {
-            return plan(
-                status,
-                Some(Step::Record(sub.subscription_id.clone())),
-                false,
-                false,
-                Reason::Progressing,
-                format!("recording subscription {}", sub.subscription_id),
-                AFTER_STEP,
-            );
+            let msg = format!("recording subscription {}", sub.subscription_id);
+            let step = Step::Record(sub.subscription_id.clone());
+            return Err(b.step(step, Reason::Progressing, msg));
         }
         (Remote::Found(sub), Some(_)) => sub,
     };
-    // This object's (checked above): confirmed from here on.
-    status.subscription_id = Some(sub.subscription_id.clone());
-    status.tenant = seen.tenant.clone();
+    // This object's (checked by the guards): confirmed from here on.
+    b.status.subscription_id = Some(sub.subscription_id.clone());
+    b.status.tenant = seen.tenant.clone();
+    Ok((b, sub))
+}
+
+/// This object's subscription: sent again when ENS differs from the spec, else Ready until the
+/// next drift check.
+fn steady(
+    seen: &Observed,
+    cluster: &str,
+    drift: Duration,
+    mut b: Builder<'_>,
+    sub: &Subscription,
+) -> Plan {
+    let name = subscription_name(seen, cluster);
     let want = desired_state(&seen.spec);
     let in_sync = sub.subscription_name == name
         && as_set(&sub.event_category_types) == as_set(&seen.spec.event_category_types)
@@ -415,16 +321,9 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
                 "active per EnsSubscription spec".into()
             },
         };
-        status.last_sent_time = Some(now.clone());
-        return plan(
-            status,
-            Some(Step::Update(update)),
-            false,
-            false,
-            Reason::ChangePending,
-            "sending the desired state to ENS (applies within 2 minutes)".into(),
-            AFTER_STEP,
-        );
+        b.status.last_sent_time = Some(b.now.clone());
+        let msg = "sending the desired state to ENS (applies within 2 minutes)".into();
+        return b.step(Step::Update(update), Reason::ChangePending, msg);
     }
     let (active, reason, msg) = if seen.spec.paused {
         (
@@ -439,10 +338,8 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
             format!("ENS subscription {} is active", sub.subscription_id),
         )
     };
-    set(
-        &mut status.conditions,
-        condition(C::Active, active, reason, &msg, g, &now),
-    );
+    let active = condition(C::Active, active, reason, &msg, seen.generation, &b.now);
+    set(&mut b.status.conditions, active);
     let unknown: Vec<&str> = seen
         .spec
         .event_category_types
@@ -450,21 +347,102 @@ pub fn decide(seen: &Observed, cluster: &str, drift: Duration, now: Timestamp) -
         .map(String::as_str)
         .filter(|t| !crate::ens::EVENT_TYPES.contains(t))
         .collect();
-    let ready_msg = if unknown.is_empty() {
-        format!("subscription {} matches the spec", sub.subscription_id)
+    let (reason, ready_msg) = if unknown.is_empty() {
+        (
+            Reason::Reconciled,
+            format!("subscription {} matches the spec", sub.subscription_id),
+        )
     } else {
-        format!(
-            "subscription {} matches the spec; not in the documented catalogue: {}",
-            sub.subscription_id,
-            unknown.join(", ")
+        (
+            Reason::UnknownEventType,
+            format!(
+                "subscription {} matches the spec; not in the documented catalogue: {}",
+                sub.subscription_id,
+                unknown.join(", ")
+            ),
         )
     };
-    let reason = if unknown.is_empty() {
-        Reason::Reconciled
-    } else {
-        Reason::UnknownEventType
-    };
-    plan(status, None, true, false, reason, ready_msg, drift)
+    b.plan(None, true, false, reason, ready_msg, drift)
+}
+
+/// Builds the status of a plan from the current one.
+struct Builder<'a> {
+    seen: &'a Observed,
+    now: Time,
+    status: EnsSubscriptionStatus,
+}
+
+impl<'a> Builder<'a> {
+    fn new(seen: &'a Observed, now: Timestamp) -> Self {
+        let mut status = seen.status.clone();
+        status.observed_generation = seen.generation;
+        // What an observe-only phase of this object reported is not a managed object's status.
+        status.observed = None;
+        status.conditions.retain(|c| c.type_ != C::Synced.as_str());
+        // Only an id this object was found to own is shown (set once it is).
+        status.subscription_id = seen
+            .confirmed_id
+            .clone()
+            .filter(|id| seen.recorded_id.as_ref() == Some(id));
+        Self {
+            seen,
+            now: Time(now),
+            status,
+        }
+    }
+
+    /// The plan, with Ready, Reconciling and Stalled as given, and Active from what ENS
+    /// reported unless the plan is ready (which words its own).
+    fn plan(
+        mut self,
+        step: Option<Step>,
+        ready: bool,
+        stalled: bool,
+        reason: Reason,
+        msg: String,
+        requeue: Duration,
+    ) -> Plan {
+        let (g, now) = (self.seen.generation, &self.now);
+        let c = &mut self.status.conditions;
+        set(c, condition(C::Ready, ready, reason, &msg, g, now));
+        if !ready {
+            set(c, observed_active(&self.seen.remote, reason, &msg, g, now));
+        }
+        let reconciling = if ready { "" } else { &msg };
+        set(
+            c,
+            condition(
+                C::Reconciling,
+                !ready && !stalled,
+                reason,
+                reconciling,
+                g,
+                now,
+            ),
+        );
+        let stalled_msg = if stalled { &msg } else { "" };
+        set(
+            c,
+            condition(C::Stalled, stalled, reason, stalled_msg, g, now),
+        );
+        Plan {
+            step,
+            status: self.status,
+            requeue,
+        }
+    }
+
+    fn waiting(self, reason: Reason, msg: String, requeue: Duration) -> Plan {
+        self.plan(None, false, false, reason, msg, requeue)
+    }
+
+    fn stalled(self, reason: Reason, msg: String) -> Plan {
+        self.plan(None, false, true, reason, msg, STALLED_RECHECK)
+    }
+
+    fn step(self, step: Step, reason: Reason, msg: String) -> Plan {
+        self.plan(Some(step), false, false, reason, msg, AFTER_STEP)
+    }
 }
 
 #[cfg(test)]
