@@ -62,9 +62,10 @@ impl CredentialsRef {
     }
 }
 
-/// Why credentials could not be read. Messages name the Secret and key, never a value.
-#[derive(Debug, thiserror::Error)]
-pub enum CredentialsError {
+/// Why an object's credentials are unusable as they stand: a person must act. Messages name the
+/// Secret and key, never a value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
     /// Neither `credentialsRef` nor a default is configured.
     #[error(
         "no credentialsRef and the operator has no default credentials (--default-credentials)"
@@ -87,7 +88,15 @@ pub enum CredentialsError {
     /// A required key is missing or empty.
     #[error("credentials Secret {0} has no {1:?} key")]
     MissingKey(CredentialsRef, &'static str),
-    /// Reading the Secret failed.
+}
+
+/// Why credentials could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    /// They are unusable as they stand.
+    #[error(transparent)]
+    Unusable(#[from] Unusable),
+    /// Reading the Secret failed (retried).
     #[error("reading credentials Secret {0}: {1}")]
     Read(Box<CredentialsRef>, #[source] kube::Error),
 }
@@ -160,15 +169,15 @@ pub async fn load(
     client: &Client,
     r: Option<&CredentialsRef>,
 ) -> Result<Credentials, CredentialsError> {
-    let r = r.ok_or(CredentialsError::NotConfigured)?;
+    let r = r.ok_or(Unusable::NotConfigured)?;
     if !is_secret_name(&r.name) {
-        return Err(CredentialsError::BadName(r.name.clone()));
+        return Err(Unusable::BadName(r.name.clone()).into());
     }
     if let (Some(asking), Some(scope)) = (&r.default_for, DEFAULT_SCOPE.get()) {
         match scope.check(client, asking).await {
             Ok(()) => {}
             Err(Ok(why)) => {
-                return Err(CredentialsError::OutOfScope(r.clone(), asking.clone(), why));
+                return Err(Unusable::OutOfScope(r.clone(), asking.clone(), why).into());
             }
             Err(Err(e)) => return Err(CredentialsError::Read(Box::new(r.clone()), e)),
         }
@@ -177,7 +186,7 @@ pub async fn load(
         .get_opt(&r.name)
         .await
         .map_err(|e| CredentialsError::Read(Box::new(r.clone()), e))?
-        .ok_or_else(|| CredentialsError::SecretNotFound(r.clone()))?;
+        .ok_or_else(|| Unusable::SecretNotFound(r.clone()))?;
     from_secret(r, &secret)
 }
 
@@ -201,7 +210,7 @@ fn from_secret(r: &CredentialsRef, secret: &Secret) -> Result<Credentials, Crede
             .map(|v| String::from_utf8_lossy(&v.0).trim().to_owned())
             .filter(|v| !v.is_empty())
     };
-    let need = |key| get(key).ok_or_else(|| CredentialsError::MissingKey(r.clone(), key));
+    let need = |key| get(key).ok_or_else(|| Unusable::MissingKey(r.clone(), key));
     Ok(Credentials {
         client_id: need(CLIENT_ID)?,
         client_secret: ClientSecret::new(need(CLIENT_SECRET)?),
@@ -254,7 +263,7 @@ mod tests {
             let r = CredentialsRef::resolve("team", Some(name), None).unwrap();
             let err = load(&client, Some(&r)).await.unwrap_err();
             assert!(
-                matches!(err, CredentialsError::BadName(_)),
+                matches!(err, CredentialsError::Unusable(Unusable::BadName(_))),
                 "{name:?}: {err}"
             );
         }

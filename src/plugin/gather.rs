@@ -26,7 +26,7 @@ use crate::{
     },
     controller::{
         callback::{decide::url_path, observe as cb_observe},
-        credentials::{self, CredentialsError, CredentialsRef},
+        credentials::{self, CredentialsError, CredentialsRef, Unusable},
         keys::KeyData,
         names,
         reconciler::Managed,
@@ -85,12 +85,14 @@ pub(crate) async fn load_credentials(
 ) -> Result<Credentials, (String, CredProblem)> {
     credentials::load(&ctx.client, r).await.map_err(|e| {
         let problem = match &e {
-            CredentialsError::NotConfigured => CredProblem::NotConfigured,
-            CredentialsError::SecretNotFound(r) => CredProblem::SecretNotFound {
-                namespace: r.namespace.clone(),
-                name: r.name.clone(),
-            },
-            CredentialsError::MissingKey(r, key) => CredProblem::MissingKey {
+            CredentialsError::Unusable(Unusable::NotConfigured) => CredProblem::NotConfigured,
+            CredentialsError::Unusable(Unusable::SecretNotFound(r)) => {
+                CredProblem::SecretNotFound {
+                    namespace: r.namespace.clone(),
+                    name: r.name.clone(),
+                }
+            }
+            CredentialsError::Unusable(Unusable::MissingKey(r, key)) => CredProblem::MissingKey {
                 secret: r.to_string(),
                 key: (*key).to_owned(),
             },

@@ -25,6 +25,7 @@ use crate::{
     },
     controller::{
         callback::ownership::{self, Claimant},
+        credentials::Unusable,
         keys::{Claim, KeyData, KeySecretRef, Probe},
         lifecycle, names,
     },
@@ -72,7 +73,7 @@ pub struct Observed {
     /// An older EnsCallback (`namespace/name`) that already uses this URL or managed path.
     pub url_claimed_by: Option<String>,
     /// Why the credentials are unusable, if they are.
-    pub credentials_error: Option<String>,
+    pub credentials_error: Option<Unusable>,
     /// Where the key Secret lives.
     pub key_secret: KeySecretRef,
     /// What the key Secret holds (`None`: it does not exist).
@@ -300,7 +301,7 @@ fn guards<'a>(seen: &'a Observed, s: &Settings, b: StatusBuilder<'a>) -> Phase<'
     }
     if let Some(err) = &seen.credentials_error {
         return Err(b
-            .stalled(Reason::CredentialsNotFound, err)
+            .stalled(Reason::CredentialsNotFound, &err.to_string())
             .plan(None, STALLED_RECHECK));
     }
     if let Claim::Foreign(why) = &seen.key_claim {

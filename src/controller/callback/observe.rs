@@ -20,7 +20,7 @@ use crate::{
     },
     controller::{
         context::Context,
-        credentials::{self, CredentialsError, CredentialsRef},
+        credentials::{self, CredentialsError, CredentialsRef, Unusable},
         error::{Error, Op},
         keys::{Claim, KeyData, KeySecretRef, Owner, Probe},
         names,
@@ -155,11 +155,11 @@ pub fn credentials_ref(ctx: &Context, obj: &EnsCallback) -> Option<CredentialsRe
 pub async fn load_credentials(
     ctx: &Context,
     obj: &EnsCallback,
-) -> Result<Result<Credentials, String>, Error> {
+) -> Result<Result<Credentials, Unusable>, Error> {
     match credentials::load(&ctx.client, credentials_ref(ctx, obj).as_ref()).await {
         Ok(c) => Ok(Ok(c)),
         Err(CredentialsError::Read(_, e)) => Err(Error::kube(Op::ReadingCredentialsSecret)(e)),
-        Err(e) => Ok(Err(e.to_string())),
+        Err(CredentialsError::Unusable(u)) => Ok(Err(u)),
     }
 }
 

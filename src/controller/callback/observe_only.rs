@@ -80,7 +80,7 @@ pub(crate) struct Seen {
 
 async fn observe(ctx: &Context, obj: &EnsCallback) -> Result<Seen, Error> {
     let lookup = match load_credentials(ctx, obj).await? {
-        Err(why) => Lookup::NoCredentials(why),
+        Err(why) => Lookup::NoCredentials(why.to_string()),
         Ok(c) => {
             let tenant = tenant::fingerprint(&c);
             match blocked_by(ctx, obj, &tenant) {

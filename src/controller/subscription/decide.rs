@@ -16,6 +16,7 @@ use crate::{
         conditions::{ConditionType as C, Reason, condition, set, unknown},
         subscription::{EnsSubscriptionSpec, EnsSubscriptionStatus},
     },
+    controller::credentials::Unusable,
     ens::{NewSubscription, Subscription, SubscriptionState, SubscriptionUpdate},
 };
 
@@ -70,7 +71,7 @@ pub struct Observed {
     /// The callback.
     pub callback: CallbackView,
     /// Why the credentials are unusable, if they are.
-    pub credentials_error: Option<String>,
+    pub credentials_error: Option<Unusable>,
     /// The ENS side.
     pub remote: Remote,
 }
@@ -220,7 +221,7 @@ fn guards<'a>(seen: &'a Observed, cluster: &str, mut b: Builder<'a>) -> Phase<'a
     };
     b.status.callback_id = Some(callback_id.clone());
     if let Some(err) = &seen.credentials_error {
-        return Err(b.stalled(Reason::CredentialsNotFound, err.clone()));
+        return Err(b.stalled(Reason::CredentialsNotFound, err.to_string()));
     }
     let name = subscription_name(seen, cluster);
     if let Remote::Found(sub) = &seen.remote
@@ -509,7 +510,7 @@ mod tests {
         };
         assert_eq!(active_after(gone), "Unknown");
         let unusable = |s: &mut Observed| {
-            s.credentials_error = Some("no such Secret".into());
+            s.credentials_error = Some(Unusable::NotConfigured);
             s.remote = Remote::Unknown;
         };
         assert_eq!(active_after(unusable), "Unknown");

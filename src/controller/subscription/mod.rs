@@ -153,7 +153,7 @@ async fn cleanup(obj: &EnsSubscription, ctx: &Context) -> Result<Action, Error> 
         Ok(c) if cb.is_none() && status.tenant.as_ref() != Some(&fingerprint(&c)) => Err(
             "the default credentials reach another ENS account than this subscription's".to_owned(),
         ),
-        other => other,
+        other => other.map_err(|u| u.to_string()),
     };
     let creds = match creds {
         Ok(c) => c,

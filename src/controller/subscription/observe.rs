@@ -16,7 +16,7 @@ use crate::{
     controller::{
         callback::observe as callback_observe,
         context::Context,
-        credentials::{self, CredentialsError, CredentialsRef},
+        credentials::{self, CredentialsError, CredentialsRef, Unusable},
         error::{Error, Op},
         recent::Key,
         reconciler::Managed,
@@ -47,7 +47,7 @@ pub async fn load_credentials(
     ctx: &Context,
     obj: &EnsSubscription,
     cb: Option<&EnsCallback>,
-) -> Result<Result<Credentials, String>, Error> {
+) -> Result<Result<Credentials, Unusable>, Error> {
     if let Some(cb) = cb {
         return callback_observe::load_credentials(ctx, cb).await;
     }
@@ -59,7 +59,7 @@ pub async fn load_credentials(
     match credentials::load(&ctx.client, r.as_ref()).await {
         Ok(c) => Ok(Ok(c)),
         Err(CredentialsError::Read(_, e)) => Err(Error::kube(Op::ReadingCredentialsSecret)(e)),
-        Err(e) => Ok(Err(e.to_string())),
+        Err(CredentialsError::Unusable(u)) => Ok(Err(u)),
     }
 }
 

@@ -108,7 +108,7 @@ async fn observe(ctx: &Context, obj: &EnsSubscription) -> Result<Seen, Error> {
         None => Lookup::NoCallback,
         Some((_, None)) => Lookup::CallbackUnknown,
         Some((cb, Some(id))) => match load_credentials(ctx, obj, Some(cb)).await? {
-            Err(why) => Lookup::NoCredentials(why),
+            Err(why) => Lookup::NoCredentials(why.to_string()),
             Ok(c) => {
                 // What an observe-only callback reported may be stale (paused, backing off):
                 // it must still be its to show, before and after the list.

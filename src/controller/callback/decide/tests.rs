@@ -412,7 +412,7 @@ fn a_url_claimed_by_an_older_callback_stalls_before_any_write() {
 #[test]
 fn missing_credentials_stall_without_touching_anything() {
     let mut seen = fresh();
-    seen.credentials_error = Some("credentials Secret team/x not found".into());
+    seen.credentials_error = Some(Unusable::NotConfigured);
     seen.remote = Remote::Unknown;
     let plan = decide(&seen, &settings(), now());
     assert_eq!(plan.step, None);
