@@ -159,7 +159,8 @@ impl PublishError {
     }
 }
 
-/// The producer's callbacks: whether any broker connection is up, and librdkafka's log.
+/// The producer's callbacks: whether any broker connection is up (from librdkafka's statistics),
+/// and its errors.
 struct Context {
     up: Arc<AtomicBool>,
 }
@@ -196,10 +197,9 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.set_up(false);
-        }
-        tracing::warn!(error = %error, reason, "Kafka client");
+        // librdkafka's own log line says it already, at its level (and repeats it on every
+        // reconnection attempt); the statistics tell when the connection state changes.
+        tracing::debug!(error = %error, reason, "Kafka client");
     }
 }
 
