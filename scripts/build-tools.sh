@@ -152,8 +152,16 @@ fetch_crds() { # module version file...: copies CRD manifests out of a Go module
 
 fetch_kafka() { # the broker's jars and their runtime dependencies, by Maven from a throwaway pom
   if [ -f "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" ]; then log "kafka $KAFKA_VERSION: cached in $KAFKA_LIBS"; return; fi
+  if ! command -v mvn >/dev/null || ! command -v java >/dev/null; then
+    log "kafka: installing maven (it brings the distribution's Java runtime) with apt-get"
+    local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+    $sudo apt-get install -y -q maven >/dev/null 2>&1 ||
+      { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q maven >/dev/null 2>&1; } || true
+  fi
   command -v mvn >/dev/null || die "mvn is missing: the Kafka broker's jars come from Maven Central (Debian/Ubuntu: apt-get install maven)"
-  command -v java >/dev/null || die "java is missing: the Kafka $KAFKA_VERSION broker needs Java >= 17 (apt-get install openjdk-17-jre-headless)"
+  command -v java >/dev/null || die "java is missing: the Kafka $KAFKA_VERSION broker needs Java >= 17 (Debian/Ubuntu: apt-get install default-jre-headless)"
+  local java_major; java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+  [ "${java_major:-0}" -ge 17 ] || die "java $java_major is too old: the Kafka $KAFKA_VERSION broker needs Java >= 17"
   log "kafka $KAFKA_VERSION: jars from Maven Central (cold: ~1 min)"
   local w; w=$(mktemp -d)
   cat >"$w/pom.xml" <<EOF
