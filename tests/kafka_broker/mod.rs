@@ -60,9 +60,7 @@ fn free_port() -> u16 {
 pub struct KafkaBroker {
     child: Option<Child>,
     dir: PathBuf,
-    /// The client listener's port (kept across restarts).
-    pub port: u16,
-    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    /// `127.0.0.1:PORT` of the client listener (kept across restarts), for `bootstrap.servers`.
     pub bootstrap: String,
 }
 
@@ -121,7 +119,6 @@ impl KafkaBroker {
         let mut broker = Self {
             child: None,
             dir: dir.to_owned(),
-            port,
             bootstrap: format!("127.0.0.1:{port}"),
         };
         broker.launch();
@@ -161,11 +158,6 @@ impl KafkaBroker {
             }
         }
         self.child = Some(child);
-    }
-
-    /// The broker's process id.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL, and reap.
