@@ -8,7 +8,15 @@
 # Not built by the test suite (it runs no container engine).
 
 FROM docker.io/library/rust:1.95-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends musl-tools \
+# musl-tools: the static binary's C toolchain (musl-gcc). make, g++ (its configure looks for a
+# C++ compiler) and bash: rdkafka builds the Kafka hand-off's librdkafka from its bundled source
+# with librdkafka's own configure (not CMake: see Cargo.toml); perl and linux-libc-dev: openssl-src
+# builds the vendored OpenSSL librdkafka links statically (its Configure is Perl; the kernel
+# headers it includes). All of it is linked into the binary, so the distroless/static stage needs
+# no shared library. (The musl build of these C parts is not exercised by the test suite, which
+# builds the gnu target: check `ldd` after a change.)
+RUN apt-get update && apt-get install -y --no-install-recommends musl-tools g++ make perl \
+    linux-libc-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -4,7 +4,9 @@
 //! the receiver's own cost), a real HTTP sink in batched mode (one CloudEvents POST per batch)
 //! and in the default binary mode (one POST per event), and the fsync'd spool (forwarding to
 //! that sink, batched), and NATS JetStream (`--nats-url`: 200 after every event's PubAck, a
-//! `nats-server` started here with a file-backed stream). The HTTP sink is in this process and answers 202 after reading the
+//! `nats-server` started here with a file-backed stream), and Apache Kafka (`--kafka-brokers`:
+//! 200 after every record's `acks=all` acknowledgement, a one-node KRaft broker started here,
+//! tests/kafka_broker). The HTTP sink is in this process and answers 202 after reading the
 //! body. Beside it, in the same run and on the same bodies: the in-process limit (HMAC
 //! verification + a JSON parse, no HTTP, 1 thread and one per core), the receiver's own request
 //! pipeline in-process (signature check + batch parse + CloudEvent ids, no HTTP), and the peer:
@@ -21,13 +23,15 @@
 //!
 //!   cargo bench --bench receiver -- --short|--full [--out DIR] [--batches 1,100,1000]
 //!       [--concurrency 8] [--duration 10s] [--warmup 2s] [--rounds 3]
-//!       [--targets discard,batched,binary,spool,jetstream,peer,floor] [--sweep 1,4,16,64]
+//!       [--targets discard,batched,binary,spool,jetstream,kafka,peer,floor] [--sweep 1,4,16,64]
 //!   cargo bench --bench receiver -- --replot DIR   # tables and plots again from DIR/receiver.json
 //!   cargo bench --bench receiver -- --short|--full --part ack [--batches ..] [--latencies 0,5,20,50]
 //!       [--repeats 9]   # acknowledgement time against sink latency per hand-off mode (`ack`)
 
 #[path = "receiver/ack.rs"]
 mod ack;
+#[path = "../tests/kafka_broker/mod.rs"]
+mod kafka_broker;
 #[path = "receiver/nats.rs"]
 mod nats;
 mod support;
@@ -60,6 +64,8 @@ use tokio::net::{TcpListener, TcpStream};
 const KEY: &str = "V27FXfqI3DnhfQW1bhFDeJixpt8eDAY5R24UJI3cK6M=";
 /// The callback path served.
 const PATH: &str = "/ens/bench";
+/// The Kafka topic of PATH under the default `--kafka-topic ens.{route}`.
+const KAFKA_TOPIC: &str = "ens.ens.bench";
 /// The receiver's default `--dedupe-ids`. Each pool of bodies holds more distinct events than
 /// this, so cycling through it never presents an id the receiver still remembers (a duplicate
 /// would skip the hand-off and flatter the figures; the run checks there were none).
@@ -90,6 +96,8 @@ enum Target {
     Spool,
     /// Receiver, `--nats-url`: published to JetStream, 200 after every PubAck.
     JetStream,
+    /// Receiver, `--kafka-brokers`: produced to Kafka, 200 after every record's acknowledgement.
+    Kafka,
     /// `bench/peer/server.js` (Express).
     Peer,
     /// `bench/peer-go` (Go `net/http`).
@@ -100,12 +108,13 @@ enum Target {
 }
 
 impl Target {
-    const ALL: [Target; 8] = [
+    const ALL: [Target; 9] = [
         Self::Discard,
         Self::Batched,
         Self::Binary,
         Self::Spool,
         Self::JetStream,
+        Self::Kafka,
         Self::Peer,
         Self::GoPeer,
         Self::Floor,
@@ -117,7 +126,7 @@ impl Target {
             .find(|t| t.key() == s)
             .unwrap_or_else(|| {
                 panic!(
-                    "unknown target {s:?} (discard, batched, binary, spool, jetstream, peer, go-peer, floor)"
+                    "unknown target {s:?} (discard, batched, binary, spool, jetstream, kafka, peer, go-peer, floor)"
                 )
             })
     }
@@ -129,6 +138,7 @@ impl Target {
             Self::Binary => "binary",
             Self::Spool => "spool",
             Self::JetStream => "jetstream",
+            Self::Kafka => "kafka",
             Self::Peer => "peer",
             Self::GoPeer => "go-peer",
             Self::Floor => "floor",
@@ -142,6 +152,7 @@ impl Target {
             Self::Binary => "receiver, HTTP sink (binary, default)",
             Self::Spool => "receiver, fsync'd spool",
             Self::JetStream => "receiver, NATS JetStream (PubAck)",
+            Self::Kafka => "receiver, Apache Kafka (acks=all)",
             Self::Peer => "Express peer",
             Self::GoPeer => "Go net/http peer",
             Self::Floor => "HTTP floor (hyper, no work)",
@@ -253,8 +264,21 @@ fn main() {
     let nats = targets
         .contains(&Target::JetStream)
         .then(|| rt.block_on(nats::NatsServer::start(&work)));
+    let kafka = targets.contains(&Target::Kafka).then(|| {
+        let broker = kafka_broker::KafkaBroker::start(&work.join("kafka"));
+        // Bounded like the JetStream stream: old segments go once the topic holds 2 GiB.
+        rt.block_on(broker.create_topic(
+            KAFKA_TOPIC,
+            &[
+                ("retention.bytes", "2147483648"),
+                ("segment.bytes", "268435456"),
+            ],
+        ));
+        broker
+    });
     let env = Env {
         nats_url: nats.as_ref().map(|n| n.url.clone()),
+        kafka_brokers: kafka.as_ref().map(|k| k.bootstrap.clone()),
         work: work.clone(),
         key_file,
         sink_url: sink.url.clone(),
@@ -378,6 +402,7 @@ fn main() {
     }
     drop(sink);
     drop(nats);
+    drop(kafka);
 
     let report = Report {
         machine: &machine,
@@ -687,6 +712,8 @@ impl Drop for Sink {
 struct Env {
     /// The bench's nats-server, when JetStream is a target.
     nats_url: Option<String>,
+    /// The bench's Kafka broker (`host:port`), when Kafka is a target.
+    kafka_brokers: Option<String>,
     work: PathBuf,
     key_file: PathBuf,
     sink_url: String,
@@ -766,6 +793,10 @@ fn start_target(env: &Env, target: Target, log: &Path) -> (Proc, Option<PathBuf>
                 Target::JetStream => {
                     args[5] = "--nats-url".into();
                     args[6] = env.nats_url.clone().expect("the bench's nats-server");
+                }
+                Target::Kafka => {
+                    args[5] = "--kafka-brokers".into();
+                    args[6] = env.kafka_brokers.clone().expect("the bench's Kafka broker");
                 }
                 Target::Spool => {
                     spool = Some(env.work.join(format!(
@@ -860,6 +891,20 @@ async fn load(
         .work
         .join(format!("{}-{batch}-{concurrency}.log", target.key()));
     let (mut proc, spool_dir) = start_target(env, target, &log);
+    if target == Target::Kafka {
+        // Until its producer's first broker connection is up the receiver answers 503.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Kafka broker connection up")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the receiver did not reach Kafka"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let addr: SocketAddr = proc
         .url
         .trim_start_matches("http://")
@@ -966,8 +1011,8 @@ async fn load(
         );
         if target == Target::Spool {
             spool_backlog_records = Some(metric(&text, "ens_receiver_spool_depth_records"));
-        } else if target == Target::JetStream {
-            // Checked by the accepted-event count above: each one was PubAck'd.
+        } else if target == Target::JetStream || target == Target::Kafka {
+            // Checked by the accepted-event count above: each one was PubAck'd or acknowledged.
         } else if target != Target::Discard {
             let per_batch = if target == Target::Binary { batch } else { 1 };
             let sunk = env_sink_requests(env) - sink_before;

@@ -63,6 +63,10 @@ if [ "$only" = all ] || [ "$only" = receiver ]; then
   scripts/build-tools.sh nats
   export ENS_BENCH_NATS_SERVER=$NATS_SERVER_BIN/nats-server
 
+  phase "Kafka broker jars for the Kafka hand-off (cached after the first run)"
+  scripts/build-tools.sh kafka
+  export ENS_TEST_KAFKA_LIBS=$KAFKA_LIBS
+
   phase "receiver benchmark ($mode)"
   cargo bench --locked --bench receiver -- "$mode" --out "$out" "${extra[@]}"
 fi

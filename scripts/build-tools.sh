@@ -2,7 +2,9 @@
 # Builds kube-apiserver, kube-controller-manager, kubectl, etcd, helm, kubeconform, kstatus-check and
 # the local node's kubelet, kube-proxy, kube-scheduler and CoreDNS (docs/real-node.md), and
 # nats-server (the JetStream hand-off tests)
-# from the Go module proxy into $ENS_CACHE/bin/<tool>-<version>/ (outside the clone), copies the
+# from the Go module proxy into $ENS_CACHE/bin/<tool>-<version>/ (outside the clone), fetches the
+# Apache Kafka broker's jars from Maven Central into $ENS_CACHE/kafka-<version>/libs (the Kafka
+# hand-off tests; run with the machine's Java), copies the
 # ServiceMonitor and HTTPRoute CRDs out of their Go modules into $ENS_CACHE/crds/, and installs a
 # Lua interpreter (apt) for the Argo CD health-check tests. Idempotent: anything already cached is
 # skipped.
@@ -148,6 +150,43 @@ fetch_crds() { # module version file...: copies CRD manifests out of a Go module
   chmod -R u+w "$dest.tmp"; rm -rf "$dest"; mv "$dest.tmp" "$dest"
 }
 
+fetch_kafka() { # the broker's jars and their runtime dependencies, by Maven from a throwaway pom
+  if [ -f "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" ]; then log "kafka $KAFKA_VERSION: cached in $KAFKA_LIBS"; return; fi
+  if ! command -v mvn >/dev/null || ! command -v java >/dev/null; then
+    log "kafka: installing maven (it brings the distribution's Java runtime) with apt-get"
+    local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+    $sudo apt-get install -y -q maven >/dev/null 2>&1 ||
+      { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q maven >/dev/null 2>&1; } || true
+  fi
+  command -v mvn >/dev/null || die "mvn is missing: the Kafka broker's jars come from Maven Central (Debian/Ubuntu: apt-get install maven)"
+  command -v java >/dev/null || die "java is missing: the Kafka $KAFKA_VERSION broker needs Java >= 17 (Debian/Ubuntu: apt-get install default-jre-headless)"
+  local java_major; java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+  [ "${java_major:-0}" -ge 17 ] || die "java $java_major is too old: the Kafka $KAFKA_VERSION broker needs Java >= 17"
+  log "kafka $KAFKA_VERSION: jars from Maven Central (cold: ~1 min)"
+  local w; w=$(mktemp -d)
+  cat >"$w/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.invalid</groupId>
+  <artifactId>kafka-broker</artifactId>
+  <version>0</version>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>$KAFKA_LOG4J_VERSION</version></dependency>
+    <!-- the binding's SLF4J 2 (Maven's nearest-wins would pick the 1.7 that a Kafka module names) -->
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>$KAFKA_SLF4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+EOF
+  rm -rf "$KAFKA_LIBS.tmp"
+  mvn -B -q -f "$w/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$KAFKA_LIBS.tmp" >"$w/mvn.log" 2>&1 ||
+    die "cannot fetch Kafka $KAFKA_VERSION's jars with Maven: $(tail -5 "$w/mvn.log")"
+  [ -f "$KAFKA_LIBS.tmp/kafka_2.13-$KAFKA_VERSION.jar" ] || die "Maven did not fetch kafka_2.13-$KAFKA_VERSION.jar"
+  rm -rf "$KAFKA_LIBS"; mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"; rm -rf "$w"
+  log "kafka $KAFKA_VERSION: $(ls "$KAFKA_LIBS" | wc -l) jars in $KAFKA_LIBS"
+}
+
 install_lua() { # Argo CD health checks are Lua: the tests run them in real interpreters (5.4, and
   # 5.1 when available: Argo CD's gopher-lua implements 5.1)
   if command -v lua5.4 >/dev/null && command -v lua5.1 >/dev/null; then
@@ -163,7 +202,7 @@ install_lua() { # Argo CD health checks are Lua: the tests run them in real inte
     die "lua5.4 is missing and could not be installed: install it (Debian/Ubuntu: apt-get install lua5.4)"
 }
 
-want=${*:-k8s etcd helm kubeconform kstatus crds lua node coredns nats}
+want=${*:-k8s etcd helm kubeconform kstatus crds lua node coredns nats kafka}
 start=$(date +%s)
 for t in $want; do
   case $t in
@@ -180,7 +219,8 @@ for t in $want; do
     node) build_node ;;
     coredns) build_coredns ;;
     nats) build_go_install nats-server "$NATS_SERVER_VERSION" github.com/nats-io/nats-server/v2 "$NATS_SERVER_BIN" ;;
-    *) die "unknown tool $t (k8s etcd helm kubeconform kstatus crds lua node coredns nats)" ;;
+    kafka) fetch_kafka ;;
+    *) die "unknown tool $t (k8s etcd helm kubeconform kstatus crds lua node coredns nats kafka)" ;;
   esac
 done
 log "tools ready in $(( $(date +%s) - start )) s under $ENS_CACHE/bin"

@@ -14,6 +14,11 @@ PROMETHEUS_OPERATOR_VERSION=${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}
 COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
 # The receiver's JetStream hand-off tests run a real nats-server (tests/receiver_nats.rs).
 NATS_SERVER_VERSION=${NATS_SERVER_VERSION:-v2.15.3}
+# The Kafka hand-off tests run a real Apache Kafka broker (KRaft, one node) from its jars on
+# Maven Central with the machine's Java (>= 17), and Log4j 2's SLF4J binding for its log.
+KAFKA_VERSION=${KAFKA_VERSION:-4.1.1}
+KAFKA_LOG4J_VERSION=${KAFKA_LOG4J_VERSION:-2.24.3}
+KAFKA_SLF4J_VERSION=${KAFKA_SLF4J_VERSION:-2.0.16}
 # The address the API server advertises (the `kubernetes` Service's endpoint): it exists only
 # inside the node's network namespace, where a proxy forwards it to the API server on 127.0.0.1.
 NODE_IP=10.200.0.1
@@ -29,6 +34,7 @@ KSTATUS_BIN=$ENS_CACHE/bin/kstatus-$CLI_UTILS_VERSION
 NODE_BIN=$ENS_CACHE/bin/node-$K8S_VERSION
 COREDNS_BIN=$ENS_CACHE/bin/coredns-$COREDNS_VERSION
 NATS_SERVER_BIN=$ENS_CACHE/bin/nats-server-$NATS_SERVER_VERSION
+KAFKA_LIBS=$ENS_CACHE/kafka-$KAFKA_VERSION/libs
 THIRD_PARTY_CRDS=$ENS_CACHE/crds
 log() { printf '\033[1m[%s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

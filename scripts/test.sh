@@ -41,6 +41,7 @@ noderun=""
 trap 'scripts/control-plane.sh stop "$run"; [ -z "$noderun" ] || { scripts/node.sh stop "$noderun"; scripts/control-plane.sh stop "$noderun"; }' EXIT
 . "$run/env"
 export ENS_TEST_NATS_SERVER=$NATS_SERVER_BIN/nats-server
+export ENS_TEST_KAFKA_LIBS=$KAFKA_LIBS
 
 # A second control plane with a real node (tests/node*.rs), so the pods it runs never meet the
 # other tests' objects. The image is built from the release binary (cached by its hash).

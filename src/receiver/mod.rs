@@ -3,7 +3,7 @@
 //!
 //! Standalone, routes come from `--route`/`--expect-probe`; in a cluster, from route Secrets
 //! (`cluster`). Events go to a CloudEvents sink directly or through the spool, or to NATS
-//! JetStream (`sink`).
+//! JetStream, or to Apache Kafka (`sink`).
 
 pub mod budget;
 pub mod canonical;
@@ -38,6 +38,7 @@ use self::sink::Handoff;
 use self::sink::cloudevents::{HttpSink, SinkMode, SinkOptions, SinkProtocol};
 use self::sink::dead_letter::DeadLetters;
 use self::sink::jetstream::{JetStreamOptions, JetStreamSink};
+use self::sink::kafka::{KafkaOptions, KafkaSink};
 use self::sink::spool::{Forwarding, Spool};
 
 /// `ens-operator receiver` flags.
@@ -91,6 +92,9 @@ pub struct Args {
     /// The JetStream hand-off, instead of --sink.
     #[command(flatten)]
     pub jetstream: sink::jetstream::config::JetStreamArgs,
+    /// The Kafka hand-off, instead of --sink.
+    #[command(flatten)]
+    pub kafka: sink::kafka::config::KafkaArgs,
     /// Durable spool directory: acknowledge after fsync, forward asynchronously.
     #[arg(long)]
     pub spool_dir: Option<PathBuf>,
@@ -147,7 +151,9 @@ pub struct Args {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No sink configured.
-    #[error("no sink: pass --sink URL or set K_SINK, or --nats-url for JetStream")]
+    #[error(
+        "no sink: pass --sink URL or set K_SINK, or --nats-url for JetStream, or --kafka-brokers for Kafka"
+    )]
     NoSink,
     /// `--sink discard:` drops events; a spool in front of it would only add a disk write.
     #[error("--sink discard: cannot be combined with --spool-dir")]
@@ -161,6 +167,15 @@ pub enum Error {
     /// The JetStream hand-off could not start.
     #[error(transparent)]
     JetStream(#[from] sink::jetstream::StartError),
+    /// The spool's forwarder delivers to an HTTP sink only.
+    #[error("--spool-dir forwards to an HTTP sink only, not to Kafka")]
+    KafkaWithSpool,
+    /// Dead letters are kept for the HTTP sink's refusals only.
+    #[error("--dead-letter-dir applies to the HTTP sink only, not to Kafka")]
+    KafkaWithDeadLetters,
+    /// The Kafka hand-off could not start.
+    #[error(transparent)]
+    Kafka(#[from] sink::kafka::StartError),
     /// Neither standalone routes nor a namespace.
     #[error("no routes: pass --route/--expect-probe (standalone) or --namespace/POD_NAMESPACE")]
     NoRoutes,
@@ -198,8 +213,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new());
     let sink_url = match args.sink.clone() {
         Some(url) => url,
-        // Unused: --sink conflicts with the JetStream flags.
-        None if args.jetstream.selected() => String::new(),
+        // Unused: --sink conflicts with the JetStream and Kafka flags.
+        None if args.jetstream.selected() || args.kafka.selected() => String::new(),
         None => return Err(Error::NoSink),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -222,6 +237,18 @@ pub async fn run(args: Args) -> Result<(), Error> {
         Handoff::JetStream(Box::new(
             JetStreamSink::connect(&args.jetstream, options).await?,
         ))
+    } else if args.kafka.selected() {
+        if args.spool_dir.is_some() {
+            return Err(Error::KafkaWithSpool);
+        }
+        if args.dead_letter_dir.is_some() {
+            return Err(Error::KafkaWithDeadLetters);
+        }
+        let options = KafkaOptions {
+            timeout: Duration::from_millis(args.sink_timeout_ms),
+            max_in_flight: args.sink_max_in_flight,
+        };
+        Handoff::Kafka(Box::new(KafkaSink::connect(&args.kafka, options)?))
     } else if sink_url == sink::DISCARD {
         if args.spool_dir.is_some() {
             return Err(Error::DiscardWithSpool);

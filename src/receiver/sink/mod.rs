@@ -1,16 +1,18 @@
 //! Hand-off of verified events before the acknowledgement (docs/design.md §4, §10.3: never 200 for
 //! something dropped): straight to an HTTP CloudEvents sink, or into the durable spool that a
-//! forwarder drains to that sink, or to NATS JetStream; events the HTTP sink refuses for good
-//! become dead letters.
+//! forwarder drains to that sink, or to NATS JetStream, or to Apache Kafka; events the HTTP sink
+//! refuses for good become dead letters.
 
 pub mod cloudevents;
 pub mod dead_letter;
 pub mod jetstream;
+pub mod kafka;
 pub mod limit;
 pub mod spool;
 
 use cloudevents::{HttpSink, SinkError};
-use jetstream::{JetStreamSink, PublishError};
+use jetstream::JetStreamSink;
+use kafka::KafkaSink;
 use spool::{Spool, SpoolError};
 
 use crate::receiver::event::CloudEvent;
@@ -25,6 +27,8 @@ pub enum Handoff {
     Direct(HttpSink),
     /// Acknowledge after JetStream acknowledged (PubAck) every event.
     JetStream(Box<JetStreamSink>),
+    /// Acknowledge after Kafka acknowledged (`acks=all`) every event's record.
+    Kafka(Box<KafkaSink>),
     /// Acknowledge after the batch is fsync'd in the spool.
     Spool(Spool),
     /// `--sink discard:`: acknowledge and drop. The one deliberate exception to "never 200 for
@@ -40,7 +44,10 @@ pub enum HandoffError {
     Sink(#[from] SinkError),
     /// JetStream refused or was unreachable.
     #[error(transparent)]
-    JetStream(#[from] PublishError),
+    JetStream(#[from] jetstream::PublishError),
+    /// Kafka refused or was unreachable.
+    #[error(transparent)]
+    Kafka(#[from] kafka::PublishError),
     /// The spool refused or failed.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -52,6 +59,7 @@ impl HandoffError {
         match self {
             Self::Sink(_) => "sink_failed",
             Self::JetStream(e) => e.outcome(),
+            Self::Kafka(e) => e.outcome(),
             Self::Spool(SpoolError::Full) => "spool_full",
             Self::Spool(SpoolError::Closed) => "shutting_down",
             Self::Spool(_) => "spool_failed",
@@ -71,6 +79,7 @@ impl Handoff {
         match self {
             Self::Direct(sink) => sink.deliver(events, taken).await?,
             Self::JetStream(sink) => sink.deliver(events, taken).await?,
+            Self::Kafka(sink) => sink.deliver(events, taken).await?,
             Self::Spool(spool) => {
                 spool.append(events).await?;
                 taken(events);
