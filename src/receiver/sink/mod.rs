@@ -9,6 +9,7 @@ pub mod jetstream;
 pub mod kafka;
 pub mod limit;
 pub mod spool;
+pub mod template;
 
 use cloudevents::{HttpSink, SinkError};
 use jetstream::JetStreamSink;

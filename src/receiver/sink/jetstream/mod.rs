@@ -24,8 +24,9 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use self::config::{Auth, ConfigError, Connection};
-use self::subject::{SubjectTemplate, TemplateError};
+use self::subject::SubjectTemplate;
 use super::cloudevents::header_value;
+use super::template::TemplateError;
 use crate::receiver::event::CloudEvent;
 
 /// How to publish, besides where.

@@ -8,131 +8,38 @@
 //! wildcards `*` and `>`) become `_`, and an empty token becomes `_`, so every event has a valid
 //! subject and a route maps to one subject prefix.
 
-use std::fmt::Write as _;
+use crate::receiver::sink::template::{Naming, Template};
 
-use crate::receiver::event::TYPE_PREFIX;
+/// NATS subjects: dot-separated non-empty tokens, no whitespace, no wildcards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nats;
+
+impl Naming for Nats {
+    const FLAG: &'static str = "--nats-subject";
+    const RULE: &'static str =
+        "NATS subject (dot-separated non-empty tokens, no whitespace, no * or >)";
+
+    fn allowed(c: char) -> bool {
+        !(c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>'))
+    }
+
+    fn valid(subject: &str) -> bool {
+        subject.split('.').all(|t| {
+            !t.is_empty()
+                && t != "*"
+                && t != ">"
+                && !t.chars().any(|c| c.is_whitespace() || c.is_control())
+        }) && !subject.contains(['*', '>'])
+    }
+}
 
 /// A parsed `--nats-subject`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SubjectTemplate {
-    parts: Vec<Part>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    Route,
-    Type,
-}
-
-/// Why a `--nats-subject` is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum TemplateError {
-    /// A `{name}` that is not a placeholder.
-    #[error(
-        "--nats-subject {template:?}: unknown placeholder {{{name}}} (known: {{route}}, {{type}})"
-    )]
-    Unknown {
-        /// The template as given.
-        template: String,
-        /// The placeholder's name.
-        name: String,
-    },
-    /// A `{` without its `}`.
-    #[error("--nats-subject {0:?}: a '{{' is not closed")]
-    Unclosed(String),
-    /// The literal parts do not make a valid subject (empty tokens, whitespace, wildcards).
-    #[error(
-        "--nats-subject {0:?}: not a valid NATS subject (dot-separated non-empty tokens, no whitespace, no * or >)"
-    )]
-    Invalid(String),
-}
-
-impl SubjectTemplate {
-    /// Parses `template`.
-    pub fn parse(template: &str) -> Result<Self, TemplateError> {
-        let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Literal(rest[..open].to_owned()));
-            }
-            let after = &rest[open + 1..];
-            let close = after
-                .find('}')
-                .ok_or_else(|| TemplateError::Unclosed(template.to_owned()))?;
-            parts.push(match &after[..close] {
-                "route" => Part::Route,
-                "type" => Part::Type,
-                name => {
-                    return Err(TemplateError::Unknown {
-                        template: template.to_owned(),
-                        name: name.to_owned(),
-                    });
-                }
-            });
-            rest = &after[close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_owned()));
-        }
-        let parsed = Self { parts };
-        // Placeholders always render valid tokens, so a sample shows whether the literals do.
-        if !valid(&parsed.render("/r", "t")) {
-            return Err(TemplateError::Invalid(template.to_owned()));
-        }
-        Ok(parsed)
-    }
-
-    /// The subject of an event of CloudEvent type `ty` that arrived on `route`.
-    pub fn render(&self, route: &str, ty: &str) -> String {
-        let mut out = String::with_capacity(64);
-        for part in &self.parts {
-            match part {
-                Part::Literal(s) => out.push_str(s),
-                Part::Route => push_tokens(&mut out, route.trim_matches('/').split('/')),
-                Part::Type => {
-                    let short = ty
-                        .strip_prefix(TYPE_PREFIX)
-                        .and_then(|t| t.strip_prefix('.'))
-                        .unwrap_or(ty);
-                    push_tokens(&mut out, short.split('.'));
-                }
-            }
-        }
-        out
-    }
-}
-
-/// Appends `tokens` joined by `.`, each made a valid token.
-fn push_tokens<'a>(out: &mut String, tokens: impl Iterator<Item = &'a str>) {
-    for (i, token) in tokens.enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        if token.is_empty() {
-            out.push('_');
-        }
-        for c in token.chars() {
-            let bad = c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>');
-            let _ = out.write_char(if bad { '_' } else { c });
-        }
-    }
-}
-
-/// Whether `subject` is a valid subject to publish on.
-fn valid(subject: &str) -> bool {
-    subject.split('.').all(|t| {
-        !t.is_empty()
-            && t != "*"
-            && t != ">"
-            && !t.chars().any(|c| c.is_whitespace() || c.is_control())
-    }) && !subject.contains(['*', '>'])
-}
+pub type SubjectTemplate = Template<Nats>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::receiver::sink::template::TemplateError;
 
     const TY: &str = "com.salesforce.marketingcloud.ens.EngagementEvents.EmailOpen";
 
@@ -148,7 +55,7 @@ mod tests {
             "events.EngagementEvents.EmailOpen.hooks"
         );
         assert_eq!(t.render("/hooks", "Other"), "events.Other.hooks");
-        assert!(valid(&t.render("//x//", "a..b")));
+        assert!(Nats::valid(&t.render("//x//", "a..b")));
         assert_eq!(
             SubjectTemplate::parse("fixed").unwrap().render("/x", TY),
             "fixed"
@@ -163,7 +70,7 @@ mod tests {
         ));
         assert!(matches!(
             SubjectTemplate::parse("ens.{route"),
-            Err(TemplateError::Unclosed(_))
+            Err(TemplateError::Unclosed { .. })
         ));
         for bad in [
             "ens..{route}",
@@ -174,7 +81,10 @@ mod tests {
             "",
         ] {
             assert!(
-                matches!(SubjectTemplate::parse(bad), Err(TemplateError::Invalid(_))),
+                matches!(
+                    SubjectTemplate::parse(bad),
+                    Err(TemplateError::Invalid { .. })
+                ),
                 "{bad}"
             );
         }

@@ -30,7 +30,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use self::config::{ConfigError, Connection, KafkaArgs, KeyChoice};
-use self::topic::{TemplateError, TopicTemplate};
+use self::topic::TopicTemplate;
+use super::template::TemplateError;
 use crate::receiver::event::CloudEvent;
 
 /// How to produce, besides where.
