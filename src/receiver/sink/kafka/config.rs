@@ -151,7 +151,10 @@ impl Connection {
             Some(path) => read_properties(path)?,
             None => BTreeMap::new(),
         };
-        let from_file = properties.remove("bootstrap.servers");
+        // `metadata.broker.list` is librdkafka's name for the same list.
+        let from_file = properties
+            .remove("bootstrap.servers")
+            .or_else(|| properties.remove("metadata.broker.list"));
         let brokers = if args.kafka_brokers.is_empty() {
             from_file.unwrap_or_default()
         } else {
@@ -190,12 +193,29 @@ fn read_properties(path: &Path) -> Result<BTreeMap<String, String>, ConfigError>
         path: path.to_owned(),
         why: e.to_string(),
     })?;
+    if properties.contains_key("bootstrap.servers")
+        && properties.contains_key("metadata.broker.list")
+    {
+        return Err(ConfigError::Own {
+            path: path.to_owned(),
+            name: "metadata.broker.list (beside bootstrap.servers)".into(),
+        });
+    }
     for (name, value) in &properties {
-        let weakens = match name.as_str() {
-            "acks" | "request.required.acks" => !matches!(value.trim(), "all" | "-1"),
-            "enable.idempotence" => value.trim() != "true",
+        // librdkafka tries a name it does not know as a global property on the topic
+        // configuration without its `topic.` prefix: judge that name.
+        let canonical = name.strip_prefix("topic.").unwrap_or(name);
+        let value = value.trim().to_ascii_lowercase();
+        let on = matches!(value.as_str(), "true" | "t" | "1" | "yes" | "on");
+        let weakens = match canonical {
+            "acks" | "request.required.acks" => !matches!(value.as_str(), "all" | "-1"),
+            "enable.idempotence" => !on,
             // Off, the idempotent producer may reorder or lose records on a retry.
-            "enable.gapless.guarantee" => value.trim() != "true",
+            "enable.gapless.guarantee" => !on,
+            // Without success reports no produce is ever known acknowledged.
+            "delivery.report.only.error" => on,
+            // Transactions need commits this producer never makes: every produce would fail.
+            "transactional.id" => true,
             _ => false,
         };
         if weakens {
@@ -204,7 +224,7 @@ fn read_properties(path: &Path) -> Result<BTreeMap<String, String>, ConfigError>
                 name: name.clone(),
             });
         }
-        if OWN.contains(&name.as_str()) {
+        if OWN.contains(&canonical) {
             return Err(ConfigError::Own {
                 path: path.to_owned(),
                 name: name.clone(),
@@ -269,16 +289,29 @@ mod tests {
             "request.required.acks=0",
             "enable.idempotence=false",
             "enable.gapless.guarantee=false",
+            // librdkafka reads an unknown `topic.`-prefixed name as that topic property.
+            "topic.acks=1",
+            "topic.request.required.acks=0",
+            "delivery.report.only.error=true",
+            "transactional.id=t",
         ] {
             let e = Connection::from_args(&args(&["a:1"], Some(bad))).unwrap_err();
             assert!(matches!(e, ConfigError::Weakens { .. }), "{bad}: {e}");
         }
-        let e = Connection::from_args(&args(&["a:1"], Some("message.timeout.ms=9"))).unwrap_err();
-        assert!(matches!(e, ConfigError::Own { .. }), "{e}");
+        for own in [
+            "message.timeout.ms=9",
+            "topic.message.timeout.ms=0",
+            "bootstrap.servers=a:1\nmetadata.broker.list=b:1",
+        ] {
+            let e = Connection::from_args(&args(&["a:1"], Some(own))).unwrap_err();
+            assert!(matches!(e, ConfigError::Own { .. }), "{own}: {e}");
+        }
         assert!(
-            Connection::from_args(&args(&["a:1"], Some("acks=-1\nenable.idempotence=true")))
+            Connection::from_args(&args(&["a:1"], Some("acks=ALL\nenable.idempotence=TRUE")))
                 .is_ok()
         );
+        let listed = Connection::from_args(&args(&[], Some("metadata.broker.list=b:1"))).unwrap();
+        assert_eq!(listed.brokers, "b:1");
         let e = Connection::from_args(&args(&["a:1"], Some("sasl.password=s3cret\nacks=0")))
             .unwrap_err();
         assert!(!e.to_string().contains("s3cret"), "{e}");

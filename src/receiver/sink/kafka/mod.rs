@@ -143,13 +143,15 @@ impl PublishError {
                 id: id.to_owned(),
                 topic,
             },
-            Some(code @ (C::InvalidRecord | C::InvalidMessage | C::PolicyViolation)) => {
-                Self::Refused {
-                    id: id.to_owned(),
-                    topic,
-                    code,
-                }
-            }
+            // A rendered topic name the broker does not take (too long, `.`): this record's.
+            Some(
+                code
+                @ (C::InvalidRecord | C::InvalidMessage | C::PolicyViolation | C::InvalidTopic),
+            ) => Self::Refused {
+                id: id.to_owned(),
+                topic,
+                code,
+            },
             Some(C::UnknownTopic | C::UnknownTopicOrPartition | C::UnknownPartition) => {
                 Self::NoTopic { topic }
             }
@@ -359,8 +361,9 @@ fn create(config: &ClientConfig, up: &Arc<AtomicBool>) -> Result<Kafka, StartErr
         .create_with_context(Context { up: up.clone() })
         .map_err(|e| {
             StartError::Producer(match e {
-                // Its Display repeats the value, which may be a secret.
-                KafkaError::ClientConfig(_, why, name, _) => format!("{name}: {why}"),
+                // Its Display repeats the value, which may be a secret, and so may librdkafka's
+                // text for some properties: only the name and the kind of refusal.
+                KafkaError::ClientConfig(res, _, name, _) => format!("{name}: invalid ({res:?})"),
                 other => other.to_string(),
             })
         })
