@@ -318,15 +318,25 @@ impl KafkaSink {
         let Some((_, why)) = current.client().fatal_error() else {
             return Ok(current);
         };
-        tracing::error!(error = %why, "the Kafka producer failed for good; starting a new one");
         let fresh = create(&self.inner.config, &self.inner.up)
             .map_err(|e| PublishError::Fatal(e.to_string()))?;
-        *self
+        let mut slot = self
             .inner
             .producer
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = fresh.clone();
-        Ok(fresh)
+            .unwrap_or_else(PoisonError::into_inner);
+        // Another batch may have replaced it meanwhile: use that one, drop this.
+        let (kept, spare) = if slot.client().fatal_error().is_some() {
+            tracing::error!(error = %why, "the Kafka producer failed for good; started a new one");
+            let old = std::mem::replace(&mut *slot, fresh.clone());
+            (fresh, old)
+        } else {
+            (slot.clone(), fresh)
+        };
+        drop(slot);
+        // Dropping a producer joins its thread and flushes: never on a runtime worker.
+        tokio::task::spawn_blocking(move || drop((spare, current)));
+        Ok(kept)
     }
 
     /// Produces one event and waits for its acknowledgement.
