@@ -6,6 +6,7 @@
 #   scripts/node.sh start RUN_DIR     # RUN_DIR: a control plane started with ENS_WITH_NODE=1;
 #                                     # writes RUN_DIR/node-env (ENS_TEST_NODE_* for tests/node.rs)
 #   scripts/node.sh stop  RUN_DIR     # removes everything start made
+#   scripts/node.sh sweep             # removes what runs never stopped left (start does it too)
 #   scripts/node.sh check RUN_DIR     # prints the host's outbound counters for the node's ranges
 #   scripts/node.sh expose RUN_DIR NAME PORT   # host 127.0.0.1:PORT reachable from pods at
 #                                     # 10.200.0.1:PORT (e.g. a sink for a selector-less Service)
@@ -197,6 +198,7 @@ start() {
   [ -f "$run/ports" ] && grep -qx 'with_node=1' "$run/ports" ||
     die "$run is not a control plane started with ENS_WITH_NODE=1 scripts/control-plane.sh start"
   [ "$(id -u)" -eq 0 ] || die "the node needs root (network namespace, cgroups, mounts)"
+  sweep
   for b in "$NODE_BIN/kubelet" "$NODE_BIN/kube-proxy" "$NODE_BIN/kube-scheduler" "$COREDNS_BIN/coredns"; do
     [ -x "$b" ] || die "$b is missing: run scripts/build-tools.sh node coredns"
   done
@@ -261,6 +263,35 @@ ENV
 procs() { # every PID in the node's cgroup (containers included), from the pids hierarchy
   local h; h=$(hierarchies | grep -m1 '/pids$' || hierarchies | head -1)
   [ -d "$h/$CG" ] && find "$h/$CG" -name cgroup.procs -exec cat {} + 2>/dev/null || true
+}
+
+sweep() { # what runs that were never stopped (a killed session) left behind
+  local ns d h chain rule tag live
+  # A node's namespace always holds its processes; one made minutes ago and empty is orphaned.
+  for ns in $(find /run/netns -maxdepth 1 -name 'ens-node-*' -mmin +10 -printf '%f\n' 2>/dev/null); do
+    [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] || continue
+    log "removing network namespace $ns, left by a node that was never stopped"
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  live=$(ip netns list | awk '/^ens-node-/ {print $1}')
+  for h in $(hierarchies) /sys/fs/cgroup/unified; do
+    for d in "$h"/ens-node-*; do
+      [ -d "$d" ] || continue
+      grep -qx "$(basename "$d")" <<<"$live" && continue
+      [ -z "$(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null)" ] || continue
+      find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    done
+  done
+  for chain in OUTPUT FORWARD; do
+    while read -r rule; do
+      tag=$(grep -o 'ens-node-[0-9a-f]*' <<<"$rule")
+      grep -qx "$tag" <<<"$live" && continue
+      eval "iptables -w ${rule/-A /-D }" || break
+    done < <(iptables -w -S "$chain" | grep -F -- "--comment ens-node-")
+  done
+  if [ -z "$live" ]; then
+    local net; for net in $POD_CIDR $SERVICE_CIDR $NODE_IP/32; do ip route del blackhole "$net" 2>/dev/null || true; done
+  fi
 }
 
 stop() {
@@ -329,5 +360,6 @@ case ${1:-} in
   stop) stop "${2:-}" ;;
   check) check "${2:-}" ;;
   expose) expose "${2:-}" "${3:-}" "${4:-}" ;;
-  *) die "usage: $0 start RUN_DIR | stop RUN_DIR | check RUN_DIR | expose RUN_DIR NAME PORT" ;;
+  sweep) sweep ;;
+  *) die "usage: $0 start RUN_DIR | stop RUN_DIR | sweep | check RUN_DIR | expose RUN_DIR NAME PORT" ;;
 esac
