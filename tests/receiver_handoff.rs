@@ -11,22 +11,11 @@ use std::time::Duration;
 use receiver_support::*;
 
 const ROUTE: &str = "/ens/handoff";
+/// ENS (played by the test) posts a refused batch again at once.
+const RETRY_PAUSE: Duration = Duration::ZERO;
 
 fn spawn(sink: &TestSink, extra: &[&str]) -> Receiver {
-    let dir = temp_dir("handoff");
-    let keys = key_file(&dir, "key", &[KEY]);
-    let route = format!("{ROUTE}={keys}");
-    let mut args = vec!["--route", route.as_str(), "--sink", sink.url.as_str()];
-    args.extend_from_slice(extra);
-    Receiver::spawn(&args, &[])
-}
-
-async fn post(rx: &Receiver, body: &str) -> u16 {
-    rx.post(ROUTE, body, Some(&sig(KEY, body))).await.0
-}
-
-async fn metric_of(rx: &Receiver, sample: &str) -> f64 {
-    metric(&rx.get("/metrics").await.1, sample)
+    Receiver::spawn_route(ROUTE, KEY, &["--sink", sink.url.as_str()], extra)
 }
 
 const BUDGET_503: &str = "ens_receiver_batches_total{outcome=\"ack_budget\"}";
@@ -42,17 +31,6 @@ fn delivered(sink: &TestSink) -> BTreeMap<String, usize> {
     seen
 }
 
-/// Posts `body` until it is acknowledged (as ENS retries), at most `attempts` times; the
-/// statuses seen.
-async fn until_acknowledged(rx: &Receiver, body: &str, attempts: usize) -> Vec<u16> {
-    let mut statuses = Vec::new();
-    while statuses.last() != Some(&200) {
-        assert!(statuses.len() < attempts, "not acknowledged: {statuses:?}");
-        statuses.push(post(rx, body).await);
-    }
-    statuses
-}
-
 #[tokio::test]
 async fn binary_mode_stops_at_the_budget_and_the_retries_send_only_the_rest() {
     let sink = TestSink::start(true).await;
@@ -63,13 +41,12 @@ async fn binary_mode_stops_at_the_budget_and_the_retries_send_only_the_rest() {
         &["--sink-max-in-flight", "4", "--ack-budget-ms", "600"],
     );
     let body = batch("budget", 60);
-    let statuses = until_acknowledged(&rx, &body, 40).await;
+    let statuses = rx
+        .until_acknowledged(ROUTE, KEY, &body, 40, RETRY_PAUSE)
+        .await;
     assert_eq!(statuses[0], 503, "the first attempt runs out of budget");
     assert!(statuses[..statuses.len() - 1].iter().all(|&s| s == 503));
-    assert_eq!(
-        metric_of(&rx, BUDGET_503).await,
-        (statuses.len() - 1) as f64
-    );
+    assert_eq!(rx.metric(BUDGET_503).await, (statuses.len() - 1) as f64);
     // Every event arrived; each attempt re-sent at most the 4 in flight when it ran out (the
     // sink may have taken them without the receiver hearing so), never the events taken before.
     let seen = delivered(&sink);
@@ -89,12 +66,12 @@ async fn batched_mode_answers_503_at_the_budget_and_the_retry_completes() {
     sink.set_delay(Duration::from_secs(3));
     let rx = spawn(&sink, &["--sink-mode", "batched", "--ack-budget-ms", "500"]);
     let body = batch("batched", 20);
-    assert_eq!(post(&rx, &body).await, 503);
-    assert_eq!(metric_of(&rx, BUDGET_503).await, 1.0);
+    assert_eq!(rx.post_signed(ROUTE, KEY, &body).await, 503);
+    assert_eq!(rx.metric(BUDGET_503).await, 1.0);
     assert!(sink.started() <= 1, "one request for the batch");
     sink.set_delay(Duration::ZERO);
-    assert_eq!(post(&rx, &body).await, 200);
-    assert_eq!(metric_of(&rx, BUDGET_503).await, 1.0);
+    assert_eq!(rx.post_signed(ROUTE, KEY, &body).await, 200);
+    assert_eq!(rx.metric(BUDGET_503).await, 1.0);
     // The retry's request was taken; the cut-off one may still land (a batch is all or
     // nothing, the sink dedupes by id): at most two requests, never one per event.
     assert!(sink.accepted_len() >= 1);
@@ -121,8 +98,12 @@ async fn with_the_spool_a_slow_sink_does_not_hold_the_acknowledgement() {
         ],
     );
     let body = batch("spooled", 100);
-    assert_eq!(post(&rx, &body).await, 200, "acknowledged once spooled");
-    assert_eq!(metric_of(&rx, BUDGET_503).await, 0.0);
+    assert_eq!(
+        rx.post_signed(ROUTE, KEY, &body).await,
+        200,
+        "acknowledged once spooled"
+    );
+    assert_eq!(rx.metric(BUDGET_503).await, 0.0);
     wait_until(
         "the spooled batch is forwarded",
         Duration::from_secs(30),
@@ -144,7 +125,7 @@ async fn binary_mode_reuses_its_connections() {
     sink.set_delay(Duration::from_millis(5));
     let rx = spawn(&sink, &["--sink-max-in-flight", "8"]);
     for tag in ["a", "b", "c"] {
-        assert_eq!(post(&rx, &batch(tag, 100)).await, 200);
+        assert_eq!(rx.post_signed(ROUTE, KEY, &batch(tag, 100)).await, 200);
     }
     assert_eq!(sink.accepted_len(), 300);
     // One per request in flight, and now and then one more: a request can start just before
@@ -171,7 +152,7 @@ async fn h2c_multiplexes_every_request_on_one_connection() {
         &["--sink-protocol", "h2c", "--sink-max-in-flight", "32"],
     );
     for tag in ["a", "b"] {
-        assert_eq!(post(&rx, &batch(tag, 100)).await, 200);
+        assert_eq!(rx.post_signed(ROUTE, KEY, &batch(tag, 100)).await, 200);
     }
     assert_eq!(sink.accepted_len(), 200);
     assert_eq!(sink.connections(), 1);
@@ -190,11 +171,12 @@ async fn the_in_flight_limit_falls_to_what_the_sink_sustains() {
     sink.set_max_active(4);
     let rx = spawn(&sink, &["--sink-max-in-flight", "64"]);
     let limit = "ens_receiver_sink_in_flight_limit";
-    assert_eq!(metric_of(&rx, limit).await, 32.0, "the initial limit");
+    assert_eq!(rx.metric(limit).await, 32.0, "the initial limit");
     let body = batch("adaptive", 200);
-    until_acknowledged(&rx, &body, 150).await;
+    rx.until_acknowledged(ROUTE, KEY, &body, 150, RETRY_PAUSE)
+        .await;
     assert!(sink.overloaded() > 0);
-    let after = metric_of(&rx, limit).await;
+    let after = rx.metric(limit).await;
     assert!(after < 32.0, "the limit stayed at {after}");
     let seen = delivered(&sink);
     assert_eq!(seen.len(), 200);

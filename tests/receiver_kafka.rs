@@ -17,6 +17,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use receiver_support::*;
 
 const ROUTE: &str = "/hooks/tenant-a";
+/// How long ENS (played by the test) waits before posting a refused batch again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// What `--kafka-topic ens.{route}` makes of ROUTE.
 const TOPIC: &str = "ens.hooks.tenant-a";
 
@@ -98,46 +100,13 @@ fn by_id(records: Vec<Record>) -> BTreeMap<String, Record> {
 }
 
 fn spawn(broker: &KafkaBroker, extra: &[&str]) -> Receiver {
-    let dir = temp_dir("kafka-rx");
-    let keys = key_file(&dir, "key", &[KEY]);
-    let route = format!("{ROUTE}={keys}");
-    let mut args = vec![
-        "--route",
-        route.as_str(),
+    let handoff = [
         "--kafka-brokers",
         broker.bootstrap.as_str(),
         "--kafka-topic",
         "ens.{route}",
     ];
-    args.extend_from_slice(extra);
-    Receiver::spawn(&args, &[])
-}
-
-async fn post(rx: &Receiver, body: &str) -> u16 {
-    rx.post(ROUTE, body, Some(&sig(KEY, body))).await.0
-}
-
-async fn metric_of(rx: &Receiver, sample: &str) -> f64 {
-    metric(&rx.get("/metrics").await.1, sample)
-}
-
-const ACCEPTED: &str = "ens_receiver_events_total{outcome=\"accepted\"}";
-
-fn batches(outcome: &str) -> String {
-    format!("ens_receiver_batches_total{{outcome=\"{outcome}\"}}")
-}
-
-/// Posts `body` until it is acknowledged (as ENS retries), at most `attempts` times.
-async fn until_acknowledged(rx: &Receiver, body: &str, attempts: usize) -> Vec<u16> {
-    let mut statuses = Vec::new();
-    while statuses.last() != Some(&200) {
-        assert!(statuses.len() < attempts, "not acknowledged: {statuses:?}");
-        statuses.push(post(rx, body).await);
-        if statuses.last() != Some(&200) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    statuses
+    Receiver::spawn_route(ROUTE, KEY, &handoff, extra)
 }
 
 /// Percent-decodes an HTTP binary-mode header value (the Kafka binding has none of that).
@@ -181,9 +150,10 @@ async fn acknowledged_events_are_in_the_topic_as_the_binary_sink_gets_them() {
     );
     let ids = ids(&body);
     // Until the producer's first connection is up the receiver answers 503, producing nothing.
-    until_acknowledged(&rx, &body, 100).await;
-    assert_eq!(post(&http_rx, &body).await, 200);
-    assert_eq!(metric_of(&rx, ACCEPTED).await, ids.len() as f64);
+    rx.until_acknowledged(ROUTE, KEY, &body, 100, RETRY_PAUSE)
+        .await;
+    assert_eq!(http_rx.post_signed(ROUTE, KEY, &body).await, 200);
+    assert_eq!(rx.metric(ACCEPTED).await, ids.len() as f64);
 
     let stored = by_id(read_topic(&broker));
     assert_eq!(stored.len(), ids.len());
@@ -233,16 +203,17 @@ async fn broker_down_means_503_and_nothing_acknowledged() {
     let rx = spawn(&broker, &[]);
     let body = batch("down", 20);
     for _ in 0..3 {
-        assert_eq!(post(&rx, &body).await, 503);
+        assert_eq!(rx.post_signed(ROUTE, KEY, &body).await, 503);
     }
-    assert_eq!(metric_of(&rx, &batches("kafka_disconnected")).await, 3.0);
-    assert_eq!(metric_of(&rx, ACCEPTED).await, 0.0);
-    assert_eq!(metric_of(&rx, &batches("accepted")).await, 0.0);
+    assert_eq!(rx.metric(&batches("kafka_disconnected")).await, 3.0);
+    assert_eq!(rx.metric(ACCEPTED).await, 0.0);
+    assert_eq!(rx.metric(&batches("accepted")).await, 0.0);
 
     broker.restart();
     assert_eq!(topic_count(&broker), 0, "nothing was produced while down");
-    until_acknowledged(&rx, &body, 300).await;
-    assert_eq!(metric_of(&rx, ACCEPTED).await, 20.0);
+    rx.until_acknowledged(ROUTE, KEY, &body, 300, RETRY_PAUSE)
+        .await;
+    assert_eq!(rx.metric(ACCEPTED).await, 20.0);
     let stored = by_id(read_topic(&broker));
     assert_eq!(stored.len(), 20);
 }
@@ -267,7 +238,8 @@ async fn broker_killed_mid_batch_loses_no_acknowledged_event() {
             "2000",
         ],
     );
-    until_acknowledged(&rx, &batch("warm", 1), 100).await;
+    rx.until_acknowledged(ROUTE, KEY, &batch("warm", 1), 100, RETRY_PAUSE)
+        .await;
     let n = 3000;
     let body = batch("killed", n);
     let first = {
@@ -293,14 +265,17 @@ async fn broker_killed_mid_batch_loses_no_acknowledged_event() {
     }
     broker.kill();
     let first = first.await.unwrap().expect("an answer");
-    let before = metric_of(&rx, ACCEPTED).await;
+    let before = rx.metric(ACCEPTED).await;
     assert_eq!(before, 1.0 + if first == 200 { n as f64 } else { 0.0 });
 
     broker.restart();
-    until_acknowledged(&rx, &body, 300).await;
+    rx.until_acknowledged(ROUTE, KEY, &body, 300, RETRY_PAUSE)
+        .await;
     if first != 200 {
         // The retry skipped what was acknowledged before the kill: the case this test is for.
-        let skipped = metric_of(&rx, "ens_receiver_events_total{outcome=\"duplicate\"}").await;
+        let skipped = rx
+            .metric("ens_receiver_events_total{outcome=\"duplicate\"}")
+            .await;
         assert!(skipped >= 1.0, "nothing was acknowledged before the kill");
     }
     let stored: BTreeSet<String> = read_topic(&broker)
@@ -323,18 +298,19 @@ async fn an_oversized_record_fails_only_itself() {
     let broker = KafkaBroker::start(&temp_dir("kafka"));
     broker.create_topic(TOPIC, &[]).await;
     let rx = spawn(&broker, &[]);
-    until_acknowledged(&rx, &batch("warm", 1), 100).await;
+    rx.until_acknowledged(ROUTE, KEY, &batch("warm", 1), 100, RETRY_PAUSE)
+        .await;
     // Over librdkafka's default message.max.bytes (1,000,000), under --max-body-bytes.
     let big = format!(
         r#"{{"eventCategoryType":"Big","blob":"{}"}}"#,
         "x".repeat(1_200_000)
     );
     let body = format!("[{},{big}]", batch("small", 5).trim_matches(['[', ']']));
-    assert_eq!(post(&rx, &body).await, 503);
-    assert_eq!(metric_of(&rx, &batches("kafka_too_large")).await, 1.0);
+    assert_eq!(rx.post_signed(ROUTE, KEY, &body).await, 503);
+    assert_eq!(rx.metric(&batches("kafka_too_large")).await, 1.0);
     assert_eq!(topic_count(&broker), 1 + 5);
-    assert_eq!(post(&rx, &body).await, 503);
-    assert_eq!(metric_of(&rx, &batches("kafka_too_large")).await, 2.0);
+    assert_eq!(rx.post_signed(ROUTE, KEY, &body).await, 503);
+    assert_eq!(rx.metric(&batches("kafka_too_large")).await, 2.0);
     assert_eq!(
         topic_count(&broker),
         1 + 5,
@@ -378,14 +354,15 @@ async fn a_missing_topic_is_a_503_with_a_reason() {
     );
     let body = batch("notopic", 10);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while metric_of(&rx, &batches("kafka_no_topic")).await == 0.0 {
+    while rx.metric(&batches("kafka_no_topic")).await == 0.0 {
         assert!(Instant::now() < deadline, "no kafka_no_topic outcome");
-        assert_eq!(post(&rx, &body).await, 503);
+        assert_eq!(rx.post_signed(ROUTE, KEY, &body).await, 503);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(metric_of(&rx, ACCEPTED).await, 0.0);
+    assert_eq!(rx.metric(ACCEPTED).await, 0.0);
     broker.create_topic(TOPIC, &[]).await;
-    until_acknowledged(&rx, &body, 300).await;
+    rx.until_acknowledged(ROUTE, KEY, &body, 300, RETRY_PAUSE)
+        .await;
     assert_eq!(by_id(read_topic(&broker)).len(), 10);
 }
 

@@ -16,6 +16,8 @@ use async_nats::jetstream::{self, stream};
 use receiver_support::*;
 
 const ROUTE: &str = "/hooks/tenant-a";
+/// How long ENS (played by the test) waits before posting a refused batch again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// What `--nats-subject ens.{route}` makes of ROUTE.
 const SUBJECT: &str = "ens.hooks.tenant-a";
 const STREAM: &str = "ENS";
@@ -223,33 +225,8 @@ async fn read_stream(
 }
 
 fn spawn(nats: &str, extra: &[&str]) -> Receiver {
-    let dir = temp_dir("nats-rx");
-    let keys = key_file(&dir, "key", &[KEY]);
-    let route = format!("{ROUTE}={keys}");
-    let mut args = vec![
-        "--route",
-        route.as_str(),
-        "--nats-url",
-        nats,
-        "--nats-subject",
-        "ens.{route}",
-    ];
-    args.extend_from_slice(extra);
-    Receiver::spawn(&args, &[])
-}
-
-async fn post(rx: &Receiver, body: &str) -> u16 {
-    rx.post(ROUTE, body, Some(&sig(KEY, body))).await.0
-}
-
-async fn metric_of(rx: &Receiver, sample: &str) -> f64 {
-    metric(&rx.get("/metrics").await.1, sample)
-}
-
-const ACCEPTED: &str = "ens_receiver_events_total{outcome=\"accepted\"}";
-
-fn batches(outcome: &str) -> String {
-    format!("ens_receiver_batches_total{{outcome=\"{outcome}\"}}")
+    let handoff = ["--nats-url", nats, "--nats-subject", "ens.{route}"];
+    Receiver::spawn_route(ROUTE, KEY, &handoff, extra)
 }
 
 /// Waits until the receiver is connected (the server counts it beside `others`).
@@ -262,19 +239,6 @@ async fn until_connected(server: &NatsServer, others: u64) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Posts `body` until it is acknowledged (as ENS retries), at most `attempts` times.
-async fn until_acknowledged(rx: &Receiver, body: &str, attempts: usize) -> Vec<u16> {
-    let mut statuses = Vec::new();
-    while statuses.last() != Some(&200) {
-        assert!(statuses.len() < attempts, "not acknowledged: {statuses:?}");
-        statuses.push(post(rx, body).await);
-        if statuses.last() != Some(&200) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    statuses
 }
 
 /// (1) Acknowledged events are all in the stream, each exactly what the HTTP binary-mode sink
@@ -300,10 +264,10 @@ async fn acknowledged_events_are_in_the_stream_as_the_binary_sink_gets_them() {
         r#"{"timestampUTC":1600698608530,"x":[1, 2 ,3]}"#
     );
     let ids = ids(&body);
-    assert_eq!(post(&rx, &body).await, 200);
-    assert_eq!(post(&http_rx, &body).await, 200);
+    assert_eq!(rx.post_signed(ROUTE, KEY, &body).await, 200);
+    assert_eq!(http_rx.post_signed(ROUTE, KEY, &body).await, 200);
     assert_eq!(stream_count(&js).await, ids.len() as u64);
-    assert_eq!(metric_of(&rx, ACCEPTED).await, ids.len() as f64);
+    assert_eq!(rx.metric(ACCEPTED).await, ids.len() as f64);
 
     let stored = read_stream(&js).await;
     let mut by_id = BTreeMap::new();
@@ -350,14 +314,11 @@ async fn server_down_means_503_and_nothing_acknowledged() {
     let rx = spawn(&server.url(), &[]);
     let body = batch("down", 20);
     for _ in 0..3 {
-        assert_eq!(post(&rx, &body).await, 503);
+        assert_eq!(rx.post_signed(ROUTE, KEY, &body).await, 503);
     }
-    assert_eq!(
-        metric_of(&rx, &batches("jetstream_disconnected")).await,
-        3.0
-    );
-    assert_eq!(metric_of(&rx, ACCEPTED).await, 0.0);
-    assert_eq!(metric_of(&rx, &batches("accepted")).await, 0.0);
+    assert_eq!(rx.metric(&batches("jetstream_disconnected")).await, 3.0);
+    assert_eq!(rx.metric(ACCEPTED).await, 0.0);
+    assert_eq!(rx.metric(&batches("accepted")).await, 0.0);
 
     server.restart();
     let js = server.jetstream().await;
@@ -367,9 +328,10 @@ async fn server_down_means_503_and_nothing_acknowledged() {
         0,
         "nothing was published while down"
     );
-    until_acknowledged(&rx, &body, 50).await;
+    rx.until_acknowledged(ROUTE, KEY, &body, 50, RETRY_PAUSE)
+        .await;
     assert_eq!(stream_count(&js).await, 20);
-    assert_eq!(metric_of(&rx, ACCEPTED).await, 20.0);
+    assert_eq!(rx.metric(ACCEPTED).await, 20.0);
 }
 
 /// (3) The server is killed while a batch is being published and restarted on the same store:
@@ -421,15 +383,18 @@ async fn server_killed_mid_batch_loses_no_acknowledged_event() {
     }
     server.kill();
     let first = first.await.unwrap().expect("an answer");
-    let before = metric_of(&rx, ACCEPTED).await;
+    let before = rx.metric(ACCEPTED).await;
     assert_eq!(before, if first == 200 { n as f64 } else { 0.0 });
 
     server.restart();
     let js = server.jetstream().await;
-    until_acknowledged(&rx, &body, 100).await;
+    rx.until_acknowledged(ROUTE, KEY, &body, 100, RETRY_PAUSE)
+        .await;
     if first != 200 {
         // The retry skipped what was acknowledged before the kill: the case this test is for.
-        let skipped = metric_of(&rx, "ens_receiver_events_total{outcome=\"duplicate\"}").await;
+        let skipped = rx
+            .metric("ens_receiver_events_total{outcome=\"duplicate\"}")
+            .await;
         assert!(skipped >= 1.0, "nothing was acknowledged before the kill");
     }
     let stored = read_stream(&js).await;
@@ -449,19 +414,16 @@ async fn a_redelivered_batch_is_one_message_per_event() {
     let a = spawn(&server.url(), &[]);
     let b = spawn(&server.url(), &[]);
     let body = batch("twice", 25);
-    assert_eq!(post(&a, &body).await, 200);
-    assert_eq!(post(&b, &body).await, 200);
-    assert_eq!(metric_of(&a, ACCEPTED).await, 25.0);
-    assert_eq!(
-        metric_of(&b, ACCEPTED).await,
-        25.0,
-        "b published them all again"
-    );
+    assert_eq!(a.post_signed(ROUTE, KEY, &body).await, 200);
+    assert_eq!(b.post_signed(ROUTE, KEY, &body).await, 200);
+    assert_eq!(a.metric(ACCEPTED).await, 25.0);
+    assert_eq!(b.metric(ACCEPTED).await, 25.0, "b published them all again");
     assert_eq!(stream_count(&js).await, 25);
     // The same replica drops them itself.
-    assert_eq!(post(&a, &body).await, 200);
+    assert_eq!(a.post_signed(ROUTE, KEY, &body).await, 200);
     assert_eq!(
-        metric_of(&a, "ens_receiver_events_total{outcome=\"duplicate\"}").await,
+        a.metric("ens_receiver_events_total{outcome=\"duplicate\"}")
+            .await,
         25.0
     );
     assert_eq!(stream_count(&js).await, 25);
@@ -476,12 +438,13 @@ async fn no_stream_for_the_subject_is_a_503_with_a_reason() {
     let rx = spawn(&server.url(), &[]);
     until_connected(&server, 1).await;
     let body = batch("nostream", 10);
-    assert_eq!(post(&rx, &body).await, 503);
-    assert_eq!(metric_of(&rx, &batches("jetstream_no_stream")).await, 1.0);
-    assert_eq!(metric_of(&rx, ACCEPTED).await, 0.0);
+    assert_eq!(rx.post_signed(ROUTE, KEY, &body).await, 503);
+    assert_eq!(rx.metric(&batches("jetstream_no_stream")).await, 1.0);
+    assert_eq!(rx.metric(ACCEPTED).await, 0.0);
 
     create_stream(&js).await;
-    until_acknowledged(&rx, &body, 20).await;
+    rx.until_acknowledged(ROUTE, KEY, &body, 20, RETRY_PAUSE)
+        .await;
     let stored = read_stream(&js).await;
     assert_eq!(stored.len(), 10);
     for id in ids(&body) {

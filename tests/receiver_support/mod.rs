@@ -28,6 +28,14 @@ pub fn sig(key: &str, body: &str) -> String {
     sign(&SignatureKey::new(key), KeyMode::Decoded, body.as_bytes()).unwrap()
 }
 
+/// The metric sample of events the receiver accepted.
+pub const ACCEPTED: &str = "ens_receiver_events_total{outcome=\"accepted\"}";
+
+/// The metric sample of batches that ended with `outcome`.
+pub fn batches(outcome: &str) -> String {
+    format!("ens_receiver_batches_total{{outcome=\"{outcome}\"}}")
+}
+
 /// A batch of `n` distinct events, tagged so batches differ.
 pub fn batch(tag: &str, n: usize) -> String {
     let events: Vec<String> = (0..n)
@@ -159,6 +167,48 @@ impl Receiver {
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         (status, resp.text().await.unwrap_or_default())
+    }
+
+    /// A receiver serving `route` with the one signature key `key`, handing off as `handoff`
+    /// says (`--sink URL`, the broker flags), with `extra` flags.
+    pub fn spawn_route(route: &str, key: &str, handoff: &[&str], extra: &[&str]) -> Self {
+        let keys = key_file(&temp_dir("rx"), "key", &[key]);
+        let route = format!("{route}={keys}");
+        let mut args = vec!["--route", route.as_str()];
+        args.extend_from_slice(handoff);
+        args.extend_from_slice(extra);
+        Self::spawn(&args, &[])
+    }
+
+    /// POSTs `body` to `path` signed with `key`; returns the status.
+    pub async fn post_signed(&self, path: &str, key: &str, body: &str) -> u16 {
+        self.post(path, body, Some(&sig(key, body))).await.0
+    }
+
+    /// POSTs `body` to `path` signed with `key` until it is acknowledged (as ENS retries),
+    /// `pause` between tries, at most `attempts` times; returns the statuses seen.
+    pub async fn until_acknowledged(
+        &self,
+        path: &str,
+        key: &str,
+        body: &str,
+        attempts: usize,
+        pause: Duration,
+    ) -> Vec<u16> {
+        let mut statuses = Vec::new();
+        while statuses.last() != Some(&200) {
+            assert!(statuses.len() < attempts, "not acknowledged: {statuses:?}");
+            statuses.push(self.post_signed(path, key, body).await);
+            if statuses.last() != Some(&200) && !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        statuses
+    }
+
+    /// One sample of the receiver's metrics.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric(&self.get("/metrics").await.1, sample)
     }
 
     /// GETs a path (health, metrics).
