@@ -37,8 +37,8 @@ use self::routes::{RouteTable, Routes};
 use self::sink::Handoff;
 use self::sink::cloudevents::{HttpSink, SinkMode, SinkOptions, SinkProtocol};
 use self::sink::dead_letter::DeadLetters;
-use self::sink::jetstream::{JetStreamOptions, JetStreamSink};
-use self::sink::kafka::{KafkaOptions, KafkaSink};
+use self::sink::jetstream::JetStreamSink;
+use self::sink::kafka::KafkaSink;
 use self::sink::spool::{Forwarding, Spool};
 
 /// `ens-operator receiver` flags.
@@ -205,6 +205,14 @@ pub enum Error {
     Io(&'static str, #[source] std::io::Error),
 }
 
+/// The broker hand-offs' `--sink-timeout-ms` and `--sink-max-in-flight`.
+fn broker_options(args: &Args) -> sink::BrokerOptions {
+    sink::BrokerOptions {
+        timeout: Duration::from_millis(args.sink_timeout_ms),
+        max_in_flight: args.sink_max_in_flight,
+    }
+}
+
 /// Runs the receiver until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> Result<(), Error> {
     // Both the sink client and kube use rustls; pick the ring provider for the process. An
@@ -230,12 +238,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
         if args.dead_letter_dir.is_some() {
             return Err(Error::JetStreamWithDeadLetters);
         }
-        let options = JetStreamOptions {
-            timeout: Duration::from_millis(args.sink_timeout_ms),
-            max_in_flight: args.sink_max_in_flight,
-        };
         Handoff::JetStream(Box::new(
-            JetStreamSink::connect(&args.jetstream, options).await?,
+            JetStreamSink::connect(&args.jetstream, broker_options(&args)).await?,
         ))
     } else if args.kafka.selected() {
         if args.spool_dir.is_some() {
@@ -244,11 +248,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
         if args.dead_letter_dir.is_some() {
             return Err(Error::KafkaWithDeadLetters);
         }
-        let options = KafkaOptions {
-            timeout: Duration::from_millis(args.sink_timeout_ms),
-            max_in_flight: args.sink_max_in_flight,
-        };
-        Handoff::Kafka(Box::new(KafkaSink::connect(&args.kafka, options)?))
+        Handoff::Kafka(Box::new(KafkaSink::connect(
+            &args.kafka,
+            broker_options(&args),
+        )?))
     } else if sink_url == sink::DISCARD {
         if args.spool_dir.is_some() {
             return Err(Error::DiscardWithSpool);

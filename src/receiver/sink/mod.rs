@@ -18,6 +18,16 @@ use spool::{Spool, SpoolError};
 
 use crate::receiver::event::CloudEvent;
 
+/// How a broker hand-off (JetStream, Kafka) publishes, besides where.
+#[derive(Clone, Debug)]
+pub struct BrokerOptions {
+    /// Longest wait for one message's acknowledgement, the client's retries included
+    /// (`--sink-timeout-ms`).
+    pub timeout: std::time::Duration,
+    /// Most messages awaiting their acknowledgement at once, per batch (`--sink-max-in-flight`).
+    pub max_in_flight: usize,
+}
+
 /// `--sink` value that drops every event (benchmarks and load tests only).
 pub const DISCARD: &str = "discard:";
 

@@ -14,7 +14,6 @@ pub mod config;
 pub mod subject;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
@@ -25,18 +24,9 @@ use futures::stream::FuturesUnordered;
 
 use self::config::{Auth, ConfigError, Connection};
 use self::subject::SubjectTemplate;
-use super::cloudevents::header_value;
 use super::template::TemplateError;
+use super::{BrokerOptions, cloudevents::header_value};
 use crate::receiver::event::CloudEvent;
-
-/// How to publish, besides where.
-#[derive(Clone, Debug)]
-pub struct JetStreamOptions {
-    /// Longest wait for one PubAck (`--sink-timeout-ms`).
-    pub timeout: Duration,
-    /// Most messages awaiting their PubAck at once (`--sink-max-in-flight`).
-    pub max_in_flight: usize,
-}
 
 /// Why the JetStream hand-off could not start.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +114,7 @@ impl JetStreamSink {
     /// background, so a server that is down makes hand-offs fail, not the start.
     pub async fn connect(
         args: &config::JetStreamArgs,
-        options: JetStreamOptions,
+        options: BrokerOptions,
     ) -> Result<Self, StartError> {
         let subject = SubjectTemplate::parse(&args.nats_subject)?;
         let conn = Connection::from_args(args)?;

@@ -31,18 +31,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use self::config::{ConfigError, Connection, KafkaArgs, KeyChoice};
 use self::topic::TopicTemplate;
-use super::template::TemplateError;
+use super::{BrokerOptions, template::TemplateError};
 use crate::receiver::event::CloudEvent;
-
-/// How to produce, besides where.
-#[derive(Clone, Debug)]
-pub struct KafkaOptions {
-    /// Longest wait for one record's acknowledgement, retries included (`--sink-timeout-ms`,
-    /// librdkafka's `message.timeout.ms`).
-    pub timeout: Duration,
-    /// Most records awaiting their acknowledgement at once, per batch (`--sink-max-in-flight`).
-    pub max_in_flight: usize,
-}
 
 /// Why the Kafka hand-off could not start.
 #[derive(Debug, thiserror::Error)]
@@ -228,7 +218,7 @@ struct Inner {
 impl KafkaSink {
     /// A sink producing to Kafka as `args` say; the producer connects (and reconnects) in the
     /// background, so brokers that are down make hand-offs fail, not the start.
-    pub fn connect(args: &KafkaArgs, options: KafkaOptions) -> Result<Self, StartError> {
+    pub fn connect(args: &KafkaArgs, options: BrokerOptions) -> Result<Self, StartError> {
         let topic = TopicTemplate::parse(&args.kafka_topic)?;
         let conn = Connection::from_args(args)?;
         tracing::info!(
