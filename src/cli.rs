@@ -35,7 +35,7 @@ pub enum Command {
     /// pre-delete hook: an uninstall would leave them stuck).
     UninstallCheck(crate::uninstall_check::Args),
     /// List the events a receiver kept as dead letters, or send them to a sink again.
-    DeadLetters(crate::dead_letters::Args),
+    DeadLetters(Box<crate::dead_letters::Args>),
     /// The `kubectl ens` plugin (also run as `kubectl-ens`): status, why, reconcile,
     /// rotate-key, check, orphans.
     Ens(Box<crate::plugin::Args>),

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             run(async { Ok(ens_operator::uninstall_check::run(args).await?) })
         }
         Command::DeadLetters(args) => {
-            run(async { Ok(ens_operator::dead_letters::run(args).await?) })
+            run(async { Ok(ens_operator::dead_letters::run(*args).await?) })
         }
         Command::Ens(args) => run(async { Ok(plugin::run(*args).await?) }),
     };

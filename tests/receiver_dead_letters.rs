@@ -8,7 +8,6 @@ mod receiver_support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use receiver_support::*;
@@ -47,24 +46,6 @@ fn taken(sink: &TestSink) -> BTreeSet<String> {
         .collect()
 }
 
-/// Runs `ens-operator dead-letters ARGS` off the runtime (the test sink answers on it).
-async fn letters_cmd(args: &[&str]) -> (bool, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_ens-operator"))
-            .arg("dead-letters")
-            .args(args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 /// A sink refusing [`POISON`] for good, and a receiver (args `extra`) keeping dead letters in
 /// the returned directory.
 async fn poisoned(name: &str, extra: &[&str]) -> (Receiver, TestSink, PathBuf) {
@@ -98,7 +79,7 @@ async fn binary_mode_keeps_the_refused_event_delivers_the_rest_and_replay_sends_
 
     // Listed, with route, id and the sink's status.
     let dir_arg = letters.to_str().unwrap();
-    let (ok, listed) = letters_cmd(&["list", "--dir", dir_arg]).await;
+    let (ok, listed) = dead_letters(&["list", "--dir", dir_arg]).await;
     assert!(ok, "{listed}");
     assert!(
         listed.contains(&format!("route={ROUTE} id={bad}")),
@@ -108,7 +89,7 @@ async fn binary_mode_keeps_the_refused_event_delivers_the_rest_and_replay_sends_
     assert!(listed.contains("1 dead letters"), "{listed}");
 
     // Replayed while the sink still refuses: kept, and the command says so.
-    let (ok, said) = letters_cmd(&["replay", "--dir", dir_arg, "--sink", &sink.url]).await;
+    let (ok, said) = dead_letters(&["replay", "--dir", dir_arg, "--sink", &sink.url]).await;
     assert!(!ok, "{said}");
     assert!(
         said.contains(&format!("kept {bad}: sink answered HTTP 400")),
@@ -118,10 +99,10 @@ async fn binary_mode_keeps_the_refused_event_delivers_the_rest_and_replay_sends_
 
     // Once the sink takes it, replay delivers it (same id) and removes the letter.
     sink.set_poison(None);
-    let (ok, said) = letters_cmd(&["replay", "--dir", dir_arg, "--sink", &sink.url]).await;
+    let (ok, said) = dead_letters(&["replay", "--dir", dir_arg, "--sink", &sink.url]).await;
     assert!(ok, "{said}");
     assert!(taken(&sink).contains(&bad));
-    let (_, listed) = letters_cmd(&["list", "--dir", dir_arg]).await;
+    let (_, listed) = dead_letters(&["list", "--dir", dir_arg]).await;
     assert!(listed.contains("0 dead letters"), "{listed}");
 }
 
@@ -148,7 +129,7 @@ async fn batched_mode_sends_a_refused_batch_again_event_by_event() {
     // The whole batch, then the poisoned event alone.
     assert_eq!(sink.poisoned(), 2);
     assert_eq!(refused_total(&rx).await, 1.0);
-    let (_, listed) = letters_cmd(&["list", "--dir", letters.to_str().unwrap()]).await;
+    let (_, listed) = dead_letters(&["list", "--dir", letters.to_str().unwrap()]).await;
     assert!(listed.contains(&format!("id={bad}")), "{listed}");
 }
 
@@ -187,6 +168,6 @@ async fn a_spooled_event_refused_for_good_blocks_nothing_behind_it() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (_, listed) = letters_cmd(&["list", "--dir", letters.to_str().unwrap()]).await;
+    let (_, listed) = dead_letters(&["list", "--dir", letters.to_str().unwrap()]).await;
     assert!(listed.contains(&format!("id={}", ids(&bad)[0])), "{listed}");
 }

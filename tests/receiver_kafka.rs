@@ -50,12 +50,17 @@ fn topic_count(broker: &KafkaBroker) -> i64 {
 
 /// Every record of the topic, in order.
 fn read_topic(broker: &KafkaBroker) -> Vec<Record> {
+    read_records(broker, TOPIC)
+}
+
+/// Every record of `topic` (one partition), in order.
+fn read_records(broker: &KafkaBroker, topic: &str) -> Vec<Record> {
     let c = consumer(broker);
     let (_, high) = c
-        .fetch_watermarks(TOPIC, 0, Duration::from_secs(10))
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
         .expect("watermarks");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(TOPIC, 0, Offset::Beginning)
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
         .unwrap();
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
@@ -322,6 +327,79 @@ async fn an_oversized_record_fails_only_itself() {
     }
 }
 
+/// (5) With a dead-letter directory, a record Kafka refuses for good is kept as a dead letter
+/// instead: the batch is acknowledged, the other events are in the topic, the letter is counted
+/// and listed with its topic and reason; `dead-letters replay` to Kafka keeps it while the
+/// destination still refuses it, and produces it, byte for byte, once a topic takes it.
+#[tokio::test]
+async fn an_oversized_record_becomes_a_dead_letter_replayed_to_kafka_later() {
+    let broker = KafkaBroker::start(&temp_dir("kafka"));
+    broker.create_topic(TOPIC, &[]).await;
+    let letters = temp_dir("kafka-letters");
+    let dir = letters.to_str().unwrap();
+    let rx = spawn(&broker, &["--dead-letter-dir", dir]);
+    let big = format!(
+        r#"{{"eventCategoryType":"Big","blob":"{}"}}"#,
+        "x".repeat(1_200_000)
+    );
+    let body = format!("[{},{big}]", batch("small", 5).trim_matches(['[', ']']));
+    let big_id = ids(&body)[5].clone();
+    rx.until_acknowledged(ROUTE, KEY, &body, 100, RETRY_PAUSE)
+        .await;
+    assert_eq!(
+        rx.metric("ens_receiver_dead_letters_total{reason=\"too_large\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(rx.metric(ACCEPTED).await, 6.0);
+    assert_eq!(topic_count(&broker), 5, "the five others, once each");
+    let (ok, listed) = dead_letters(&["list", "--dir", dir]).await;
+    assert!(ok, "{listed}");
+    assert!(listed.contains(&format!("id={big_id}")), "{listed}");
+    assert!(
+        listed.contains(&format!("kafka={TOPIC} reason=kafka_too_large")),
+        "{listed}"
+    );
+    assert!(listed.contains("1 dead letters"), "{listed}");
+
+    let brokers = broker.bootstrap.as_str();
+    // Still too large for the producer: kept, and the command says so.
+    let replay = ["replay", "--dir", dir, "--kafka-topic"];
+    let (ok, out) =
+        dead_letters(&[&replay[..], &["ens.{route}", "--kafka-brokers", brokers]].concat()).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("0 replayed, 1 kept"), "{out}");
+    assert_eq!(topic_count(&broker), 5);
+
+    // A topic and a producer that take records this large.
+    broker
+        .create_topic("big.hooks.tenant-a", &[("max.message.bytes", "2000000")])
+        .await;
+    let config = letters.with_extension("properties");
+    std::fs::write(
+        &config,
+        format!("bootstrap.servers={brokers}\nmessage.max.bytes=2000000\n"),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let (ok, out) = dead_letters(
+        &[
+            &replay[..],
+            &["big.{route}", "--kafka-config-file", &config],
+        ]
+        .concat(),
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.contains("1 replayed, 0 kept"), "{out}");
+    let records = read_records(&broker, "big.hooks.tenant-a");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].headers["ce_id"], big_id);
+    assert_eq!(records[0].value, big.as_bytes(), "the event as ENS sent it");
+    let (_, listed) = dead_letters(&["list", "--dir", dir]).await;
+    assert!(listed.contains("0 dead letters"), "{listed}");
+}
+
 /// A topic that does not exist is a 503 with its reason; once it exists the retry gets through.
 /// (librdkafka waits `topic.metadata.propagation.max.ms` for a new topic to appear: shortened
 /// here through the config file, which the brokers' address also comes from.)
@@ -413,8 +491,6 @@ fn bad_settings_stop_the_receiver_at_start() {
         e.contains("--spool-dir forwards to an HTTP sink only, not to Kafka"),
         "{e}"
     );
-    let e = run(&[&brokers[..], &["--dead-letter-dir", dir.to_str().unwrap()]].concat());
-    assert!(e.contains("not to Kafka"), "{e}");
     let e = run(&[&brokers[..], &["--nats-url", "nats://127.0.0.1:1"]].concat());
     assert!(e.contains("cannot be used with"), "{e}");
 }

@@ -452,6 +452,100 @@ async fn no_stream_for_the_subject_is_a_503_with_a_reason() {
     }
 }
 
+/// (6) A message larger than the stream takes (its `max_msg_size`) fails only itself: without a
+/// dead-letter directory the batch is answered 503 with that reason, the others are stored and
+/// the retry publishes nothing twice; with one, it is kept as a dead letter (counted, listed
+/// with its subject) and the batch acknowledged; `dead-letters replay` to JetStream keeps it
+/// while the stream refuses it, and publishes it, byte for byte, once the stream takes it.
+#[tokio::test]
+async fn a_message_too_large_for_the_stream_fails_only_itself_or_becomes_a_dead_letter() {
+    let server = NatsServer::start();
+    let js = server.jetstream().await;
+    js.create_stream(stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["ens.>".into()],
+        max_message_size: 64 * 1024,
+        ..Default::default()
+    })
+    .await
+    .expect("create the stream");
+    let big = format!(
+        r#"{{"eventCategoryType":"Big","blob":"{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let body = format!("[{},{big}]", batch("small", 5).trim_matches(['[', ']']));
+    let big_id = ids(&body)[5].clone();
+
+    let plain = spawn(&server.url(), &[]);
+    until_connected(&server, 1).await;
+    assert_eq!(plain.post_signed(ROUTE, KEY, &body).await, 503);
+    assert_eq!(plain.metric(&batches("jetstream_too_large")).await, 1.0);
+    assert_eq!(stream_count(&js).await, 5);
+    assert_eq!(plain.post_signed(ROUTE, KEY, &body).await, 503);
+    assert_eq!(plain.metric(&batches("jetstream_too_large")).await, 2.0);
+    assert_eq!(
+        stream_count(&js).await,
+        5,
+        "the retry published only the big one"
+    );
+
+    let letters = temp_dir("nats-letters");
+    let dir = letters.to_str().unwrap();
+    let rx = spawn(&server.url(), &["--dead-letter-dir", dir]);
+    until_connected(&server, 2).await;
+    assert_eq!(rx.post_signed(ROUTE, KEY, &body).await, 200);
+    assert_eq!(
+        rx.metric("ens_receiver_dead_letters_total{reason=\"too_large\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(stream_count(&js).await, 5, "the others were there already");
+    let (ok, listed) = dead_letters(&["list", "--dir", dir]).await;
+    assert!(ok, "{listed}");
+    assert!(listed.contains(&format!("id={big_id}")), "{listed}");
+    assert!(
+        listed.contains(&format!("jetstream={SUBJECT} reason=jetstream_too_large")),
+        "{listed}"
+    );
+
+    let url = server.url();
+    let replay = [
+        "replay",
+        "--dir",
+        dir,
+        "--nats-url",
+        &url,
+        "--nats-subject",
+        "ens.{route}",
+    ];
+    let (ok, out) = dead_letters(&replay).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("0 replayed, 1 kept"), "{out}");
+    let mut config = js
+        .get_stream(STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    config.max_message_size = -1;
+    js.update_stream(config).await.expect("update the stream");
+    let (ok, out) = dead_letters(&replay).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("1 replayed, 0 kept"), "{out}");
+    let stored = read_stream(&js).await;
+    assert_eq!(stored.len(), 6);
+    assert_eq!(
+        stored[&big_id].2,
+        big.as_bytes(),
+        "the event as ENS sent it"
+    );
+    let (_, listed) = dead_letters(&["list", "--dir", dir]).await;
+    assert!(listed.contains("0 dead letters"), "{listed}");
+}
+
 /// A bad `--nats-subject` or credentials directory stops the receiver at start, saying why,
 /// without repeating a secret.
 #[test]

@@ -101,8 +101,9 @@ pub struct Args {
     /// Spool bound in bytes on disk; beyond it requests get 503.
     #[arg(long, default_value_t = 1 << 30)]
     pub spool_max_bytes: u64,
-    /// Keep events the sink refuses for good (a 4xx but 408 and 429) here as dead letters, so
-    /// they block nothing; without it such a refusal fails the hand-off (503) like any other.
+    /// Keep events the sink refuses for good here as dead letters, so they block nothing (an
+    /// HTTP 4xx but 408 and 429; a record too large for Kafka or JetStream, or one a Kafka topic
+    /// refuses); without it such a refusal fails the hand-off (503) like any other.
     #[arg(long)]
     pub dead_letter_dir: Option<PathBuf>,
     /// Bound of the dead-letter directory in bytes; when full, refusals fail the hand-off again.
@@ -161,18 +162,12 @@ pub enum Error {
     /// The spool's forwarder delivers to an HTTP sink only.
     #[error("--spool-dir forwards to an HTTP sink only, not to JetStream")]
     JetStreamWithSpool,
-    /// Dead letters are kept for the HTTP sink's refusals only.
-    #[error("--dead-letter-dir applies to the HTTP sink only, not to JetStream")]
-    JetStreamWithDeadLetters,
     /// The JetStream hand-off could not start.
     #[error(transparent)]
     JetStream(#[from] sink::jetstream::StartError),
     /// The spool's forwarder delivers to an HTTP sink only.
     #[error("--spool-dir forwards to an HTTP sink only, not to Kafka")]
     KafkaWithSpool,
-    /// Dead letters are kept for the HTTP sink's refusals only.
-    #[error("--dead-letter-dir applies to the HTTP sink only, not to Kafka")]
-    KafkaWithDeadLetters,
     /// The Kafka hand-off could not start.
     #[error(transparent)]
     Kafka(#[from] sink::kafka::StartError),
@@ -205,11 +200,12 @@ pub enum Error {
     Io(&'static str, #[source] std::io::Error),
 }
 
-/// The broker hand-offs' `--sink-timeout-ms` and `--sink-max-in-flight`.
-fn broker_options(args: &Args) -> sink::BrokerOptions {
+/// The broker hand-offs' `--sink-timeout-ms` and `--sink-max-in-flight`, and the dead letters.
+fn broker_options(args: &Args, dead_letters: Option<DeadLetters>) -> sink::BrokerOptions {
     sink::BrokerOptions {
         timeout: Duration::from_millis(args.sink_timeout_ms),
         max_in_flight: args.sink_max_in_flight,
+        dead_letters,
     }
 }
 
@@ -230,27 +226,29 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let mut tasks = Vec::new();
     let mut forwarder = None;
     let mut spooled = None;
+    let dead_letters = args
+        .dead_letter_dir
+        .as_deref()
+        .map(|dir| DeadLetters::open(dir, args.dead_letter_max_bytes, metrics.clone()))
+        .transpose()?;
 
     let handoff = if args.jetstream.selected() {
         if args.spool_dir.is_some() {
             return Err(Error::JetStreamWithSpool);
         }
-        if args.dead_letter_dir.is_some() {
-            return Err(Error::JetStreamWithDeadLetters);
-        }
         Handoff::JetStream(Box::new(
-            JetStreamSink::connect(&args.jetstream, broker_options(&args)).await?,
+            JetStreamSink::connect(&args.jetstream, broker_options(&args, dead_letters)).await?,
         ))
     } else if args.kafka.selected() {
         if args.spool_dir.is_some() {
             return Err(Error::KafkaWithSpool);
         }
-        if args.dead_letter_dir.is_some() {
-            return Err(Error::KafkaWithDeadLetters);
-        }
+        // The records in the producer's queue are at most the bodies held, but for those of
+        // batches whose budget ran out: bounded alike.
         Handoff::Kafka(Box::new(KafkaSink::connect(
             &args.kafka,
-            broker_options(&args),
+            broker_options(&args, dead_letters),
+            args.body_budget_bytes,
         )?))
     } else if sink_url == sink::DISCARD {
         if args.spool_dir.is_some() {
@@ -267,11 +265,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 max_in_flight: args.sink_max_in_flight,
                 protocol: args.sink_protocol,
                 limit_gauge: metrics.sink_in_flight_limit.clone(),
-                dead_letters: args
-                    .dead_letter_dir
-                    .as_deref()
-                    .map(|dir| DeadLetters::open(dir, args.dead_letter_max_bytes, metrics.clone()))
-                    .transpose()?,
+                dead_letters,
             },
         )?;
         match &args.spool_dir {

@@ -474,3 +474,23 @@ pub fn metric(text: &str, sample: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// Runs `ens-operator dead-letters ARGS` off the runtime (a test sink may answer on it): whether
+/// it succeeded, and its stdout.
+pub async fn dead_letters(args: &[&str]) -> (bool, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ens-operator"))
+            .arg("dead-letters")
+            .args(args)
+            .env_remove("K_SINK")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

@@ -24,7 +24,7 @@ use reqwest::header::CONTENT_TYPE;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::dead_letter::{self, DeadLetterError, DeadLetters};
+use super::dead_letter::{self, DeadLetterError, DeadLetters, Refusal};
 use super::limit::{AdaptiveLimit, Permit, Signal};
 use crate::receiver::event::CloudEvent;
 
@@ -252,7 +252,7 @@ impl HttpSink {
                         let Some((letters, status)) = self.dead_letter_for(&e) else {
                             return Err(e);
                         };
-                        letters.keep(&events[i], status).await?;
+                        letters.keep(&events[i], Refusal::Http { status }).await?;
                     }
                     delivered[i] = true;
                     taken(std::slice::from_ref(&events[i]));

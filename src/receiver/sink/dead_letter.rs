@@ -1,12 +1,11 @@
-//! Dead letters: events the sink refused for good, kept on disk so they neither block the events
+//! Dead letters: events a sink refused for good, kept on disk so they neither block the events
 //! behind them nor vanish (docs/receiver.md, "Dead letters").
 //!
-//! A refusal is for good when the sink answered 400 (bad request), 413 (too large: for a single
-//! event, a group is split first) or 422 (unprocessable): about the event, so retrying the same
-//! bytes gets the same answer. Other 4xx (401, 403, 404, 415, ...) usually mean the sink is
-//! misconfigured or not ready, which would turn every event into a letter: those stay ordinary
-//! failures (503 to ENS, or the spool retries). Each dead letter is one file in `--dead-letter-dir`,
-//! `<unix ms>-<id prefix>-<n>.json`, holding the sink's status, when, and the CloudEvent; it is
+//! An HTTP sink refuses for good with a 4xx other than 408 (timeout) and 429 (too many
+//! requests), which say "later"; a 413 is for good only for a single event (a group is split
+//! first). A broker refuses for good a record larger than it takes, or one its topic refuses
+//! ([`Refusal`]). Each dead letter is one file in `--dead-letter-dir`,
+//! `<unix ms>-<id prefix>-<n>.json`, holding who refused it and how, when, and the CloudEvent; it is
 //! written to a temporary name, fsync'd, renamed and the directory fsync'd, so a letter is whole
 //! or absent. Only once that returned is the event counted as handed off. The directory is
 //! bounded (`--dead-letter-max-bytes`, counted again when reached, so replayed letters make room);
@@ -30,17 +29,85 @@ const SUFFIX: &str = ".json";
 /// Prefix of a letter being written (never read).
 const TEMP_PREFIX: &str = ".tmp-";
 
-/// Whether the sink's `status` refuses an event for good (see the module doc).
+/// Whether the HTTP sink's `status` refuses an event for good (see the module doc).
 pub fn refused_for_good(status: u16) -> bool {
-    matches!(status, 400 | 413 | 422)
+    (400..500).contains(&status) && !matches!(status, 408 | 429)
+}
+
+/// Who refused an event for good, and how.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Refusal {
+    /// A broker refused the event's record or message.
+    #[serde(rename_all = "camelCase")]
+    Broker {
+        /// Which broker.
+        broker: Broker,
+        /// The topic or subject it was for.
+        destination: String,
+        /// Why, as the batch outcome metric says it (`kafka_too_large`, ...).
+        reason: String,
+        /// Whether it was too large (for the dead-letter metric).
+        #[serde(default)]
+        too_large: bool,
+    },
+    /// The HTTP sink answered this status.
+    Http {
+        /// The sink's HTTP status.
+        status: u16,
+    },
+}
+
+/// The brokers a receiver hands events to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Broker {
+    /// Apache Kafka.
+    Kafka,
+    /// NATS JetStream.
+    JetStream,
+}
+
+impl Refusal {
+    /// The `reason` label of `ens_receiver_dead_letters_total`.
+    fn metric_reason(&self) -> &'static str {
+        match self {
+            Self::Http { status: 413 }
+            | Self::Broker {
+                too_large: true, ..
+            } => "too_large",
+            _ => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Http { status } => write!(f, "status={status}"),
+            Self::Broker {
+                broker,
+                destination,
+                reason,
+                ..
+            } => {
+                let broker = match broker {
+                    Broker::Kafka => "kafka",
+                    Broker::JetStream => "jetstream",
+                };
+                write!(f, "{broker}={destination} reason={reason}")
+            }
+        }
+    }
 }
 
 /// One dead letter as stored.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Letter {
-    /// The sink's HTTP status.
-    pub status: u16,
+    /// Who refused it and how (`status` for an HTTP sink, as letters have always had).
+    #[serde(flatten)]
+    pub refusal: Refusal,
     /// When the sink refused it (RFC 3339).
     pub refused_at: String,
     /// The event, as it would have been delivered.
@@ -139,10 +206,12 @@ impl DeadLetters {
         })))
     }
 
-    /// Keeps `event`, which the sink refused with `status`, durably; `Ok` once it is on disk.
-    pub async fn keep(&self, event: &CloudEvent, status: u16) -> Result<(), DeadLetterError> {
+    /// Keeps `event`, which a sink refused as `refusal` says, durably; `Ok` once it is on disk.
+    pub async fn keep(&self, event: &CloudEvent, refusal: Refusal) -> Result<(), DeadLetterError> {
+        let reason = refusal.metric_reason();
+        let shown = refusal.to_string();
         let letter = Letter {
-            status,
+            refusal,
             refused_at: jiff::Timestamp::now().to_string(),
             event: event.clone(),
         };
@@ -151,11 +220,6 @@ impl DeadLetters {
             .await
             .map_err(DeadLetterError::Task)
             .and_then(|r| r);
-        let reason = if status == 413 {
-            "too_large"
-        } else {
-            "refused"
-        };
         match &result {
             Ok(()) => {
                 self.0
@@ -166,14 +230,14 @@ impl DeadLetters {
                 tracing::warn!(
                     route = %event.source,
                     id = %event.id,
-                    status,
+                    refusal = %shown,
                     "the sink refused an event for good: kept as a dead letter"
                 );
             }
             Err(e) => tracing::error!(
                 route = %event.source,
                 id = %event.id,
-                status,
+                refusal = %shown,
                 error = %e,
                 "the sink refused an event for good, and it cannot be kept as a dead letter"
             ),
@@ -293,15 +357,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_client_errors_that_a_retry_cannot_change_are_for_good() {
-        for s in [400, 413, 422] {
+    fn client_errors_but_timeout_and_too_many_requests_are_for_good() {
+        for s in [400, 401, 403, 404, 409, 413, 415, 422, 499] {
             assert!(refused_for_good(s), "{s}");
         }
-        for s in [
-            200, 302, 401, 403, 404, 408, 409, 415, 429, 500, 502, 503, 504,
-        ] {
+        for s in [200, 302, 399, 408, 429, 500, 502, 503, 504] {
             assert!(!refused_for_good(s), "{s}");
         }
+    }
+
+    #[test]
+    fn letters_of_either_kind_read_back_and_old_ones_still_read() {
+        let event = crate::receiver::event::parse_batch(br#"[{"mid":1}]"#, "/ens/a")
+            .unwrap()
+            .remove(0);
+        for refusal in [
+            Refusal::Http { status: 422 },
+            Refusal::Broker {
+                broker: Broker::Kafka,
+                destination: "ens.a".into(),
+                reason: "kafka_too_large".into(),
+                too_large: true,
+            },
+        ] {
+            let letter = Letter {
+                refusal: refusal.clone(),
+                refused_at: "2026-12-03T00:00:00Z".into(),
+                event: event.clone(),
+            };
+            let text = serde_json::to_string(&letter).unwrap();
+            let back: Letter = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.refusal, refusal, "{text}");
+        }
+        // As letters were written before brokers had them.
+        let old = serde_json::json!({
+            "status": 400,
+            "refusedAt": "2026-12-01T00:00:00Z",
+            "event": serde_json::to_value(&event).unwrap(),
+        });
+        let back: Letter = serde_json::from_value(old).unwrap();
+        assert_eq!(back.refusal, Refusal::Http { status: 400 });
+        assert_eq!(back.refusal.to_string(), "status=400");
     }
 
     #[tokio::test]
@@ -312,10 +408,13 @@ mod tests {
         let events =
             crate::receiver::event::parse_batch(br#"[{"mid":1},{"mid":2}]"#, "/ens/a").unwrap();
         let letters = DeadLetters::open(&dir, 1 << 20, metrics.clone()).unwrap();
-        letters.keep(&events[0], 400).await.unwrap();
+        letters
+            .keep(&events[0], Refusal::Http { status: 400 })
+            .await
+            .unwrap();
         let read = read_all(&dir).unwrap();
         assert_eq!(read.len(), 1);
-        assert_eq!(read[0].1.status, 400);
+        assert_eq!(read[0].1.refusal, Refusal::Http { status: 400 });
         assert_eq!(read[0].1.event.id, events[0].id);
         assert_eq!(read[0].1.event.data.get(), events[0].data.get());
 
@@ -323,7 +422,7 @@ mod tests {
         let size = fs::metadata(&read[0].0).unwrap().len();
         let small = DeadLetters::open(&dir, size + size / 2, metrics).unwrap();
         assert!(matches!(
-            small.keep(&events[1], 400).await,
+            small.keep(&events[1], Refusal::Http { status: 400 }).await,
             Err(DeadLetterError::Full)
         ));
         assert_eq!(read_all(&dir).unwrap().len(), 1);

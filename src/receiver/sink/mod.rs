@@ -1,8 +1,9 @@
 //! Hand-off of verified events before the acknowledgement (docs/design.md §4, §10.3: never 200 for
 //! something dropped): straight to an HTTP CloudEvents sink, or into the durable spool that a
-//! forwarder drains to that sink, or to NATS JetStream, or to Apache Kafka; events the HTTP sink
-//! refuses for good become dead letters.
+//! forwarder drains to that sink, or to NATS JetStream, or to Apache Kafka; events a sink refuses
+//! for good become dead letters.
 
+pub mod broker;
 pub mod cloudevents;
 pub mod dead_letter;
 pub mod jetstream;
@@ -11,22 +12,13 @@ pub mod limit;
 pub mod spool;
 pub mod template;
 
+pub use broker::BrokerOptions;
 use cloudevents::{HttpSink, SinkError};
 use jetstream::JetStreamSink;
 use kafka::KafkaSink;
 use spool::{Spool, SpoolError};
 
 use crate::receiver::event::CloudEvent;
-
-/// How a broker hand-off (JetStream, Kafka) publishes, besides where.
-#[derive(Clone, Debug)]
-pub struct BrokerOptions {
-    /// Longest wait for one message's acknowledgement, the client's retries included
-    /// (`--sink-timeout-ms`).
-    pub timeout: std::time::Duration,
-    /// Most messages awaiting their acknowledgement at once, per batch (`--sink-max-in-flight`).
-    pub max_in_flight: usize,
-}
 
 /// `--sink` value that drops every event (benchmarks and load tests only).
 pub const DISCARD: &str = "discard:";

@@ -6,9 +6,10 @@
 //! attributes and `content-type` as NATS headers, encoded the same way, and the ENS event as the
 //! payload, byte for byte. `Nats-Msg-Id` is the CloudEvent id, which is deterministic, so the
 //! stream's duplicate window drops the copies ENS's redeliveries make. A batch is published in
-//! parallel (at most `--sink-max-in-flight` unacknowledged) and awaited once; the first failure
-//! fails the hand-off (503, ENS retries), and the events acknowledged before it are remembered so
-//! the retry publishes only the rest.
+//! parallel ([`super::broker::publish_all`]); a message larger than the server or the stream
+//! takes fails only itself (a dead letter, or 503 with that reason), any other failure fails the
+//! hand-off (503, ENS retries), and the events acknowledged are remembered so the retry
+//! publishes only the rest.
 
 pub mod config;
 pub mod subject;
@@ -18,14 +19,15 @@ use std::sync::Arc;
 use async_nats::connection::State;
 use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
 use async_nats::jetstream::context::{Context, ContextBuilder, PublishErrorKind};
+use async_nats::jetstream::{self, ErrorCode};
 use bytes::Bytes;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 
 use self::config::{Auth, ConfigError, Connection};
 use self::subject::SubjectTemplate;
+use super::broker::{self, BrokerOptions, PublishFailure};
+use super::cloudevents::header_value;
+use super::dead_letter::{Broker, Refusal};
 use super::template::TemplateError;
-use super::{BrokerOptions, cloudevents::header_value};
 use crate::receiver::event::CloudEvent;
 
 /// Why the JetStream hand-off could not start.
@@ -70,11 +72,13 @@ pub enum PublishError {
         /// The subject.
         subject: String,
     },
-    /// The event exceeds the server's `max_payload`.
-    #[error("event {id} is larger than the NATS server's max_payload")]
+    /// The event exceeds the server's `max_payload` or the stream's `max_msg_size`.
+    #[error("event {id} is larger than NATS takes on {subject:?}")]
     TooLarge {
         /// The event's id.
         id: String,
+        /// The subject.
+        subject: String,
     },
     /// Any other refusal or failure.
     #[error("JetStream publish on {subject:?} failed: {source}")]
@@ -87,7 +91,46 @@ pub enum PublishError {
     },
 }
 
+impl PublishFailure for PublishError {
+    fn refusal(&self) -> Option<Refusal> {
+        let Self::TooLarge { subject, .. } = self else {
+            return None;
+        };
+        Some(Refusal::Broker {
+            broker: Broker::JetStream,
+            destination: subject.clone(),
+            reason: self.outcome().to_owned(),
+            too_large: true,
+        })
+    }
+}
+
 impl PublishError {
+    /// What the client's `source` means for the event `id` on `subject`.
+    fn classify(
+        source: async_nats::jetstream::context::PublishError,
+        subject: String,
+        id: &str,
+    ) -> Self {
+        // The stream's own limit comes back in the PubAck as a JetStream API error.
+        let stream_limit = std::error::Error::source(&source)
+            .and_then(|e| e.downcast_ref::<jetstream::Error>())
+            .is_some_and(|e| e.error_code() == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM);
+        match source.kind() {
+            _ if stream_limit => Self::TooLarge {
+                id: id.to_owned(),
+                subject,
+            },
+            PublishErrorKind::MaxPayloadExceeded => Self::TooLarge {
+                id: id.to_owned(),
+                subject,
+            },
+            PublishErrorKind::StreamNotFound => Self::NoStream { subject },
+            PublishErrorKind::TimedOut => Self::Timeout { subject },
+            _ => Self::Other { subject, source },
+        }
+    }
+
     /// Label for the batch outcome metric.
     pub fn outcome(&self) -> &'static str {
         match self {
@@ -106,7 +149,7 @@ pub struct JetStreamSink {
     client: async_nats::Client,
     context: Context,
     subject: Arc<SubjectTemplate>,
-    max_in_flight: usize,
+    options: BrokerOptions,
 }
 
 impl JetStreamSink {
@@ -153,17 +196,16 @@ impl JetStreamSink {
             .connect(conn.servers)
             .await
             .map_err(StartError::Connect)?;
-        let max_in_flight = options.max_in_flight.max(1);
         let context = ContextBuilder::new()
             .timeout(options.timeout)
-            .max_ack_inflight(max_in_flight)
+            .max_ack_inflight(options.max_in_flight.max(1))
             .backpressure_on_inflight(true)
             .build(client.clone());
         Ok(Self {
             client,
             context,
             subject: Arc::new(subject),
-            max_in_flight,
+            options,
         })
     }
 
@@ -180,34 +222,21 @@ impl JetStreamSink {
         if self.client.connection_state() != State::Connected {
             return Err(PublishError::Disconnected);
         }
-        let mut pending = events.iter();
-        let mut acks = FuturesUnordered::new();
-        loop {
-            while acks.len() < self.max_in_flight {
-                let Some(e) = pending.next() else { break };
-                acks.push(async move { (e, self.publish(e).await) });
-            }
-            let Some((e, result)) = acks.next().await else {
-                return Ok(());
-            };
-            result?;
-            taken(std::slice::from_ref(e));
-        }
+        broker::publish_all(events, &self.options, taken, |e| self.publish(e)).await
+    }
+
+    /// Waits at most `timeout` for the connection (one-off uses: `dead-letters replay`).
+    pub async fn connected(&self, timeout: std::time::Duration) {
+        broker::wait_until_up(timeout, || {
+            self.client.connection_state() == State::Connected
+        })
+        .await;
     }
 
     /// Publishes one event and waits for its PubAck (a duplicate's PubAck counts: the stream
     /// holds the message already).
     async fn publish(&self, e: &CloudEvent) -> Result<(), PublishError> {
         let subject = self.subject.render(&e.source, &e.ty);
-        let classify =
-            |subject: String, source: async_nats::jetstream::context::PublishError| match source
-                .kind()
-            {
-                PublishErrorKind::StreamNotFound => PublishError::NoStream { subject },
-                PublishErrorKind::TimedOut => PublishError::Timeout { subject },
-                PublishErrorKind::MaxPayloadExceeded => PublishError::TooLarge { id: e.id.clone() },
-                _ => PublishError::Other { subject, source },
-            };
         let ack = match self
             .context
             .publish_with_headers(
@@ -218,11 +247,11 @@ impl JetStreamSink {
             .await
         {
             Ok(ack) => ack,
-            Err(source) => return Err(classify(subject, source)),
+            Err(source) => return Err(PublishError::classify(source, subject, &e.id)),
         };
         ack.await
             .map(|_| ())
-            .map_err(|source| classify(subject, source))
+            .map_err(|source| PublishError::classify(source, subject, &e.id))
     }
 }
 
@@ -230,7 +259,7 @@ impl std::fmt::Debug for JetStreamSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JetStreamSink")
             .field("subject", &self.subject)
-            .field("max_in_flight", &self.max_in_flight)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }

@@ -6,11 +6,11 @@
 //! attributes as `ce_*` headers (UTF-8, as the binding says, so not percent-encoded as in HTTP),
 //! `content-type`, and the ENS event as the value, byte for byte what the HTTP binary-mode sink
 //! sends ([`super::cloudevents`]). The key is `--kafka-key`'s choice. A batch is produced in
-//! parallel (at most `--sink-max-in-flight` unacknowledged); a transient failure fails the
-//! hand-off at once (503, ENS retries), while a record Kafka refuses for good (too large, invalid
-//! for the topic) fails only itself: the others are still produced, the batch is answered 503
-//! with that reason, and the events acknowledged are remembered so the retry produces only the
-//! rest.
+//! parallel ([`super::broker::publish_all`]): a transient failure fails the hand-off (503, ENS
+//! retries) once the records in flight reported, while a record Kafka refuses for good (too
+//! large, invalid for the topic) fails only itself: it becomes a dead letter, or without a
+//! dead-letter directory the batch is answered 503 with that reason; the events acknowledged are
+//! remembered so the retry produces only the rest.
 
 pub mod config;
 pub mod topic;
@@ -19,10 +19,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -31,7 +28,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use self::config::{ConfigError, Connection, KafkaArgs, KeyChoice};
 use self::topic::TopicTemplate;
-use super::{BrokerOptions, template::TemplateError};
+use super::broker::{self, BrokerOptions, PublishFailure};
+use super::dead_letter::{Broker, Refusal};
+use super::template::TemplateError;
 use crate::receiver::event::CloudEvent;
 
 /// Why the Kafka hand-off could not start.
@@ -106,6 +105,20 @@ pub enum PublishError {
     },
 }
 
+impl PublishFailure for PublishError {
+    fn refusal(&self) -> Option<Refusal> {
+        let (Self::TooLarge { topic, .. } | Self::Refused { topic, .. }) = self else {
+            return None;
+        };
+        Some(Refusal::Broker {
+            broker: Broker::Kafka,
+            destination: topic.clone(),
+            reason: self.outcome().to_owned(),
+            too_large: matches!(self, Self::TooLarge { .. }),
+        })
+    }
+}
+
 impl PublishError {
     /// Label for the batch outcome metric.
     pub fn outcome(&self) -> &'static str {
@@ -119,11 +132,6 @@ impl PublishError {
             Self::Fatal(_) => "kafka_fatal",
             Self::Other { .. } => "kafka_failed",
         }
-    }
-
-    /// Whether it concerns the one record only, so the batch's other records go on.
-    fn for_good(&self) -> bool {
-        matches!(self, Self::TooLarge { .. } | Self::Refused { .. })
     }
 
     fn classify(source: KafkaError, topic: String, id: &str) -> Self {
@@ -211,14 +219,20 @@ struct Inner {
     up: Arc<AtomicBool>,
     topic: TopicTemplate,
     key: KeyChoice,
-    timeout: Duration,
-    max_in_flight: usize,
+    options: BrokerOptions,
 }
 
 impl KafkaSink {
     /// A sink producing to Kafka as `args` say; the producer connects (and reconnects) in the
-    /// background, so brokers that are down make hand-offs fail, not the start.
-    pub fn connect(args: &KafkaArgs, options: BrokerOptions) -> Result<Self, StartError> {
+    /// background, so brokers that are down make hand-offs fail, not the start. The producer's
+    /// queue holds at most `queue_bytes` of records (unless the config file sets
+    /// `queue.buffering.max.kbytes`): beyond it a produce fails at once (`kafka_failed`), so
+    /// records abandoned by batches whose budget ran out cannot pile up in memory.
+    pub fn connect(
+        args: &KafkaArgs,
+        options: BrokerOptions,
+        queue_bytes: usize,
+    ) -> Result<Self, StartError> {
         let topic = TopicTemplate::parse(&args.kafka_topic)?;
         let conn = Connection::from_args(args)?;
         tracing::info!(
@@ -229,6 +243,12 @@ impl KafkaSink {
             "Kafka hand-off"
         );
         let mut config = ClientConfig::new();
+        if !conn.properties.contains_key("queue.buffering.max.kbytes") {
+            config.set(
+                "queue.buffering.max.kbytes",
+                (queue_bytes / 1024).max(1).to_string(),
+            );
+        }
         for (name, value) in &conn.properties {
             config.set(name, value);
         }
@@ -249,8 +269,7 @@ impl KafkaSink {
                 up,
                 topic,
                 key: args.kafka_key.clone(),
-                timeout: options.timeout,
-                max_in_flight: options.max_in_flight.max(1),
+                options,
             }),
         })
     }
@@ -269,32 +288,22 @@ impl KafkaSink {
         if !self.inner.up.load(Ordering::Acquire) {
             return Err(PublishError::Disconnected);
         }
-        let mut pending = events.iter();
-        let mut acks = FuturesUnordered::new();
-        let mut refused = None;
-        loop {
-            while acks.len() < self.inner.max_in_flight {
-                let Some(e) = pending.next() else { break };
-                let producer = &producer;
-                acks.push(async move { (e, self.produce(producer, e).await) });
-            }
-            let Some((e, result)) = acks.next().await else {
-                return refused.map_or(Ok(()), Err);
-            };
-            match result {
-                Ok(()) => taken(std::slice::from_ref(e)),
-                Err(err) if err.for_good() => {
-                    tracing::warn!(id = %e.id, route = %e.source, error = %err, "Kafka refuses the event");
-                    refused.get_or_insert(err);
-                }
-                Err(err) => {
-                    return Err(match producer.client().fatal_error() {
-                        Some((_, why)) => PublishError::Fatal(why),
-                        None => err,
-                    });
-                }
-            }
-        }
+        let producer = &producer;
+        broker::publish_all(events, &self.inner.options, taken, |e| {
+            self.produce(producer, e)
+        })
+        .await
+        .map_err(
+            |err| match (err.refusal(), producer.client().fatal_error()) {
+                (None, Some((_, why))) => PublishError::Fatal(why),
+                _ => err,
+            },
+        )
+    }
+
+    /// Waits at most `timeout` for a broker connection (one-off uses: `dead-letters replay`).
+    pub async fn connected(&self, timeout: std::time::Duration) {
+        broker::wait_until_up(timeout, || self.inner.up.load(Ordering::Acquire)).await;
     }
 
     /// The producer, a new one if the last one failed for good.
@@ -339,7 +348,7 @@ impl KafkaSink {
         if let Some(key) = &key {
             record = record.key(key.as_ref());
         }
-        match producer.send(record, self.inner.timeout).await {
+        match producer.send(record, self.inner.options.timeout).await {
             Ok(_) => Ok(()),
             Err((source, _)) => Err(PublishError::classify(source, topic, &e.id)),
         }
@@ -351,7 +360,7 @@ impl std::fmt::Debug for KafkaSink {
         f.debug_struct("KafkaSink")
             .field("topic", &self.inner.topic)
             .field("key", &self.inner.key)
-            .field("max_in_flight", &self.inner.max_in_flight)
+            .field("options", &self.inner.options)
             .finish_non_exhaustive()
     }
 }
@@ -455,8 +464,11 @@ mod tests {
             err(RDKafkaErrorCode::MessageSizeTooLarge).outcome(),
             "kafka_too_large"
         );
-        assert!(err(RDKafkaErrorCode::MessageSizeTooLarge).for_good());
-        assert!(err(RDKafkaErrorCode::PolicyViolation).for_good());
+        let too_large = err(RDKafkaErrorCode::MessageSizeTooLarge)
+            .refusal()
+            .unwrap();
+        assert_eq!(too_large.to_string(), "kafka=t reason=kafka_too_large");
+        assert!(err(RDKafkaErrorCode::PolicyViolation).refusal().is_some());
         assert_eq!(
             err(RDKafkaErrorCode::UnknownTopicOrPartition).outcome(),
             "kafka_no_topic"
@@ -465,7 +477,7 @@ mod tests {
             err(RDKafkaErrorCode::MessageTimedOut).outcome(),
             "kafka_timeout"
         );
-        assert!(!err(RDKafkaErrorCode::MessageTimedOut).for_good());
-        assert!(!err(RDKafkaErrorCode::AllBrokersDown).for_good());
+        assert!(err(RDKafkaErrorCode::MessageTimedOut).refusal().is_none());
+        assert!(err(RDKafkaErrorCode::AllBrokersDown).refusal().is_none());
     }
 }
