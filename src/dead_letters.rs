@@ -89,6 +89,9 @@ pub enum Error {
         /// Tried.
         tried: usize,
     },
+    /// `--id` names no letter.
+    #[error("no dead letter of event {0}")]
+    NoSuchLetter(String),
     /// Printing failed.
     #[error("cannot print: {0}")]
     Print(#[source] serde_json::Error),
@@ -179,6 +182,9 @@ impl Replay {
             }
         }
         println!("{} replayed, {refused} kept", tried - refused);
+        if let (Some(id), 0) = (&self.id, tried) {
+            return Err(Error::NoSuchLetter(id.clone()));
+        }
         if refused > 0 {
             return Err(Error::NotReplayed { refused, tried });
         }

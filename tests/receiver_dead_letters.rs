@@ -97,8 +97,16 @@ async fn binary_mode_keeps_the_refused_event_delivers_the_rest_and_replay_sends_
     );
     assert_eq!(sink.poisoned(), 2);
 
-    // Once the sink takes it, replay delivers it (same id) and removes the letter.
+    // Once the sink takes it, replay delivers it (same id) and removes the letter; an `--id`
+    // naming no letter sends nothing and fails.
     sink.set_poison(None);
+    let other = [
+        "replay", "--dir", dir_arg, "--sink", &sink.url, "--id", "f00",
+    ];
+    let (ok, said) = dead_letters(&other).await;
+    assert!(!ok, "{said}");
+    assert!(said.contains("0 replayed, 0 kept"), "{said}");
+    assert!(!taken(&sink).contains(&bad));
     let (ok, said) = dead_letters(&["replay", "--dir", dir_arg, "--sink", &sink.url]).await;
     assert!(ok, "{said}");
     assert!(taken(&sink).contains(&bad));

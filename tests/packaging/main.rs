@@ -306,6 +306,13 @@ fn check_wiring(docs: &[Value]) {
             assert!(mounted, "{s:#}");
         }
     }
+    for hpa in of("HorizontalPodAutoscaler") {
+        let target = &hpa["spec"]["scaleTargetRef"];
+        let scaled = workloads()
+            .into_iter()
+            .any(|d| d["kind"] == target["kind"] && d["metadata"]["name"] == target["name"]);
+        assert!(scaled, "the autoscaler scales nothing: {target}");
+    }
     for d in workloads() {
         let sa = &d["spec"]["template"]["spec"]["serviceAccountName"];
         assert!(named("ServiceAccount", sa), "{sa} does not exist");

@@ -186,3 +186,16 @@ controller.watchNamespace). */}}
 {{- .Release.Namespace }}
 {{- end }}
 {{- end }}
+
+{{/*
+The receiver's workload kind: a StatefulSet when a volume claim per replica holds its spool, or
+(without the spool) its dead letters; else a Deployment.
+*/}}
+{{- define "ens-operator.receiver.kind" -}}
+{{- $r := .Values.receiver -}}
+{{- if or (and $r.spool.enabled $r.spool.persistence.enabled) (and $r.deadLetter.enabled (not $r.spool.enabled) $r.deadLetter.persistence.enabled) -}}
+StatefulSet
+{{- else -}}
+Deployment
+{{- end -}}
+{{- end }}

@@ -25,8 +25,13 @@ pub struct BrokerOptions {
 
 /// Why one event could not be published.
 pub(crate) trait PublishFailure: std::fmt::Display {
-    /// The refusal, when the broker refused this event's record for good: it concerns this
-    /// record only, so the others go on.
+    /// Whether it concerns this event's record only, so the others go on.
+    fn only_this_record(&self) -> bool {
+        self.refusal().is_some()
+    }
+
+    /// The refusal, when the broker refused this event's record for good (a dead letter's
+    /// reason; implies [`Self::only_this_record`]).
     fn refusal(&self) -> Option<Refusal>;
 }
 
@@ -35,7 +40,8 @@ pub(crate) trait PublishFailure: std::fmt::Display {
 /// letter, so it is known even when this future is dropped midway.
 ///
 /// A record refused for good is kept as a dead letter when there is a directory for them (and
-/// room); else its failure is the result once the others are done. Any other failure stops
+/// room); else its failure, like any other of that record only, is the result once the others
+/// are done. Any other failure stops
 /// publishing more, waits for the acknowledgements in flight (so a retry does not publish them
 /// again) and is the result.
 pub(crate) async fn publish_all<'e, E, F, Fut>(
@@ -69,7 +75,11 @@ where
             Err(err) => err,
         };
         let Some(refusal) = err.refusal() else {
-            failed.get_or_insert(err);
+            if err.only_this_record() {
+                refused.get_or_insert(err);
+            } else {
+                failed.get_or_insert(err);
+            }
             continue;
         };
         let kept = match &options.dead_letters {
@@ -210,11 +220,16 @@ mod tests {
         assert_eq!(kept[0].1.event.id, events(6)[2].id);
         assert_eq!(kept[0].1.refusal, Fail::TooLarge.refusal().unwrap());
 
-        // A full directory keeps nothing more: the refusal fails the hand-off again.
-        let full = DeadLetters::open(&dir, 1, Arc::new(Metrics::new())).unwrap();
-        let (result, _, taken) = run(6, options(2, Some(full)), answer).await;
+        // A full directory keeps no other event: the refusal fails the hand-off again (the one
+        // kept already stays kept).
+        let full = || DeadLetters::open(&dir, 1, Arc::new(Metrics::new())).unwrap();
+        let (result, _, taken) = run(6, options(2, Some(full())), answer).await;
+        assert!(result.is_ok());
+        assert_eq!(taken, (0..6).collect());
+        let other = |i| if i == 3 { Err(Fail::TooLarge) } else { Ok(()) };
+        let (result, _, taken) = run(6, options(2, Some(full())), other).await;
         assert!(matches!(result, Err(Fail::TooLarge)));
-        assert!(!taken.contains(&2));
+        assert!(!taken.contains(&3));
         assert_eq!(dead_letter::read_all(&dir).unwrap().len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,13 +1,15 @@
 //! Dead letters: events a sink refused for good, kept on disk so they neither block the events
 //! behind them nor vanish (docs/receiver.md, "Dead letters").
 //!
-//! An HTTP sink refuses for good with a 4xx other than 408 (timeout) and 429 (too many
-//! requests), which say "later"; a 413 is for good only for a single event (a group is split
-//! first). A broker refuses for good a record larger than it takes, or one its topic refuses
-//! ([`Refusal`]). Each dead letter is one file in `--dead-letter-dir`,
-//! `<unix ms>-<id prefix>-<n>.json`, holding who refused it and how, when, and the CloudEvent; it is
-//! written to a temporary name, fsync'd, renamed and the directory fsync'd, so a letter is whole
-//! or absent. Only once that returned is the event counted as handed off. The directory is
+//! An HTTP sink refuses for good with a 4xx other than those that say "later": 408 (timeout),
+//! 421 (misdirected: another connection), 423 (locked), 425 (too early) and 429 (too many
+//! requests); a 413 is for good only for a single event (a group is split first). A broker
+//! refuses for good a record larger than it takes, or one its topic refuses ([`Refusal`]). Each
+//! dead letter is one file in `--dead-letter-dir`, `<event id>-<route digest>.json`, holding who
+//! refused it and how, when, and the CloudEvent; it is written to a temporary name, fsync'd,
+//! linked to its name (never replacing a letter of the same event and route: ENS's retry of a
+//! batch whose answer was lost keeps nothing twice) and the directory fsync'd, so a letter is
+//! whole or absent. Only once that returned is the event counted as handed off. The directory is
 //! bounded (`--dead-letter-max-bytes`, counted again when reached, so replayed letters make room);
 //! when full, a refused event is an ordinary failure again
 //! (503 to ENS, or the spool retries), which the metric and a log line say.
@@ -21,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+use crate::receiver::canonical::hex_digest;
 use crate::receiver::event::CloudEvent;
 use crate::receiver::metrics::{Metrics, ReasonLabel};
 
@@ -31,7 +34,7 @@ const TEMP_PREFIX: &str = ".tmp-";
 
 /// Whether the HTTP sink's `status` refuses an event for good (see the module doc).
 pub fn refused_for_good(status: u16) -> bool {
-    (400..500).contains(&status) && !matches!(status, 408 | 429)
+    (400..500).contains(&status) && !matches!(status, 408 | 421 | 423 | 425 | 429)
 }
 
 /// Who refused an event for good, and how.
@@ -164,7 +167,7 @@ struct Inner {
     dir: PathBuf,
     max_bytes: u64,
     room: Mutex<Room>,
-    /// Makes each name unique within the process (same id, same millisecond).
+    /// Makes each temporary name unique within the process.
     seq: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -248,6 +251,11 @@ impl DeadLetters {
 
 impl Inner {
     fn write(&self, letter: &Letter) -> Result<(), DeadLetterError> {
+        let name = file_name(&letter.event);
+        if self.dir.join(&name).exists() {
+            // Kept already (ENS's retry of a batch whose answer was lost): even when full.
+            return Ok(());
+        }
         let body = serde_json::to_vec_pretty(letter).expect("a letter serializes");
         let len = body.len() as u64;
         {
@@ -262,27 +270,25 @@ impl Inner {
             }
             room.writing += len;
         }
-        let written = self.write_file(letter, &body);
+        let written = self.write_file(&name, &body);
         let mut room = self.room();
         room.writing -= len;
-        if written.is_ok() {
+        if let Ok(true) = written {
             room.on_disk += len;
             self.metrics.dead_letter_bytes.set(room.on_disk as i64);
         }
-        written
+        written.map(|_| ())
     }
 
     fn room(&self) -> MutexGuard<'_, Room> {
         self.room.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write_file(&self, letter: &Letter, body: &[u8]) -> Result<(), DeadLetterError> {
-        let millis = jiff::Timestamp::now().as_millisecond();
-        let id: String = letter.event.id.chars().take(16).collect();
+    /// Writes the letter `body` as `name` unless that is there already; `true` when it wrote.
+    fn write_file(&self, name: &str, body: &[u8]) -> Result<bool, DeadLetterError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{millis:013}-{id}-{seq}{SUFFIX}");
-        let temp = self.dir.join(format!("{TEMP_PREFIX}{name}"));
-        let path = self.dir.join(&name);
+        let temp = self.dir.join(format!("{TEMP_PREFIX}{seq}-{name}"));
+        let path = self.dir.join(name);
         let mut file = File::options()
             .write(true)
             .create_new(true)
@@ -290,27 +296,47 @@ impl Inner {
             .map_err(io_err(&temp))?;
         file.write_all(body).map_err(io_err(&temp))?;
         file.sync_all().map_err(io_err(&temp))?;
-        fs::rename(&temp, &path).map_err(io_err(&path))?;
+        // A link, unlike a rename, never replaces: the first letter of an event stays.
+        let linked = match fs::hard_link(&temp, &path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                return Err(io_err(&path)(e));
+            }
+        };
+        fs::remove_file(&temp).map_err(io_err(&temp))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))
+            .map_err(io_err(&self.dir))?;
+        Ok(linked)
     }
+}
+
+/// The file name of `event`'s letter: one per event and route.
+fn file_name(event: &CloudEvent) -> String {
+    let route = hex_digest(event.source.as_bytes());
+    format!("{}-{}{SUFFIX}", event.id, &route[..16])
 }
 
 /// The letters in `dir`, oldest first, as (file, letter).
 pub fn read_all(dir: &Path) -> Result<Vec<(PathBuf, Letter)>, DeadLetterError> {
-    letter_files(dir)?
+    let mut letters = letter_files(dir)?
         .into_iter()
         .map(|(path, _)| {
             let text = fs::read(&path).map_err(io_err(&path))?;
-            let letter =
+            let letter: Letter =
                 serde_json::from_slice(&text).map_err(|source| DeadLetterError::Parse {
                     path: path.clone(),
                     source,
                 })?;
             Ok((path, letter))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    letters.sort_by_cached_key(|(path, l)| {
+        (l.refused_at.parse::<jiff::Timestamp>().ok(), path.clone())
+    });
+    Ok(letters)
 }
 
 /// Bytes of the letters in `dir`.
@@ -338,7 +364,7 @@ pub fn remove(path: &Path) -> Result<(), DeadLetterError> {
     }
 }
 
-/// The letter files of `dir` with their names, sorted by name (so by time).
+/// The letter files of `dir` with their names.
 fn letter_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, DeadLetterError> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
@@ -348,7 +374,6 @@ fn letter_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, DeadLetterError> {
             files.push((entry.path(), name));
         }
     }
-    files.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(files)
 }
 
@@ -361,7 +386,7 @@ mod tests {
         for s in [400, 401, 403, 404, 409, 413, 415, 422, 499] {
             assert!(refused_for_good(s), "{s}");
         }
-        for s in [200, 302, 399, 408, 429, 500, 502, 503, 504] {
+        for s in [200, 302, 399, 408, 421, 423, 425, 429, 500, 502, 503, 504] {
             assert!(!refused_for_good(s), "{s}");
         }
     }
@@ -415,6 +440,12 @@ mod tests {
         let read = read_all(&dir).unwrap();
         assert_eq!(read.len(), 1);
         assert_eq!(read[0].1.refusal, Refusal::Http { status: 400 });
+        // The same event again (ENS's retry of a batch whose answer was lost): still one.
+        letters
+            .keep(&events[0], Refusal::Http { status: 400 })
+            .await
+            .unwrap();
+        assert_eq!(read_all(&dir).unwrap().len(), 1);
         assert_eq!(read[0].1.event.id, events[0].id);
         assert_eq!(read[0].1.event.data.get(), events[0].data.get());
 

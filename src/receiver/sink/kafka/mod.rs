@@ -73,7 +73,8 @@ pub enum PublishError {
         /// The topic.
         topic: String,
     },
-    /// The record exceeds the producer's `message.max.bytes` or the topic's `max.message.bytes`.
+    /// The record alone exceeds the producer's `message.max.bytes`: refused before it was
+    /// queued, for good.
     #[error("event {id} is larger than Kafka takes on {topic:?}")]
     TooLarge {
         /// The event's id.
@@ -81,6 +82,18 @@ pub enum PublishError {
         /// The topic.
         topic: String,
     },
+    /// The broker refused the record batch this record was in as larger than the topic's
+    /// `max.message.bytes`: maybe for the others batched with it, so not for good.
+    #[error("Kafka topic {topic:?} refused the record batch of event {id} as too large")]
+    BatchTooLarge {
+        /// The event's id.
+        id: String,
+        /// The topic.
+        topic: String,
+    },
+    /// The producer's queue (`queue.buffering.max.kbytes`) is full: nothing was queued.
+    #[error("the Kafka producer's queue is full")]
+    QueueFull,
     /// The topic refuses the record for good (an invalid record, a policy violation).
     #[error("Kafka topic {topic:?} refuses event {id}: {code}")]
     Refused {
@@ -106,6 +119,13 @@ pub enum PublishError {
 }
 
 impl PublishFailure for PublishError {
+    fn only_this_record(&self) -> bool {
+        matches!(
+            self,
+            Self::TooLarge { .. } | Self::BatchTooLarge { .. } | Self::Refused { .. }
+        )
+    }
+
     fn refusal(&self) -> Option<Refusal> {
         let (Self::TooLarge { topic, .. } | Self::Refused { topic, .. }) = self else {
             return None;
@@ -127,29 +147,36 @@ impl PublishError {
             Self::NoTopic { .. } => "kafka_no_topic",
             Self::NotAuthorized { .. } => "kafka_not_authorized",
             Self::Timeout { .. } => "kafka_timeout",
-            Self::TooLarge { .. } => "kafka_too_large",
+            Self::TooLarge { .. } | Self::BatchTooLarge { .. } => "kafka_too_large",
+            Self::QueueFull => "kafka_queue_full",
             Self::Refused { .. } => "kafka_refused",
             Self::Fatal(_) => "kafka_fatal",
             Self::Other { .. } => "kafka_failed",
         }
     }
 
-    fn classify(source: KafkaError, topic: String, id: &str) -> Self {
+    /// What `source` means for the record of event `id` on `topic`, refused before it was
+    /// queued (`queued` false) or after.
+    fn classify(source: KafkaError, topic: String, id: &str, queued: bool) -> Self {
         use RDKafkaErrorCode as C;
         match source.rdkafka_error_code() {
-            Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => Self::TooLarge {
+            Some(C::MessageSizeTooLarge | C::InvalidMessageSize) if !queued => Self::TooLarge {
                 id: id.to_owned(),
                 topic,
             },
+            Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => Self::BatchTooLarge {
+                id: id.to_owned(),
+                topic,
+            },
+            Some(C::QueueFull) => Self::QueueFull,
             // A rendered topic name the broker does not take (too long, `.`): this record's.
-            Some(
-                code
-                @ (C::InvalidRecord | C::InvalidMessage | C::PolicyViolation | C::InvalidTopic),
-            ) => Self::Refused {
-                id: id.to_owned(),
-                topic,
-                code,
-            },
+            Some(code @ (C::InvalidRecord | C::PolicyViolation | C::InvalidTopic)) => {
+                Self::Refused {
+                    id: id.to_owned(),
+                    topic,
+                    code,
+                }
+            }
             Some(C::UnknownTopic | C::UnknownTopicOrPartition | C::UnknownPartition) => {
                 Self::NoTopic { topic }
             }
@@ -348,9 +375,16 @@ impl KafkaSink {
         if let Some(key) = &key {
             record = record.key(key.as_ref());
         }
-        match producer.send(record, self.inner.options.timeout).await {
-            Ok(_) => Ok(()),
-            Err((source, _)) => Err(PublishError::classify(source, topic, &e.id)),
+        // Not `send`, which waits for room in a full queue and cannot tell a record refused
+        // before it was queued (its own size) from one refused with its batch.
+        let delivery = producer
+            .send_result(record)
+            .map_err(|(source, _)| PublishError::classify(source, topic.clone(), &e.id, false))?;
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((source, _))) => Err(PublishError::classify(source, topic, &e.id, true)),
+            // The producer was dropped (replaced after a fatal error) with the record queued.
+            Err(_canceled) => Err(PublishError::Fatal("producer replaced".into())),
         }
     }
 }
@@ -458,8 +492,9 @@ mod tests {
 
     #[test]
     fn permanent_refusals_concern_one_record_only() {
-        let err =
-            |code| PublishError::classify(KafkaError::MessageProduction(code), "t".into(), "i");
+        let err = |code| {
+            PublishError::classify(KafkaError::MessageProduction(code), "t".into(), "i", false)
+        };
         assert_eq!(
             err(RDKafkaErrorCode::MessageSizeTooLarge).outcome(),
             "kafka_too_large"
@@ -469,6 +504,21 @@ mod tests {
             .unwrap();
         assert_eq!(too_large.to_string(), "kafka=t reason=kafka_too_large");
         assert!(err(RDKafkaErrorCode::PolicyViolation).refusal().is_some());
+        // Refused with its batch: maybe for the others' sake, so this record only, not for good.
+        let batch = PublishError::classify(
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+            "t".into(),
+            "i",
+            true,
+        );
+        assert_eq!(batch.outcome(), "kafka_too_large");
+        assert!(batch.only_this_record() && batch.refusal().is_none());
+        assert_eq!(
+            err(RDKafkaErrorCode::QueueFull).outcome(),
+            "kafka_queue_full"
+        );
+        assert!(!err(RDKafkaErrorCode::QueueFull).only_this_record());
+        assert!(!err(RDKafkaErrorCode::InvalidMessage).only_this_record());
         assert_eq!(
             err(RDKafkaErrorCode::UnknownTopicOrPartition).outcome(),
             "kafka_no_topic"
