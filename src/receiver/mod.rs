@@ -243,12 +243,13 @@ pub async fn run(args: Args) -> Result<(), Error> {
         if args.spool_dir.is_some() {
             return Err(Error::KafkaWithSpool);
         }
-        // The records in the producer's queue are at most the bodies held, but for those of
-        // batches whose budget ran out: bounded alike.
+        // The records in the producer's queue are the events of the bodies held (with headers
+        // and key beside each), but for those of batches whose budget ran out: twice the
+        // budget leaves room for both.
         Handoff::Kafka(Box::new(KafkaSink::connect(
             &args.kafka,
             broker_options(&args, dead_letters),
-            args.body_budget_bytes,
+            args.body_budget_bytes.saturating_mul(2),
         )?))
     } else if sink_url == sink::DISCARD {
         if args.spool_dir.is_some() {
