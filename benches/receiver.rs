@@ -30,7 +30,7 @@
 
 #[path = "receiver/ack.rs"]
 mod ack;
-#[path = "../tests/kafka_broker/mod.rs"]
+#[path = "../tests/it/kafka_broker.rs"]
 mod kafka_broker;
 #[path = "receiver/nats.rs"]
 mod nats;
