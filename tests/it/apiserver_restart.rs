@@ -1,9 +1,10 @@
-//! The API server goes away and comes back while the controller works (its own test binary:
-//! cargo runs test binaries one at a time, so no other test shares the outage).
+//! The API server goes away and comes back while the controller works. No other test shares the
+//! outage: this one holds the shared control plane alone ([`serial::cluster_alone`]).
 
 use std::{process::Command, time::Duration};
 
 use crate::common::{control_plane, wait_for};
+use crate::serial;
 use crate::stack::{Stack, callback_doc, cb_ready, sub_ready, subscription_doc};
 use ens_operator::api::{EnsCallback, EnsSubscription};
 use kube::Api;
@@ -32,7 +33,7 @@ async fn the_controller_rides_out_an_api_server_restart() {
     // Debug logs of every process, kept for a failure's diagnosis.
     let logs = crate::receiver_support::temp_dir("apirestart-logs");
     eprintln!("process logs in {}", logs.display());
-    let stack = Stack::start_logged("apirestart", &logs).await;
+    let stack = Stack::start_logged("apirestart", &logs, serial::cluster_alone().await).await;
     stack
         .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
         .await;

@@ -10,6 +10,7 @@ use crate::common::{
     examples::{self, apply},
     install_crds, wait_gone,
 };
+use crate::serial;
 use ens_operator::api::EnsCallback;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::{
@@ -19,6 +20,7 @@ use kube::{
 
 #[tokio::test]
 async fn crds_install_and_become_established() {
+    let _cluster = serial::cluster().await;
     let client = client().await;
     install_crds(&client).await;
     // Idempotent: a second apply of the same CRDs changes nothing and still succeeds.
@@ -36,6 +38,7 @@ async fn crds_install_and_become_established() {
 
 #[tokio::test]
 async fn examples_apply_with_defaults() {
+    let _cluster = serial::cluster().await;
     let client = client().await;
     install_crds(&client).await;
     let ns = TestNamespace::new(&client, "examples").await;
@@ -77,6 +80,7 @@ async fn examples_apply_with_defaults() {
 
 #[tokio::test]
 async fn invalid_examples_are_refused_by_the_api_server_with_their_message() {
+    let _cluster = serial::cluster().await;
     let client = client().await;
     install_crds(&client).await;
     let ns = TestNamespace::new(&client, "invalid").await;
@@ -108,6 +112,7 @@ async fn invalid_examples_are_refused_by_the_api_server_with_their_message() {
 
 #[tokio::test]
 async fn owner_references_are_garbage_collected() {
+    let _cluster = serial::cluster().await;
     let client = client().await;
     let ns = TestNamespace::new(&client, "gc").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
@@ -131,6 +136,7 @@ async fn owner_references_are_garbage_collected() {
 
 #[tokio::test]
 async fn namespace_deletion_empties_and_removes_the_namespace() {
+    let _cluster = serial::cluster().await;
     let client = client().await;
     install_crds(&client).await;
     let ns = TestNamespace::new(&client, "nsdel").await;
@@ -150,6 +156,7 @@ async fn namespace_deletion_empties_and_removes_the_namespace() {
 
 #[tokio::test]
 async fn rbac_is_enforced_for_impersonated_service_accounts() {
+    let _cluster = serial::cluster().await;
     let client = client().await;
     let ns = TestNamespace::new(&client, "rbac").await;
     let sa = format!("system:serviceaccount:{}:nobody", ns.name);

@@ -562,13 +562,8 @@ async fn a_standby_takes_over_when_the_leader_dies_without_duplicates() {
         &["--lease-duration", "3s", "--identity", "first"],
     )
     .await;
-    // Both controllers use the Lease in the team namespace.
+    // Both controllers use the Lease in the team namespace (the stack's default).
     let lease_ns = stack.team.name.clone();
-    stack
-        .controller_args
-        .extend(["--lease-namespace".to_owned(), lease_ns.clone()]);
-    stack.kill_controller();
-    stack.start_controller();
     let mut second_args = stack.controller_args.clone();
     let i = second_args.iter().position(|a| a == "first").unwrap();
     second_args[i] = "second".into();

@@ -13,6 +13,7 @@ use std::{
 };
 
 use crate::common::{TestNamespace, client, control_plane, install_crds, kubectl, repo, wait_for};
+use crate::serial;
 use ens_operator::api::{
     EnsCallback, EnsSubscription,
     conditions::{ConditionType, find, is_true},
@@ -282,6 +283,7 @@ struct Case {
 
 #[tokio::test]
 async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_charts_rbac() {
+    let _cluster = serial::cluster().await;
     let client = client().await;
     install_crds(&client).await;
     let team = TestNamespace::new(&client, "gitops").await;

@@ -4,12 +4,14 @@
 //!
 //! The harness comes first: the API-server harness (`common`), a whole deployment per test
 //! (`stack`), a receiver process with a sink (`receiver_support`) and a Kafka broker
-//! (`kafka_broker`). The other modules are the tests, one per subject.
+//! (`kafka_broker`), and the serial groups (`serial`): what tests sharing the process must not
+//! do at the same time. The other modules are the tests, one per subject.
 
 // The harness.
 mod common;
 mod kafka_broker;
 mod receiver_support;
+mod serial;
 mod stack;
 
 // The tests.

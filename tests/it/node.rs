@@ -12,6 +12,8 @@ use std::{
 
 use serde_json::{Value, json};
 
+use crate::serial;
+
 /// How long pods get to become Ready (image import is done; this is start-up on 2 busy cores).
 const READY: Duration = Duration::from_secs(240);
 
@@ -230,18 +232,15 @@ fn restricted_namespace(name: &str) {
     ]);
 }
 
-/// One install at a time: both install the same CRDs, and the process checks count every pod.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Runs `test` to its end on a runtime of its own, one such test at a time.
+/// Runs `test` to its end on a runtime of its own, one install on the node at a time.
 fn serially(test: impl Future<Output = ()>) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _node = serial::node();
     tokio::runtime::Runtime::new().unwrap().block_on(test);
 }
 
 #[test]
 fn helm_install_with_defaults_runs_ready_pods_under_restricted() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _node = serial::node();
     let ns = "helm-defaults";
     restricted_namespace(ns);
     // The chart's defaults; the receiver cannot start without a sink, so one is named (no
@@ -274,7 +273,7 @@ fn helm_install_with_defaults_runs_ready_pods_under_restricted() {
 
 #[test]
 fn kubectl_apply_k_deploy_default_runs_ready_pods_under_restricted() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _node = serial::node();
     // deploy/default as it is, plus the sink every overlay must set (deploy/README.md).
     let overlay = std::env::temp_dir().join(format!("ens-node-overlay-{}", std::process::id()));
     std::fs::create_dir_all(&overlay).unwrap();

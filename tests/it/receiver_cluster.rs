@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::receiver_support::*;
+use crate::serial;
 use ens_operator::api::annotations::{
     MANAGED_BY_LABEL, PROBE_CALLBACK_ID_KEY, PROBE_FOR_LABEL, PROBE_VERIFICATION_KEY,
     ROUTE_CALLBACK_ID_KEY, ROUTE_EXPECT_PROBE_KEY, ROUTE_LABEL, ROUTE_PATH_KEY,
@@ -57,6 +58,7 @@ async fn until_status(rx: &Receiver, body: &str, signature: Option<&str>, want: 
 
 #[tokio::test]
 async fn routes_keys_and_probes_come_from_secrets() {
+    let _cluster = serial::cluster().await;
     let client = crate::common::client().await;
     let ns = crate::common::TestNamespace::new(&client, "receiver").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
@@ -181,6 +183,7 @@ async fn routes_keys_and_probes_come_from_secrets() {
 
 #[tokio::test]
 async fn probe_answers_503_when_the_api_server_refuses() {
+    let _cluster = serial::cluster().await;
     let client = crate::common::client().await;
     let ns = crate::common::TestNamespace::new(&client, "receiver-deny").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);

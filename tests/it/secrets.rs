@@ -20,7 +20,7 @@ const WRONG_SECRET: &str = "wrong-client-secret-9f2c41";
 #[tokio::test]
 async fn no_secret_appears_in_logs_events_status_or_metrics() {
     let logs = crate::receiver_support::temp_dir("leak-logs");
-    let stack = Stack::start_logged("leak", &logs).await;
+    let stack = Stack::start_logged("leak", &logs, crate::serial::cluster().await).await;
 
     // Refused credentials first: the error path (status, Event, log) must not carry them.
     stack.set_client_secret(WRONG_SECRET).await;

@@ -83,10 +83,8 @@ async fn controller_on_sigterm_exits_0_and_releases_its_lease() {
         &["--lease-duration", "60s", "--identity", "first"],
     )
     .await;
+    // The Lease is in the team namespace (the stack's default).
     let lease_ns = stack.team.name.clone();
-    stack
-        .controller_args
-        .extend(["--lease-namespace".to_owned(), lease_ns.clone()]);
     stack.kill_controller();
     let mut first = Controller::spawn(&stack.controller_args);
     let leases: Api<Lease> = Api::namespaced(stack.client.clone(), &lease_ns);

@@ -22,6 +22,7 @@ use kube::{
 use serde_json::{Value, json};
 
 use crate::common::{TestNamespace, client, control_plane, install_crds};
+use crate::serial::{self, Cluster};
 
 /// Host of every callback URL in these tests; the emulator resolves it to the receiver.
 pub const HOST: &str = "events.example.com";
@@ -144,28 +145,33 @@ pub struct Stack {
     pub http: reqwest::Client,
     /// With [`Stack::start_logged`]: where each process's debug log goes.
     pub log_dir: Option<std::path::PathBuf>,
+    /// Released last, once everything above is gone.
+    _cluster: Cluster,
 }
 
 impl Stack {
     /// Starts everything; `emulator_args` and `controller_args` are appended to the defaults.
     pub async fn start(prefix: &str, emulator_args: &[&str], controller_args: &[&str]) -> Self {
-        Self::start_with(prefix, emulator_args, controller_args, None, true).await
+        let cluster = serial::cluster().await;
+        Self::start_with(prefix, emulator_args, controller_args, None, cluster, true).await
     }
 
     /// [`Stack::start`] with a controller that watches every namespace, for tests of several
-    /// tenants (namespaces). Two of them must never run at once: they would reconcile each
-    /// other's objects (the tenancy tests hold one lock).
+    /// tenants (namespaces). It would reconcile every other test's objects: the stack holds the
+    /// shared control plane alone ([`serial::cluster_alone`]).
     pub async fn start_cluster_wide(
         prefix: &str,
         emulator_args: &[&str],
         controller_args: &[&str],
     ) -> Self {
-        Self::start_with(prefix, emulator_args, controller_args, None, false).await
+        let cluster = serial::cluster_alone().await;
+        Self::start_with(prefix, emulator_args, controller_args, None, cluster, false).await
     }
 
-    /// Starts everything with debug logging, each process's log in `log_dir/{process}.log`.
-    pub async fn start_logged(prefix: &str, log_dir: &std::path::Path) -> Self {
-        Self::start_with(prefix, &[], &[], Some(log_dir.to_owned()), true).await
+    /// Starts everything with debug logging, each process's log in `log_dir/{process}.log`,
+    /// holding the shared control plane as `cluster` says.
+    pub async fn start_logged(prefix: &str, log_dir: &std::path::Path, cluster: Cluster) -> Self {
+        Self::start_with(prefix, &[], &[], Some(log_dir.to_owned()), cluster, true).await
     }
 
     async fn start_with(
@@ -173,6 +179,7 @@ impl Stack {
         emulator_args: &[&str],
         controller_args: &[&str],
         log_dir: Option<std::path::PathBuf>,
+        cluster: Cluster,
         scoped: bool,
     ) -> Self {
         let log = |name: &str| log_dir.as_ref().map(|d| d.join(format!("{name}.log")));
@@ -246,6 +253,11 @@ impl Stack {
         if !controller_args.contains(&"--lease-duration") {
             cargs.push("--no-leader-election".into());
         }
+        // Leader election (when asked for) in the team's namespace, never a namespace shared
+        // with other tests (the default, ens-system, is the kustomize test's).
+        if !controller_args.contains(&"--lease-namespace") {
+            cargs.extend(strings(&["--lease-namespace", &team.name]));
+        }
         // The orphan scan's ENS calls would blur the tests that count calls: on when asked.
         if !controller_args.contains(&"--orphan-scan-interval") {
             cargs.extend(strings(&["--orphan-scan-interval", "0s"]));
@@ -266,6 +278,7 @@ impl Stack {
             controller_args: cargs,
             http,
             log_dir,
+            _cluster: cluster,
         };
         stack.start_controller();
         stack

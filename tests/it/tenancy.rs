@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::common::{TestNamespace, client, client_as, install_crds, wait_for, wait_gone};
 use crate::receiver_support::{TestSink, wait_until};
+use crate::serial;
 use crate::stack::{CREDENTIALS, HOST, Proc, cb_ready, sub_ready};
 use ens_operator::api::{
     EnsCallback, EnsSubscription,
@@ -42,12 +43,15 @@ struct Tenants {
     _receiver: Proc,
     controller: Option<Proc>,
     http: reqwest::Client,
+    /// Released last, once everything above is gone.
+    _cluster: serial::Cluster,
 }
 
 impl Tenants {
     /// Starts the processes; the attacker's namespace is the victim's name plus `-a`, so names
     /// joined with `-` (`victim/a-orders`, `victim-a/orders`) would meet.
     async fn start(prefix: &str) -> Self {
+        let cluster = serial::cluster().await;
         let admin = client().await;
         install_crds(&admin).await;
         let victim = TestNamespace::new(&admin, prefix).await;
@@ -86,6 +90,7 @@ impl Tenants {
             _receiver: receiver,
             controller: Some(controller),
             http: crate::receiver_support::http(),
+            _cluster: cluster,
         }
     }
 

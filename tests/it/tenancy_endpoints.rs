@@ -6,7 +6,8 @@
 //! attack is refused with a clear reason and that the victim team's callback, subscription,
 //! remote objects (emulator state), route Secrets and deliveries are unchanged.
 //!
-//! The controller here watches every namespace, so these tests run one at a time (a lock).
+//! The controller here watches every namespace, so each of these tests runs alone
+//! ([`Stack::start_cluster_wide`] holds the shared control plane alone).
 
 use std::{
     collections::BTreeMap,
@@ -38,8 +39,6 @@ use tokio::net::TcpListener;
 const T: Duration = Duration::from_secs(90);
 /// The chart's aggregated `-edit` ClusterRole (charts/ens-operator/templates/rbac.yaml).
 const EDIT_AGGREGATE: &str = "ens-operator-tenancy-tests-edit";
-
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A team with `edit` in its own namespace and nothing else.
 struct Attacker {
@@ -252,7 +251,6 @@ async fn silent_server() -> (String, Arc<AtomicUsize>) {
 /// team's, or anyone's, credentials) there. Refused as CredentialsInvalid; nothing connects.
 #[tokio::test]
 async fn a_tenants_auth_base_url_outside_the_allowlist_is_never_called() {
-    let _one = ONE_AT_A_TIME.lock().await;
     let stack = Stack::start_cluster_wide("ten-ep", &[], &[]).await;
     stack.orders_with_sent().await;
     let before = victim_state(&stack).await;
@@ -298,7 +296,6 @@ async fn a_tenants_auth_base_url_outside_the_allowlist_is_never_called() {
 /// others read. The status keeps the status code only, bounded.
 #[tokio::test]
 async fn a_foreign_answer_never_reaches_status() {
-    let _one = ONE_AT_A_TIME.lock().await;
     let stack = Stack::start_cluster_wide("ten-body", &[], &[]).await;
     let mallory = Attacker::new(&stack.client, "ten-body-mallory").await;
     let page = format!(
@@ -399,7 +396,6 @@ async fn hanging_ens() -> (String, Arc<InFlight>) {
 /// and the victim's callback becomes Ready meanwhile.
 #[tokio::test]
 async fn a_hanging_tenant_never_holds_the_other_tenants_workers() {
-    let _one = ONE_AT_A_TIME.lock().await;
     let workers = 3;
     let stack = Stack::start_cluster_wide(
         "ten-fair",
@@ -456,7 +452,6 @@ async fn a_hanging_tenant_never_holds_the_other_tenants_workers() {
 /// Secret as `other-namespace/name`. Both stall with a message saying why; nothing is created.
 #[tokio::test]
 async fn default_credentials_serve_only_their_namespaces() {
-    let _one = ONE_AT_A_TIME.lock().await;
     let mut stack = Stack::start_cluster_wide("ten-def", &[], &[]).await;
     // The default credentials are the victim's Secret, scoped to the victim's namespace.
     let default = format!("{}/{}", stack.team.name, crate::stack::CREDENTIALS);

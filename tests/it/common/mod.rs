@@ -156,7 +156,7 @@ impl TestNamespace {
             .unwrap()
             .subsec_nanos();
         let name = format!(
-            "{prefix}-{:x}{:x}{}",
+            "{prefix}-{:x}{:04x}{}",
             std::process::id() & 0xfff,
             nanos & 0xffff,
             N.fetch_add(1, Ordering::Relaxed)

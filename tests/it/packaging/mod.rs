@@ -9,6 +9,7 @@ mod tools;
 use std::{collections::BTreeMap, path::Path, sync::OnceLock};
 
 use crate::common::{TestNamespace, client, repo};
+use crate::serial;
 use serde_json::Value;
 use tools::{
     TempDir, chart, documents, full_values, helm, kubectl, ok, run, template, third_party_crd,
@@ -110,6 +111,7 @@ fn kinds(docs: &[Value]) -> BTreeMap<String, usize> {
 
 #[test]
 fn chart_lints_and_renders_manifests_valid_against_the_real_schemas() {
+    let _cluster = serial::cluster_blocking();
     let chart = chart();
     let full = full_values();
     ok(&mut helm(&["lint", "--strict", &chart]));
@@ -226,6 +228,7 @@ fn chart_lints_and_renders_manifests_valid_against_the_real_schemas() {
 /// together as the defaults are.
 #[test]
 fn every_values_example_renders_valid_manifests() {
+    let _cluster = serial::cluster_blocking();
     let dir = TempDir::new("values-examples");
     let mut seen = 0;
     for entry in std::fs::read_dir(repo().join("deploy/values")).unwrap() {
@@ -378,6 +381,8 @@ fn check_wiring(docs: &[Value]) {
 
 #[test]
 fn bad_values_are_refused_at_install_with_a_message() {
+    // helm runs with the shared control plane's kubeconfig.
+    let _cluster = serial::cluster_blocking();
     let dir = repo().join("tests/it/packaging/bad-values");
     let mut paths: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -483,6 +488,7 @@ fn resource_versions(manifests: &[Value]) -> BTreeMap<String, String> {
 
 #[tokio::test]
 async fn kustomize_default_applies_client_and_server_side_and_reapplies_without_changes() {
+    let _cluster = serial::cluster().await;
     // deploy/default is the one kustomization users apply; it owns the namespace ens-system, which
     // no other test uses. CRDs are applied too (other tests install the same ones) and never
     // deleted here.
@@ -643,6 +649,7 @@ fn check_access(sa: &str, checks: &[Check]) {
 
 #[tokio::test]
 async fn helm_installs_with_default_values_and_rbac_is_least_privilege() {
+    let _cluster = serial::cluster().await;
     let client = client().await;
     crate::common::install_crds(&client).await;
     let ns = TestNamespace::new(&client, "pkg-helm").await;
@@ -826,6 +833,7 @@ async fn helm_installs_with_default_values_and_rbac_is_least_privilege() {
 
 #[tokio::test]
 async fn helm_installs_every_optional_part_and_upgrades_without_changes() {
+    let _cluster = serial::cluster().await;
     let client = client().await;
     crate::common::install_crds(&client).await;
     install_third_party_crds();
@@ -963,6 +971,7 @@ fn the_argo_cd_snippet_in_the_docs_is_the_shipped_health_checks() {
 /// and passes once that is released. (tests/node.rs runs it as the hook, through `helm uninstall`.)
 #[tokio::test]
 async fn uninstall_check_refuses_while_an_object_holds_the_finalizer() {
+    let _cluster = serial::cluster().await;
     use ens_operator::api::{EnsCallback, annotations::FINALIZER};
     use kube::api::{Api, Patch, PatchParams, PostParams};
 
