@@ -567,7 +567,7 @@ async fn a_standby_takes_over_when_the_leader_dies_without_duplicates() {
     let mut second_args = stack.controller_args.clone();
     let i = second_args.iter().position(|a| a == "first").unwrap();
     second_args[i] = "second".into();
-    let mut second = crate::stack::Proc::spawn(&second_args, false);
+    let mut second = crate::launch::Launch::new(&second_args).cluster().spawn();
 
     stack
         .apply::<EnsCallback>("one", callback_doc("one", "/ens/one"))

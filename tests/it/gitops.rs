@@ -5,14 +5,13 @@
 //! (the library Flux computes health with) and by `kubectl wait --for=condition=Ready`.
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use crate::common::{TestNamespace, client, control_plane, install_crds, kubectl, repo, wait_for};
+use crate::launch::Launch;
 use crate::serial;
 use ens_operator::api::{
     EnsCallback, EnsSubscription,
@@ -27,55 +26,6 @@ use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
 const HOST: &str = "events.example.com";
-
-/// A child process, killed and reaped on drop.
-struct Proc {
-    child: Child,
-    url: String,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], kubeconfig: Option<&Path>, wait_listen: bool) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ens-operator"));
-        cmd.args(args)
-            .env_remove("KUBECONFIG")
-            .env_remove("POD_NAMESPACE")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(kc) = kubeconfig {
-            cmd.env("KUBECONFIG", kc);
-        }
-        let mut child = cmd.spawn().expect("spawn ens-operator");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let url = if wait_listen {
-            let first = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("listening line");
-            first
-                .strip_prefix("listening on ")
-                .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-                .trim_end_matches('/')
-                .to_owned()
-        } else {
-            String::new()
-        };
-        Self { child, url }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The admin kubeconfig, impersonating `user` (what a pod with that service account is).
 fn kubeconfig_as(dir: &Path, name: &str, user: &str) -> PathBuf {
@@ -338,23 +288,20 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
     );
     let port = receiver.url.rsplit(':').next().unwrap().to_owned();
     let resolve = format!("{HOST}=127.0.0.1:{port}");
-    let emulator = Proc::spawn(
-        &[
-            "emulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--client-id",
-            "c",
-            "--client-secret",
-            "s",
-            "--resolve",
-            &resolve,
-            "--verification-window",
-            "5s",
-        ],
-        None,
-        true,
-    );
+    let emulator = Launch::new([
+        "emulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--client-id",
+        "c",
+        "--client-secret",
+        "s",
+        "--resolve",
+        &resolve,
+        "--verification-window",
+        "5s",
+    ])
+    .listening();
     let creds: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
         "stringData": {"clientId": "c", "clientSecret": "s", "authBaseUrl": emulator.url},
@@ -404,7 +351,11 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
         "--ens-rest-hosts",
         "127.0.0.1",
     ];
-    let mut controller = Some(Proc::spawn(&controller_args, Some(&controller_kc), false));
+    let mut controller = Some(
+        Launch::new(controller_args)
+            .kubeconfig(&controller_kc)
+            .spawn(),
+    );
     // Deletes the objects while the controller runs (finalizers), before anything is killed.
     struct DeleteObjects(String);
     impl Drop for DeleteObjects {
@@ -690,7 +641,11 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
         kstatus: Some("InProgress"),
         message_has: "generation",
     });
-    let _ = controller.replace(Proc::spawn(&controller_args, Some(&controller_kc), false));
+    let _ = controller.replace(
+        Launch::new(controller_args)
+            .kubeconfig(&controller_kc)
+            .spawn(),
+    );
     wait_for(&cbs, "orders", T, |cb| {
         cb_ready(cb) && cb.status.as_ref().unwrap().observed_generation == cb.metadata.generation
     })

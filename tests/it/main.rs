@@ -2,14 +2,15 @@
 //! process for every test (`cargo test --test it`; a module or a test by name filter:
 //! `cargo test --test it receiver_fuzz::`).
 //!
-//! The harness comes first: the API-server harness (`common`), a whole deployment per test
-//! (`stack`), a receiver process with a sink (`receiver_support`) and a Kafka broker
-//! (`kafka_broker`), and the serial groups (`serial`): what tests sharing the process must not
+//! The harness comes first: the API-server harness (`common`), the one way to start the binary
+//! (`launch`), a whole deployment per test (`stack`), a receiver process with a sink
+//! (`receiver_support`) and a Kafka broker (`kafka_broker`), and the serial groups (`serial`): what tests sharing the process must not
 //! do at the same time. The other modules are the tests, one per subject.
 
 // The harness.
 mod common;
 mod kafka_broker;
+mod launch;
 mod receiver_support;
 mod serial;
 mod stack;

@@ -10,6 +10,7 @@ use std::{
 };
 
 use crate::common::{control_plane, wait_for};
+use crate::launch::Launch;
 use crate::stack::{CREDENTIALS, Stack, callback_doc, sub_ready};
 use ens_operator::{
     api::{EnsCallback, EnsSubscription, conditions::ConditionType},
@@ -57,16 +58,6 @@ fn flags(stack: &Stack) -> Vec<String> {
         f.extend(["--controller-url".to_owned(), url]);
     }
     f
-}
-
-/// A child process (ours) killed and reaped when dropped, even when the test fails first.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// What one run printed.
@@ -546,33 +537,19 @@ async fn subscription_paused_in_ens() {
     let (_, sub) = stack.orders_with_sent().await;
     let sub_id = sub.status.unwrap().subscription_id.unwrap();
     // `--watch` prints the tree, then again when it changes.
-    let mut watch = Killed(
-        Command::new(plugin_dir().join("kubectl-ens"))
-            .args([
-                "status",
-                "subscription",
-                "sent",
-                "--watch",
-                "--interval",
-                "200ms",
-            ])
-            .args(flags(&stack))
-            .env("KUBECONFIG", &control_plane().kubeconfig)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = watch.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let watch = Launch::new([
+        "status",
+        "subscription",
+        "sent",
+        "--watch",
+        "--interval",
+        "200ms",
+    ])
+    .args(flags(&stack))
+    .via(plugin_dir().join("kubectl-ens"))
+    .cluster()
+    .spawn();
+    let rx = &watch.stdout;
     let first = rx.recv_timeout(T).expect("the first tree");
     assert!(first.starts_with("EnsCallback "), "{first}");
     let mut seen = vec![first];

@@ -2,11 +2,9 @@
 //! sink that can be switched down, request signing, and condition polling with a deadline.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -14,6 +12,8 @@ use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, Version};
 use ens_operator::ens::signing::{KeyMode, SIGNATURE_HEADER, SignatureKey, sign};
+
+use crate::launch::{Launch, Proc};
 
 /// `docs/ens-protocol.md` §6.4.
 pub const KEY: &str = "V27FXfqI3DnhfQW1bhFDeJixpt8eDAY5R24UJI3cK6M=";
@@ -54,63 +54,33 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// The running receiver binary.
-pub struct Receiver {
-    child: Child,
-    /// `http://127.0.0.1:PORT`.
-    pub url: String,
-    /// Stdout lines after the `listening on` line (probes).
-    pub stdout: mpsc::Receiver<String>,
+/// The running receiver binary: its URL (`http://127.0.0.1:PORT`), PID and the stdout lines
+/// after the `listening on` line (probes) are its [`Proc`]'s.
+pub struct Receiver(Proc);
+
+impl std::ops::Deref for Receiver {
+    type Target = Proc;
+
+    fn deref(&self) -> &Proc {
+        &self.0
+    }
 }
 
 impl Receiver {
     /// Starts `ens-operator receiver --listen 127.0.0.1:0 ARGS` and waits for its address.
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ens-operator"));
-        cmd.arg("receiver")
-            .args(["--listen", "127.0.0.1:0"])
+        let mut launch = Launch::new(["receiver", "--listen", "127.0.0.1:0"])
             .args(args)
-            .env_remove("K_SINK")
-            .env_remove("POD_NAMESPACE")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .env("RUST_LOG", "info");
         for (k, v) in envs {
-            cmd.env(k, v);
+            launch = launch.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn the receiver");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let first = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the receiver prints `listening on ...` first");
-        let url = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .to_owned();
-        Self {
-            child,
-            url,
-            stdout: rx,
-        }
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+        Self(launch.listening())
     }
 
     /// SIGKILL, and reap.
     pub fn kill9(mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reap");
+        self.0.kill9();
     }
 
     /// SIGTERM, and the exit status once it is gone (bounded).
@@ -119,28 +89,11 @@ impl Receiver {
         self.exited()
     }
 
-    /// SIGTERM, without waiting.
-    pub fn send_term(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(ok.success());
-    }
-
-    /// The exit status once the process is gone (bounded).
+    /// The exit status once the process is gone (bounded; blocks the thread).
     pub fn exited(mut self) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "receiver did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0
+            .wait_exit_blocking(Duration::from_secs(30))
+            .expect("the receiver did not exit after SIGTERM")
     }
 
     /// POSTs `body` to `path` with content type JSON and an optional signature header.
@@ -220,13 +173,6 @@ impl Receiver {
             .expect("request");
         let status = resp.status().as_u16();
         (status, resp.text().await.unwrap_or_default())
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -2,12 +2,10 @@
 //! stops, releases its Lease and exits 0 (a standby then leads); the receiver fails `/readyz` but
 //! still accepts batches for its shutdown delay, then drains and exits 0.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use crate::common::wait_for;
+use crate::launch::Launch;
 use crate::receiver_support::*;
 use crate::stack::{Stack, callback_doc, cb_ready};
 use ens_operator::api::EnsCallback;
@@ -16,54 +14,6 @@ use kube::Api;
 
 const LEASE: &str = "ens-operator-controller";
 const T: Duration = Duration::from_secs(60);
-
-fn sigterm(pid: u32) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(ok.success());
-}
-
-/// A controller process of our own (the stack's `Proc` gives no PID to signal).
-struct Controller(Child);
-
-impl Controller {
-    fn spawn(args: &[String]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_ens-operator"))
-            .args(args)
-            .env("KUBECONFIG", &crate::common::control_plane().kubeconfig)
-            .env(
-                "RUST_LOG",
-                std::env::var("ENS_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn the controller");
-        Self(child)
-    }
-
-    async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.0.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the controller did not exit after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn holder(leases: &Api<Lease>) -> Option<String> {
     leases
@@ -86,7 +36,7 @@ async fn controller_on_sigterm_exits_0_and_releases_its_lease() {
     // The Lease is in the team namespace (the stack's default).
     let lease_ns = stack.team.name.clone();
     stack.kill_controller();
-    let mut first = Controller::spawn(&stack.controller_args);
+    let mut first = stack.controller_launch().spawn();
     let leases: Api<Lease> = Api::namespaced(stack.client.clone(), &lease_ns);
     let deadline = tokio::time::Instant::now() + T;
     while holder(&leases).await.as_deref() != Some("first") {
@@ -99,9 +49,12 @@ async fn controller_on_sigterm_exits_0_and_releases_its_lease() {
         .await;
     wait_for(&cbs, "one", T, cb_ready).await;
 
-    sigterm(first.0.id());
+    first.send_term();
     let status = first.wait_exit(T).await;
-    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}"
+    );
     assert_eq!(
         holder(&leases).await,
         None,
@@ -112,7 +65,7 @@ async fn controller_on_sigterm_exits_0_and_releases_its_lease() {
     let mut second_args = stack.controller_args.clone();
     let i = second_args.iter().position(|a| a == "first").unwrap();
     second_args[i] = "second".into();
-    let second = crate::stack::Proc::spawn(&second_args, false);
+    let second = Launch::new(&second_args).cluster().spawn();
     stack.controller = Some(second);
     stack
         .apply::<EnsCallback>("two", callback_doc("two", "/ens/two"))
@@ -145,7 +98,7 @@ async fn receiver_on_sigterm_goes_unready_accepts_during_the_delay_then_exits_0(
         &[],
     );
     assert_eq!(rx.get("/readyz").await.0, 200);
-    sigterm(rx.pid());
+    rx.send_term();
     let mut ready = 200;
     for _ in 0..100 {
         ready = rx.get("/readyz").await.0;

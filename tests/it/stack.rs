@@ -3,12 +3,7 @@
 //! mode, watching its own namespace), the controller (scoped to the test's namespace), an
 //! in-test CloudEvents sink, and a credentials Secret — on the shared real API server.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use ens_operator::api::{
     EnsCallback, EnsSubscription,
@@ -21,7 +16,8 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use crate::common::{TestNamespace, client, control_plane, install_crds};
+use crate::common::{TestNamespace, client, install_crds};
+use crate::launch::{Launch, Proc};
 use crate::serial::{self, Cluster};
 
 /// Host of every callback URL in these tests; the emulator resolves it to the receiver.
@@ -36,101 +32,6 @@ pub const EMULATOR_ENDPOINTS: &[&str] = &[
     "--ens-rest-hosts",
     "127.0.0.1",
 ];
-
-/// A child process killed (SIGKILL) and reaped on drop; only ever our own PID.
-pub struct Proc {
-    child: Child,
-    /// The `listening on` URL, for servers.
-    pub url: String,
-}
-
-impl Proc {
-    /// Spawns `ens-operator ARGS`; with `wait_listen`, waits for its `listening on URL` line.
-    pub fn spawn(args: &[String], wait_listen: bool) -> Self {
-        Self::spawn_env(args, &[], wait_listen)
-    }
-
-    /// [`Proc::spawn`] with extra environment variables.
-    pub fn spawn_env(args: &[String], envs: &[(&str, &str)], wait_listen: bool) -> Self {
-        Self::spawn_logged(args, envs, None, wait_listen)
-    }
-
-    /// [`Proc::spawn_env`], appending stderr (the logs) to `log` when given.
-    pub fn spawn_logged(
-        args: &[String],
-        envs: &[(&str, &str)],
-        log: Option<&std::path::Path>,
-        wait_listen: bool,
-    ) -> Self {
-        let stderr = match log {
-            Some(path) => Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .expect("open log file"),
-            ),
-            None => Stdio::inherit(),
-        };
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ens-operator"));
-        cmd.args(args)
-            .env("KUBECONFIG", &control_plane().kubeconfig)
-            .env_remove("K_SINK")
-            .env_remove("POD_NAMESPACE")
-            .env(
-                "RUST_LOG",
-                std::env::var("ENS_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .envs(envs.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(stderr);
-        let mut child = cmd.spawn().expect("spawn ens-operator");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let url = if wait_listen {
-            let first = rx
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("{args:?} printed no `listening on` line"));
-            first
-                .strip_prefix("listening on ")
-                .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-                .trim_end_matches('/')
-                .to_owned()
-        } else {
-            String::new()
-        };
-        Self { child, url }
-    }
-
-    /// Waits up to `timeout` for the process to exit on its own.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-
-    /// SIGKILL now (a crash).
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 /// One deployment.
 pub struct Stack {
@@ -182,19 +83,13 @@ impl Stack {
         cluster: Cluster,
         scoped: bool,
     ) -> Self {
-        let log = |name: &str| log_dir.as_ref().map(|d| d.join(format!("{name}.log")));
-        let debug: &[(&str, &str)] = if log_dir.is_some() {
-            &[("RUST_LOG", "debug")]
-        } else {
-            &[]
-        };
         let client = client().await;
         install_crds(&client).await;
         let team = TestNamespace::new(&client, prefix).await;
         let rx = TestNamespace::new(&client, &format!("{prefix}-rx")).await;
         let sink = crate::receiver_support::TestSink::start(true).await;
-        let receiver = Proc::spawn_logged(
-            &strings(&[
+        let receiver = logged(
+            Launch::new([
                 "receiver",
                 "--listen",
                 "127.0.0.1:0",
@@ -202,11 +97,12 @@ impl Stack {
                 &rx.name,
                 "--sink",
                 &sink.url,
-            ]),
-            debug,
-            log("receiver").as_deref(),
-            true,
-        );
+            ])
+            .cluster(),
+            log_dir.as_deref(),
+            "receiver",
+        )
+        .listening();
         let port = receiver.url.rsplit(':').next().unwrap().to_owned();
         let mut eargs = strings(&[
             "emulator",
@@ -220,7 +116,7 @@ impl Stack {
             &format!("{HOST}=127.0.0.1:{port}"),
         ]);
         eargs.extend(strings(emulator_args));
-        let emulator = Proc::spawn_logged(&eargs, debug, log("emulator").as_deref(), true);
+        let emulator = logged(Launch::new(&eargs), log_dir.as_deref(), "emulator").listening();
         let secret: Secret = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": CREDENTIALS},
@@ -284,20 +180,16 @@ impl Stack {
         stack
     }
 
+    /// The controller's command line: [`Stack::controller_args`] on the control plane, logged
+    /// as the stack's other processes are.
+    pub fn controller_launch(&self) -> Launch {
+        let controller = Launch::new(&self.controller_args).cluster();
+        logged(controller, self.log_dir.as_deref(), "controller")
+    }
+
     /// (Re)starts the controller process.
     pub fn start_controller(&mut self) {
-        let log = self.log_dir.as_ref().map(|d| d.join("controller.log"));
-        let debug: &[(&str, &str)] = if log.is_some() {
-            &[("RUST_LOG", "debug")]
-        } else {
-            &[]
-        };
-        self.controller = Some(Proc::spawn_logged(
-            &self.controller_args,
-            debug,
-            log.as_deref(),
-            true,
-        ));
+        self.controller = Some(self.controller_launch().listening());
     }
 
     /// Applies callback `orders` (`/ens/orders`) with subscription `sent` (EmailSent) and waits
@@ -374,11 +266,10 @@ impl Stack {
     /// returns once it has: the process is gone exactly there, like `kill -9`.
     pub async fn crash_controller_at(&mut self, point: &str, trigger: impl AsyncFnOnce(&Self)) {
         self.kill_controller();
-        let mut c = Proc::spawn_env(
-            &self.controller_args,
-            &[(ens_operator::controller::crash::ENV, point)],
-            true,
-        );
+        let mut c = self
+            .controller_launch()
+            .env(ens_operator::controller::crash::ENV, point)
+            .listening();
         trigger(self).await;
         let status = c.wait_exit(Duration::from_secs(60)).await;
         use std::os::unix::process::ExitStatusExt;
@@ -611,6 +502,16 @@ pub fn sub_ready(s: &EnsSubscription) -> bool {
 /// Calls of `route` in emulator stats.
 pub fn count(calls: &Value, route: &str) -> u64 {
     calls[route].as_u64().unwrap_or(0)
+}
+
+/// `launch` with debug logs appended to `log_dir/{name}.log`, when there is a `log_dir`.
+fn logged(launch: Launch, log_dir: Option<&Path>, name: &str) -> Launch {
+    match log_dir {
+        Some(dir) => launch
+            .env("RUST_LOG", "debug")
+            .log_to(&dir.join(format!("{name}.log"))),
+        None => launch,
+    }
 }
 
 fn strings(a: &[&str]) -> Vec<String> {

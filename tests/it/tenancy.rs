@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use crate::common::{TestNamespace, client, client_as, install_crds, wait_for, wait_gone};
+use crate::launch::{Launch, Proc};
 use crate::receiver_support::{TestSink, wait_until};
 use crate::serial;
-use crate::stack::{CREDENTIALS, HOST, Proc, cb_ready, sub_ready};
+use crate::stack::{CREDENTIALS, HOST, cb_ready, sub_ready};
 use ens_operator::api::{
     EnsCallback, EnsSubscription,
     conditions::{ConditionType, find},
@@ -58,25 +59,26 @@ impl Tenants {
         let attacker = named_namespace(&admin, &format!("{}-a", victim.name)).await;
         let rx = TestNamespace::new(&admin, &format!("{prefix}-rx")).await;
         let sink = TestSink::start(true).await;
-        let receiver = Proc::spawn(
-            &strings(&[
-                "receiver",
-                "--listen",
-                "127.0.0.1:0",
-                "--namespace",
-                &rx.name,
-                "--sink",
-                &sink.url,
-            ]),
-            true,
-        );
+        let receiver = Launch::new([
+            "receiver",
+            "--listen",
+            "127.0.0.1:0",
+            "--namespace",
+            &rx.name,
+            "--sink",
+            &sink.url,
+        ])
+        .cluster()
+        .listening();
         let port = receiver.url.rsplit(':').next().unwrap().to_owned();
         let emulator = emulator(&port);
         for ns in [&victim.name, &attacker.name] {
             credentials(&admin, ns, &emulator.url).await;
         }
         let shard = victim.name.clone();
-        let controller = Proc::spawn(&controller_args(&shard, &rx.name, &receiver.url), true);
+        let controller = Launch::new(controller_args(&shard, &rx.name, &receiver.url))
+            .cluster()
+            .listening();
         let mallory = tenant_client(&admin, &attacker.name).await;
         Self {
             admin,
@@ -283,20 +285,18 @@ fn strings(a: &[&str]) -> Vec<String> {
 }
 
 fn emulator(receiver_port: &str) -> Proc {
-    Proc::spawn(
-        &strings(&[
-            "emulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--client-id",
-            "test-client",
-            "--client-secret",
-            "test-secret",
-            "--resolve",
-            &format!("{HOST}=127.0.0.1:{receiver_port}"),
-        ]),
-        true,
-    )
+    Launch::new([
+        "emulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--client-id",
+        "test-client",
+        "--client-secret",
+        "test-secret",
+        "--resolve",
+        &format!("{HOST}=127.0.0.1:{receiver_port}"),
+    ])
+    .listening()
 }
 
 fn controller_args(shard: &str, rx: &str, receiver_url: &str) -> Vec<String> {

@@ -1,13 +1,11 @@
 //! Bad inputs get ENS-shaped errors (never a panic), the inspection API, and the emulator as a
 //! separate process started from its documented command line. Sections: `docs/ens-protocol.md`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::harness::{CLIENT_ID, Env, SECRET};
+use crate::launch::Launch;
 
 async fn token(env: &Env) -> String {
     let body = json!({"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": SECRET});
@@ -328,33 +326,22 @@ async fn inspection_api_shows_state_not_keys() {
 /// The documented command line starts the emulator and prints exactly one line with its URL.
 #[tokio::test]
 async fn emulator_runs_from_the_command_line() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ens-operator"))
-        .args([
-            "emulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--client-id",
-            CLIENT_ID,
-            "--client-secret",
-            SECRET,
-            "--resolve",
-            "hooks.example.com=127.0.0.1:9",
-            "--verification-window",
-            "5s",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let stdout = child.stdout.take().unwrap();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    let mut emulator = Launch::new([
+        "emulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--client-id",
+        CLIENT_ID,
+        "--client-secret",
+        SECRET,
+        "--resolve",
+        "hooks.example.com=127.0.0.1:9",
+        "--verification-window",
+        "5s",
+    ])
+    .listening();
+    let url = emulator.url.clone();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let client = ens_operator::ens::EnsClient::new(super::harness::emulator_config()).unwrap();
     let creds = ens_operator::ens::Credentials {
         client_id: CLIENT_ID.into(),
@@ -363,7 +350,9 @@ async fn emulator_runs_from_the_command_line() {
         auth_base_url: url,
     };
     let listed = client.list_callbacks(&creds).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    emulator.kill9();
     assert!(listed.unwrap().is_empty());
+    // Nothing after that line (the reader stops once the process is gone).
+    let more: Vec<String> = emulator.stdout.iter().collect();
+    assert!(more.is_empty(), "more than one line: {more:?}");
 }
