@@ -30,6 +30,8 @@
 
 #[path = "receiver/ack.rs"]
 mod ack;
+// Shared with the tests (tests/it), which restart brokers too; the bench only starts them.
+#[allow(dead_code)]
 #[path = "../tests/it/kafka_broker.rs"]
 mod kafka_broker;
 #[path = "receiver/nats.rs"]

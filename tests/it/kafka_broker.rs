@@ -3,7 +3,6 @@
 //! fetches from Maven Central (cached by version), listening on 127.0.0.1 only, its log
 //! directory in the directory it is given (removed on drop), and stopped by PID (SIGKILL,
 //! reaped) on `kill` and on drop. Topics are not created automatically: tests create them with the admin client.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

@@ -1,6 +1,5 @@
 //! Helpers for the receiver tests: spawn the real binary on 127.0.0.1:0, an in-test CloudEvents
 //! sink that can be switched down, request signing, and condition polling with a deadline.
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,4 +1,3 @@
-#![allow(dead_code)]
 //! A whole deployment for one test, all real processes: the ENS emulator, the receiver (cluster
 //! mode, watching its own namespace), the controller (scoped to the test's namespace), an
 //! in-test CloudEvents sink, and a credentials Secret — on the shared real API server.
@@ -263,7 +262,9 @@ impl Stack {
     }
 
     /// Replaces the controller with one that aborts at `point` (see `controller::crash`), and
-    /// returns once it has: the process is gone exactly there, like `kill -9`.
+    /// returns once it has: the process is gone exactly there, like `kill -9`. The crash points
+    /// exist with the `fault-injection` feature only.
+    #[cfg(feature = "fault-injection")]
     pub async fn crash_controller_at(&mut self, point: &str, trigger: impl AsyncFnOnce(&Self)) {
         self.kill_controller();
         let mut c = self

@@ -1,8 +1,7 @@
-//! Test harness shared by the integration tests: a real kube-apiserver (started once per test
-//! run by `scripts/test.sh`, or by the first test here when `ENS_TEST_KUBECONFIG` is unset),
-//! a namespace per test, CRD installation, waits that dump the object on timeout, and the
-//! example manifests. Each `tests/*.rs` binary uses a different subset, hence the allow.
-#![allow(dead_code)]
+//! The API-server harness: a real kube-apiserver (started once per test run by
+//! `scripts/test.sh`, or by the first test here when `ENS_TEST_KUBECONFIG` is unset), a
+//! namespace per test, CRD installation, waits that dump the object on timeout, and the example
+//! manifests.
 
 pub mod examples;
 
