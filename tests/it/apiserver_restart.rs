@@ -5,7 +5,7 @@ use std::{process::Command, time::Duration};
 
 use crate::common::{control_plane, wait_for};
 use crate::serial;
-use crate::stack::{Stack, callback_doc, cb_ready, sub_ready, subscription_doc};
+use crate::stack::{Stack, callback, cb_ready, sub_ready, subscription};
 use ens_operator::api::{EnsCallback, EnsSubscription};
 use kube::Api;
 
@@ -34,9 +34,7 @@ async fn the_controller_rides_out_an_api_server_restart() {
     let logs = crate::receiver_support::temp_dir("apirestart-logs");
     eprintln!("process logs in {}", logs.display());
     let stack = Stack::start_logged("apirestart", &logs, serial::cluster_alone().await).await;
-    stack
-        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
-        .await;
+    stack.apply(&callback("orders", "/ens/orders")).await;
     // Mid-lifecycle: the API server disappears for several seconds.
     restart_apiserver();
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
@@ -44,10 +42,11 @@ async fn the_controller_rides_out_an_api_server_restart() {
 
     // The controller's watches came back too: a new object is picked up.
     stack
-        .apply::<EnsSubscription>(
+        .apply(&subscription(
             "sent",
-            subscription_doc("sent", "orders", &["TransactionalSendEvents.EmailSent"]),
-        )
+            "orders",
+            &["TransactionalSendEvents.EmailSent"],
+        ))
         .await;
     let subs: Api<EnsSubscription> = Api::namespaced(stack.client.clone(), &stack.team.name);
     wait_for(&subs, "sent", T, sub_ready).await;

@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use crate::common::wait_for;
-use crate::stack::{Stack, callback_doc, cb_ready, count, sub_ready, subscription_doc};
+use crate::stack::{Stack, callback, cb_ready, count, sub_ready, subscription};
 use ens_operator::api::{
     EnsCallback, EnsSubscription,
+    callback::ReceiverMode,
+    common::DeletionPolicy,
     conditions::{ConditionType, find, is_true},
 };
 use k8s_openapi::api::core::v1::Secret;
@@ -21,24 +23,20 @@ const T: Duration = Duration::from_secs(60);
 #[tokio::test]
 async fn callback_and_two_subscriptions_become_ready_and_events_flow() {
     let stack = Stack::start("life", &[], &[]).await;
+    stack.apply(&callback("orders", "/ens/orders")).await;
     stack
-        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
-        .await;
-    stack
-        .apply::<EnsSubscription>(
+        .apply(&subscription(
             "sent",
-            subscription_doc("sent", "orders", &["TransactionalSendEvents.EmailSent"]),
-        )
+            "orders",
+            &["TransactionalSendEvents.EmailSent"],
+        ))
         .await;
     stack
-        .apply::<EnsSubscription>(
+        .apply(&subscription(
             "bounced",
-            subscription_doc(
-                "bounced",
-                "orders",
-                &["TransactionalSendEvents.EmailBounced"],
-            ),
-        )
+            "orders",
+            &["TransactionalSendEvents.EmailBounced"],
+        ))
         .await;
 
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
@@ -180,9 +178,9 @@ async fn verification_window_expires_then_a_fresh_callback_verifies() {
         )
         .await
         .unwrap();
-    let mut doc = callback_doc("promo", "/ens/promo");
-    doc["spec"]["receiver"] = "External".into();
-    stack.apply::<EnsCallback>("promo", doc.clone()).await;
+    let mut doc = callback("promo", "/ens/promo");
+    doc.spec.receiver = ReceiverMode::External;
+    stack.apply(&doc).await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     let verified_reason = |cb: &EnsCallback, r: &str| {
         cb.status
@@ -223,8 +221,8 @@ async fn verification_window_expires_then_a_fresh_callback_verifies() {
         .delete("hand-made-route", &DeleteParams::default())
         .await
         .unwrap();
-    doc["spec"]["receiver"] = "Managed".into();
-    stack.apply::<EnsCallback>("promo", doc).await;
+    doc.spec.receiver = ReceiverMode::Managed;
+    stack.apply(&doc).await;
     let cb = wait_for(&cbs, "promo", T, cb_ready).await;
     let new_id = cb.status.unwrap().callback_id.unwrap();
     assert_ne!(new_id, first_id);
@@ -249,9 +247,7 @@ async fn a_crash_after_the_create_leaves_one_callback_and_a_usable_key() {
             json!({"apiLatencyMs": 1500}),
         )
         .await;
-    stack
-        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
-        .await;
+    stack.apply(&callback("orders", "/ens/orders")).await;
     let deadline = tokio::time::Instant::now() + T;
     while stack.remote_callbacks().await.is_empty() {
         assert!(
@@ -277,10 +273,11 @@ async fn a_crash_after_the_create_leaves_one_callback_and_a_usable_key() {
 
     // The stored key is the one ENS signs with: a subscription's event is accepted by the receiver.
     stack
-        .apply::<EnsSubscription>(
+        .apply(&subscription(
             "sent",
-            subscription_doc("sent", "orders", &["TransactionalSendEvents.EmailSent"]),
-        )
+            "orders",
+            &["TransactionalSendEvents.EmailSent"],
+        ))
         .await;
     let subs: Api<EnsSubscription> = Api::namespaced(stack.client.clone(), &stack.team.name);
     wait_for(&subs, "sent", T, sub_ready).await;
@@ -493,18 +490,17 @@ async fn written_state(stack: &Stack) -> Vec<(String, Option<String>)> {
 #[tokio::test]
 async fn deletion_removes_subscriptions_then_the_callback_and_retain_keeps_it() {
     let stack = Stack::start("delete", &[], &[]).await;
+    stack.apply(&callback("a", "/ens/a")).await;
     stack
-        .apply::<EnsCallback>("a", callback_doc("a", "/ens/a"))
-        .await;
-    stack
-        .apply::<EnsSubscription>(
+        .apply(&subscription(
             "a-sent",
-            subscription_doc("a-sent", "a", &["TransactionalSendEvents.EmailSent"]),
-        )
+            "a",
+            &["TransactionalSendEvents.EmailSent"],
+        ))
         .await;
-    let mut kept = callback_doc("b", "/ens/b");
-    kept["spec"]["deletionPolicy"] = "Retain".into();
-    stack.apply::<EnsCallback>("b", kept).await;
+    let mut kept = callback("b", "/ens/b");
+    kept.spec.deletion_policy = DeletionPolicy::Retain;
+    stack.apply(&kept).await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     let subs: Api<EnsSubscription> = Api::namespaced(stack.client.clone(), &stack.team.name);
     wait_for(&cbs, "a", T, cb_ready).await;
@@ -533,9 +529,7 @@ async fn deletion_removes_subscriptions_then_the_callback_and_retain_keeps_it() 
 #[tokio::test]
 async fn no_finalizer_stays_stuck_when_credentials_are_gone() {
     let stack = Stack::start("nocreds", &[], &[]).await;
-    stack
-        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
-        .await;
+    stack.apply(&callback("orders", "/ens/orders")).await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     let cb = wait_for(&cbs, "orders", T, cb_ready).await;
     let id = cb.status.unwrap().callback_id.unwrap();
@@ -569,9 +563,7 @@ async fn a_standby_takes_over_when_the_leader_dies_without_duplicates() {
     second_args[i] = "second".into();
     let mut second = crate::launch::Launch::new(&second_args).cluster().spawn();
 
-    stack
-        .apply::<EnsCallback>("one", callback_doc("one", "/ens/one"))
-        .await;
+    stack.apply(&callback("one", "/ens/one")).await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     wait_for(&cbs, "one", T, cb_ready).await;
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
@@ -610,9 +602,7 @@ async fn a_standby_takes_over_when_the_leader_dies_without_duplicates() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stack
-        .apply::<EnsCallback>("two", callback_doc("two", "/ens/two"))
-        .await;
+    stack.apply(&callback("two", "/ens/two")).await;
     wait_for(&cbs, "two", T, cb_ready).await;
     let new_holder = leases
         .get("ens-operator-controller")
@@ -754,9 +744,7 @@ async fn key_rotation_serves_both_keys_during_the_overlap_then_only_the_new_one(
 async fn fixed_credentials_are_picked_up_at_once_and_metrics_count_the_work() {
     let stack = Stack::start("creds", &[], &[]).await;
     stack.set_client_secret("rotated-away").await;
-    stack
-        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
-        .await;
+    stack.apply(&callback("orders", "/ens/orders")).await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     let cb = stack
         .wait_ready_reason("orders", "CredentialsInvalid")
@@ -823,17 +811,15 @@ async fn fixed_credentials_are_picked_up_at_once_and_metrics_count_the_work() {
 #[tokio::test]
 async fn a_second_callback_for_the_same_url_is_refused_not_merged() {
     let stack = Stack::start("claim", &[], &[]).await;
-    stack
-        .apply::<EnsCallback>("first", callback_doc("first", "/ens/shared"))
-        .await;
+    stack.apply(&callback("first", "/ens/shared")).await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     let first = wait_for(&cbs, "first", T, cb_ready).await;
     let key = stack.route_key("first", "signatureKey").await.unwrap();
 
     // Same path, another host: on the managed receiver that is the same route.
-    let mut doc = callback_doc("second", "/ens/shared");
-    doc["spec"]["url"] = json!("https://other.example.com/ens/shared");
-    stack.apply::<EnsCallback>("second", doc).await;
+    let mut doc = callback("second", "/ens/shared");
+    doc.spec.url = "https://other.example.com/ens/shared".into();
+    stack.apply(&doc).await;
     let second = wait_for(&cbs, "second", T, |cb| {
         cb.status
             .as_ref()
@@ -896,14 +882,15 @@ async fn an_external_receiver_verifies_with_the_annotated_key_and_reads_the_sign
         )
         .await
         .unwrap();
-    let mut doc = callback_doc("own", "/ens/own");
-    doc["spec"]["receiver"] = "External".into();
-    stack.apply::<EnsCallback>("own", doc).await;
+    let mut doc = callback("own", "/ens/own");
+    doc.spec.receiver = ReceiverMode::External;
+    stack.apply(&doc).await;
     stack
-        .apply::<EnsSubscription>(
+        .apply(&subscription(
             "sent",
-            subscription_doc("sent", "own", &["TransactionalSendEvents.EmailSent"]),
-        )
+            "own",
+            &["TransactionalSendEvents.EmailSent"],
+        ))
         .await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     let waiting = wait_for(&cbs, "own", T, |cb| {
@@ -1002,9 +989,9 @@ async fn spec_changes_are_sent_once_each_and_shown() {
         |o: &kube::api::ObjectMeta, g: Option<i64>| o.generation.is_some() && g == o.generation;
 
     // Batch size: one PUT of the callback.
-    let mut doc = callback_doc("orders", "/ens/orders");
-    doc["spec"]["maxBatchSize"] = json!(250);
-    stack.apply::<EnsCallback>("orders", doc).await;
+    let mut doc = callback("orders", "/ens/orders");
+    doc.spec.max_batch_size = 250;
+    stack.apply(&doc).await;
     wait_for(&cbs, "orders", T, |cb| {
         cb_ready(cb)
             && fresh(
@@ -1016,7 +1003,7 @@ async fn spec_changes_are_sent_once_each_and_shown() {
     assert_eq!(stack.remote_callbacks().await[0]["maxBatchSize"], 250);
 
     // Event types and a filter: one full-state PUT of the subscription.
-    let mut doc = subscription_doc(
+    let mut doc = subscription(
         "sent",
         "orders",
         &[
@@ -1024,8 +1011,8 @@ async fn spec_changes_are_sent_once_each_and_shown() {
             "TransactionalSendEvents.EmailBounced",
         ],
     );
-    doc["spec"]["filters"] = json!(["definitionKey=order-confirmation"]);
-    stack.apply::<EnsSubscription>("sent", doc.clone()).await;
+    doc.spec.filters = vec!["definitionKey=order-confirmation".into()];
+    stack.apply(&doc).await;
     wait_for(&subs, "sent", T, |s| {
         sub_ready(s)
             && fresh(
@@ -1043,8 +1030,8 @@ async fn spec_changes_are_sent_once_each_and_shown() {
     assert_eq!(remote["filters"][0], "definitionKey=order-confirmation");
 
     // Paused in the spec: paused in ENS, and the status says what that means.
-    doc["spec"]["paused"] = json!(true);
-    stack.apply::<EnsSubscription>("sent", doc.clone()).await;
+    doc.spec.paused = true;
+    stack.apply(&doc).await;
     let paused = wait_for(&subs, "sent", T, |s| {
         s.status
             .as_ref()
@@ -1062,8 +1049,8 @@ async fn spec_changes_are_sent_once_each_and_shown() {
         stack.remote_callbacks().await[0]["subscriptions"][0]["status"],
         "paused"
     );
-    doc["spec"]["paused"] = json!(false);
-    stack.apply::<EnsSubscription>("sent", doc).await;
+    doc.spec.paused = false;
+    stack.apply(&doc).await;
     wait_for(&subs, "sent", T, |s| {
         s.status
             .as_ref()
@@ -1116,29 +1103,23 @@ async fn a_subscription_name_used_on_another_callback_stalls_without_a_create_st
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     let subs: Api<EnsSubscription> = Api::namespaced(stack.client.clone(), &stack.team.name);
     for cb in ["first", "second"] {
-        stack
-            .apply::<EnsCallback>(cb, callback_doc(cb, &format!("/ens/{cb}")))
-            .await;
+        stack.apply(&callback(cb, &format!("/ens/{cb}"))).await;
     }
     for cb in ["first", "second"] {
         wait_for(&cbs, cb, T, cb_ready).await;
     }
     let named = |name: &str, callback: &str| {
-        let mut doc = subscription_doc(name, callback, &["TransactionalSendEvents.EmailSent"]);
-        doc["spec"]["subscriptionName"] = json!("shared");
+        let mut doc = subscription(name, callback, &["TransactionalSendEvents.EmailSent"]);
+        doc.spec.subscription_name = Some("shared".into());
         doc
     };
-    stack
-        .apply::<EnsSubscription>("a", named("a", "first"))
-        .await;
+    stack.apply(&named("a", "first")).await;
     wait_for(&subs, "a", T, sub_ready).await;
     stack
         .emulator_send(reqwest::Method::POST, "reset-stats", json!({}))
         .await;
 
-    stack
-        .apply::<EnsSubscription>("b", named("b", "second"))
-        .await;
+    stack.apply(&named("b", "second")).await;
     let b = wait_for(&subs, "b", T, |s| {
         s.status
             .as_ref()

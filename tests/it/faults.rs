@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::common::wait_for;
-use crate::stack::{Stack, callback_doc, cb_ready, count, sub_ready, subscription_doc};
+use crate::stack::{Stack, callback, cb_ready, count, sub_ready, subscription};
 use ens_operator::api::{
     EnsCallback, EnsSubscription,
     conditions::{ConditionType, find},
@@ -26,13 +26,9 @@ const OPENED: &str = "EngagementEvents.EmailOpen";
 
 /// Applies callback `orders` with the subscriptions `sent` and `opened`.
 async fn deploy(stack: &Stack) {
-    stack
-        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
-        .await;
+    stack.apply(&callback("orders", "/ens/orders")).await;
     for (name, ty) in [("sent", SENT), ("opened", OPENED)] {
-        stack
-            .apply::<EnsSubscription>(name, subscription_doc(name, "orders", &[ty]))
-            .await;
+        stack.apply(&subscription(name, "orders", &[ty])).await;
     }
 }
 
@@ -433,14 +429,11 @@ async fn a_subscription_deleted_before_its_id_was_recorded_is_not_left_in_ens() 
     let mut stack = Stack::start("k-sub-delete", &[], &[]).await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     let subs: Api<EnsSubscription> = Api::namespaced(stack.client.clone(), &stack.team.name);
-    stack
-        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
-        .await;
+    stack.apply(&callback("orders", "/ens/orders")).await;
     wait_for(&cbs, "orders", T, cb_ready).await;
     stack
         .crash_controller_at("after-subscription-post", async |s: &Stack| {
-            s.apply::<EnsSubscription>("sent", subscription_doc("sent", "orders", &[SENT]))
-                .await;
+            s.apply(&subscription("sent", "orders", &[SENT])).await;
         })
         .await;
     let remote_subs = async |s: &Stack| {
@@ -463,8 +456,7 @@ async fn a_pending_callback_with_refused_credentials_is_still_deletable() {
     let mut stack = Stack::start("k-pending-creds", &[], &[]).await;
     stack
         .crash_controller_at("before-create-post", async |s: &Stack| {
-            s.apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
-                .await;
+            s.apply(&callback("orders", "/ens/orders")).await;
         })
         .await;
     stack.set_client_secret("wrong").await;

@@ -15,6 +15,8 @@ use crate::launch::Launch;
 use crate::serial;
 use ens_operator::api::{
     EnsCallback, EnsSubscription,
+    callback::ReceiverMode,
+    common::SecretRef,
     conditions::{ConditionType, find, is_true},
 };
 use k8s_openapi::api::core::v1::Secret;
@@ -371,47 +373,19 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
         }
     }
 
-    let apply = |doc: Value| {
-        let client = client.clone();
-        let ns = team.name.clone();
-        async move {
-            let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
-                client,
-                &ns,
-                &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-                    "ens-operator.io",
-                    "v1alpha1",
-                    doc["kind"].as_str().unwrap(),
-                )),
-            );
-            let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
-            api.patch(
-                &name,
-                &PatchParams::apply("tests").force(),
-                &Patch::Apply(&doc),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("apply {name}: {e}"));
-        }
-    };
-    let callback = |name: &str, path: &str, extra: Value| {
-        let mut doc = json!({
-            "apiVersion": "ens-operator.io/v1alpha1", "kind": "EnsCallback",
-            "metadata": {"name": name},
-            "spec": {"url": format!("https://{HOST}{path}"), "credentialsRef": {"name": "creds"}},
+    // The objects as a team writes them, with the credentials above.
+    let callback = |name: &str, path: &str| {
+        let mut cb = crate::stack::callback(name, path);
+        cb.spec.credentials_ref = Some(SecretRef {
+            name: "creds".into(),
         });
-        merge(&mut doc, extra);
-        doc
+        cb
     };
-    let subscription = |name: &str, cb: &str, extra: Value| {
-        let mut doc = json!({
-            "apiVersion": "ens-operator.io/v1alpha1", "kind": "EnsSubscription",
-            "metadata": {"name": name},
-            "spec": {"callbackRef": {"name": cb}, "eventCategoryTypes": ["TransactionalSendEvents.EmailSent"]},
-        });
-        merge(&mut doc, extra);
-        doc
+    let subscription = |name: &str, cb: &str| {
+        crate::stack::subscription(name, cb, &["TransactionalSendEvents.EmailSent"])
     };
+    let cbs: Api<EnsCallback> = Api::namespaced(client.clone(), &team.name);
+    let subs: Api<EnsSubscription> = Api::namespaced(client.clone(), &team.name);
 
     // An external endpoint that answers ENS's probe but hands the key to nobody (a hand-made
     // route on the receiver): the callback waits for verification, then its window expires.
@@ -430,36 +404,25 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
         .await
         .unwrap();
     let _delete = DeleteObjects(team.name.clone());
-    apply(callback(
-        "promo",
-        "/ens/promo",
-        json!({"spec": {"receiver": "External"}}),
-    ))
-    .await;
-    apply(callback("orders", "/ens/orders", json!({}))).await;
-    apply(callback(
-        "no-creds",
-        "/ens/no-creds",
-        json!({"spec": {"credentialsRef": {"name": "missing"}}}),
-    ))
-    .await;
-    apply(callback(
-        "frozen",
-        "/ens/frozen",
-        json!({"metadata": {"annotations": {"ens-operator.io/paused": "true"}}}),
-    ))
-    .await;
-    apply(subscription("sent", "orders", json!({}))).await;
-    apply(subscription(
-        "held",
-        "orders",
-        json!({"spec": {"paused": true}}),
-    ))
-    .await;
-    apply(subscription("early", "promo", json!({}))).await;
+    let mut promo = callback("promo", "/ens/promo");
+    promo.spec.receiver = ReceiverMode::External;
+    apply(&cbs, &promo).await;
+    apply(&cbs, &callback("orders", "/ens/orders")).await;
+    let mut no_creds = callback("no-creds", "/ens/no-creds");
+    no_creds.spec.credentials_ref = Some(SecretRef {
+        name: "missing".into(),
+    });
+    apply(&cbs, &no_creds).await;
+    let mut frozen = callback("frozen", "/ens/frozen");
+    frozen.metadata.annotations =
+        Some([("ens-operator.io/paused".to_owned(), "true".to_owned())].into());
+    apply(&cbs, &frozen).await;
+    apply(&subs, &subscription("sent", "orders")).await;
+    let mut held = subscription("held", "orders");
+    held.spec.paused = true;
+    apply(&subs, &held).await;
+    apply(&subs, &subscription("early", "promo")).await;
 
-    let cbs: Api<EnsCallback> = Api::namespaced(client.clone(), &team.name);
-    let subs: Api<EnsSubscription> = Api::namespaced(client.clone(), &team.name);
     let ns = team.name.as_str();
     let mut cases = Vec::new();
 
@@ -732,14 +695,17 @@ async fn argo_cd_kstatus_and_kubectl_wait_judge_real_objects_right_under_the_cha
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Merges `extra` into `doc` (objects recursively, anything else replaced).
-fn merge(doc: &mut Value, extra: Value) {
-    match (doc, extra) {
-        (Value::Object(d), Value::Object(e)) => {
-            for (k, v) in e {
-                merge(d.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (d, e) => *d = e,
-    }
+/// Server-side applies `object` through `api`.
+async fn apply<K>(api: &Api<K>, object: &K)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().expect("a name");
+    api.patch(
+        &name,
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {name}: {e}"));
 }

@@ -12,6 +12,7 @@ use crate::stack::{Stack, cb_ready};
 use ens_operator::{
     api::{
         EnsCallback, EnsSubscription,
+        common::ManagementPolicy,
         conditions::{ConditionType, find},
     },
     ens::{Created, NewCallback, NewSubscription},
@@ -21,7 +22,7 @@ use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams},
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
 const SENT: &str = "TransactionalSendEvents.EmailSent";
@@ -111,10 +112,14 @@ async fn wait_orphans(stack: &Stack, callbacks: f64, subscriptions: f64) {
     }
 }
 
-fn observing(doc: Value) -> Value {
-    let mut doc = doc;
-    doc["spec"]["managementPolicy"] = json!("Observe");
-    doc
+fn observing(mut cb: EnsCallback) -> EnsCallback {
+    cb.spec.management_policy = ManagementPolicy::Observe;
+    cb
+}
+
+fn observing_sub(mut sub: EnsSubscription) -> EnsSubscription {
+    sub.spec.management_policy = ManagementPolicy::Observe;
+    sub
 }
 
 fn condition(
@@ -137,18 +142,18 @@ async fn observe_only_reports_a_hand_made_pair_and_its_drift_and_changes_nothing
     let before = stack.remote_callbacks().await;
 
     stack
-        .apply::<EnsCallback>(
+        .apply(&observing(crate::stack::callback(
             "imported",
-            observing(crate::stack::callback_doc("imported", "/ens/by-hand")),
-        )
+            "/ens/by-hand",
+        )))
         .await;
-    let mut sub = observing(crate::stack::subscription_doc(
+    let mut sub = observing_sub(crate::stack::subscription(
         "imported-sub",
         "imported",
         &[SENT],
     ));
-    sub["spec"]["subscriptionName"] = json!("by-hand-sub");
-    stack.apply::<EnsSubscription>("imported-sub", sub).await;
+    sub.spec.subscription_name = Some("by-hand-sub".into());
+    stack.apply(&sub).await;
 
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     let cb = wait_for(&cbs, "imported", T, |cb| {
@@ -234,10 +239,7 @@ async fn switching_to_full_is_an_explicit_edit_and_adopts_a_hand_made_callback_o
     let stack = Stack::start("observe-switch", &[], &[]).await;
     let cb_id = hand_made_callback(&stack, "switch-route", "/ens/switch").await;
     stack
-        .apply::<EnsCallback>(
-            "switch",
-            observing(crate::stack::callback_doc("switch", "/ens/switch")),
-        )
+        .apply(&observing(crate::stack::callback("switch", "/ens/switch")))
         .await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     wait_for(&cbs, "switch", T, |cb| {

@@ -11,13 +11,19 @@ use std::{
 
 use crate::common::{control_plane, wait_for};
 use crate::launch::Launch;
-use crate::stack::{CREDENTIALS, Stack, callback_doc, sub_ready};
+use crate::stack::{CREDENTIALS, Stack, callback, sub_ready};
 use ens_operator::{
-    api::{EnsCallback, EnsSubscription, conditions::ConditionType},
+    api::{
+        EnsCallback, EnsSubscription, callback::ReceiverMode, common::SecretRef,
+        conditions::ConditionType,
+    },
     ens::NewCallback,
 };
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
@@ -320,9 +326,11 @@ async fn healthy_stack_status_why_check_orphans_rotate_and_the_kubectl_plugin_pa
 #[tokio::test]
 async fn no_credentials_secret() {
     let stack = Stack::start("plugin-creds", &[], &[]).await;
-    let mut doc = callback_doc("nocreds", "/ens/nocreds");
-    doc["spec"]["credentialsRef"]["name"] = "missing-creds".into();
-    stack.apply::<EnsCallback>("nocreds", doc).await;
+    let mut doc = callback("nocreds", "/ens/nocreds");
+    doc.spec.credentials_ref = Some(SecretRef {
+        name: "missing-creds".into(),
+    });
+    stack.apply(&doc).await;
     stack
         .wait_ready_reason("nocreds", "CredentialsNotFound")
         .await;
@@ -365,9 +373,7 @@ async fn receiver_not_serving_the_path() {
     let mut stack = Stack::start("plugin-rx", &[], &[]).await;
     // The receiver is gone: nothing serves the path, and the controller will not ask ENS to probe.
     stack.receiver.kill9();
-    stack
-        .apply::<EnsCallback>("late", callback_doc("late", "/ens/late"))
-        .await;
+    stack.apply(&callback("late", "/ens/late")).await;
     stack.wait_ready_reason("late", "ReceiverNotReady").await;
 
     let why = kubectl_ens(&stack, &["why", "late"]);
@@ -417,9 +423,9 @@ async fn awaiting_verification_past_half_the_window() {
     // An endpoint that answers ENS's probe but hands the key to no one.
     stack.hand_made_route("hand-made-route", "/ens/promo").await;
     stack.served("/ens/promo").await;
-    let mut doc = callback_doc("promo", "/ens/promo");
-    doc["spec"]["receiver"] = "External".into();
-    stack.apply::<EnsCallback>("promo", doc).await;
+    let mut doc = callback("promo", "/ens/promo");
+    doc.spec.receiver = ReceiverMode::External;
+    stack.apply(&doc).await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     let waiting = wait_for(&cbs, "promo", T, |cb| {
         cb.status
@@ -674,8 +680,15 @@ async fn orphans_shows_a_hand_made_callback_with_the_yaml_to_adopt_it() {
         .as_object_mut()
         .unwrap()
         .remove("namespace");
-    stack.apply::<EnsCallback>("made-in-setup", adopt).await;
+    // Applied as printed (raw), not through the typed spec.
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
+    cbs.patch(
+        "made-in-setup",
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(&adopt),
+    )
+    .await
+    .unwrap();
     // Registered under the hand-made id (the controller re-keys it: ENS never hands a key out
     // again), and no other callback was created.
     wait_for(&cbs, "made-in-setup", T, |cb| {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::common::wait_for;
-use crate::stack::{Stack, callback_doc, cb_ready, sub_ready, subscription_doc};
+use crate::stack::{Stack, callback, cb_ready, sub_ready, subscription};
 use ens_operator::api::{EnsCallback, EnsSubscription};
 use kube::{
     Api,
@@ -24,14 +24,13 @@ async fn no_secret_appears_in_logs_events_status_or_metrics() {
 
     // Refused credentials first: the error path (status, Event, log) must not carry them.
     stack.set_client_secret(WRONG_SECRET).await;
+    stack.apply(&callback("orders", "/ens/orders")).await;
     stack
-        .apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
-        .await;
-    stack
-        .apply::<EnsSubscription>(
+        .apply(&subscription(
             "sent",
-            subscription_doc("sent", "orders", &["TransactionalSendEvents.EmailSent"]),
-        )
+            "orders",
+            &["TransactionalSendEvents.EmailSent"],
+        ))
         .await;
     stack
         .wait_ready_reason("orders", "CredentialsInvalid")

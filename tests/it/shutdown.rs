@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::common::wait_for;
 use crate::launch::Launch;
 use crate::receiver_support::*;
-use crate::stack::{Stack, callback_doc, cb_ready};
+use crate::stack::{Stack, callback, cb_ready};
 use ens_operator::api::EnsCallback;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
@@ -44,9 +44,7 @@ async fn controller_on_sigterm_exits_0_and_releases_its_lease() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
-    stack
-        .apply::<EnsCallback>("one", callback_doc("one", "/ens/one"))
-        .await;
+    stack.apply(&callback("one", "/ens/one")).await;
     wait_for(&cbs, "one", T, cb_ready).await;
 
     first.send_term();
@@ -67,9 +65,7 @@ async fn controller_on_sigterm_exits_0_and_releases_its_lease() {
     second_args[i] = "second".into();
     let second = Launch::new(&second_args).cluster().spawn();
     stack.controller = Some(second);
-    stack
-        .apply::<EnsCallback>("two", callback_doc("two", "/ens/two"))
-        .await;
+    stack.apply(&callback("two", "/ens/two")).await;
     wait_for(&cbs, "two", Duration::from_secs(30), cb_ready).await;
     assert_eq!(holder(&leases).await.as_deref(), Some("second"));
     assert_eq!(

@@ -5,7 +5,9 @@
 use std::{path::Path, time::Duration};
 
 use ens_operator::api::{
-    EnsCallback, EnsSubscription,
+    EnsCallback, EnsCallbackSpec, EnsSubscription, EnsSubscriptionSpec,
+    callback::{AdoptionPolicy, ReceiverMode},
+    common::{DeletionPolicy, LocalRef, ManagementPolicy, SecretRef},
     conditions::{ConditionType, is_true},
 };
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Condition};
@@ -194,12 +196,12 @@ impl Stack {
     /// Applies callback `orders` (`/ens/orders`) with subscription `sent` (EmailSent) and waits
     /// until both are Ready.
     pub async fn orders_with_sent(&self) -> (EnsCallback, EnsSubscription) {
-        self.apply::<EnsCallback>("orders", callback_doc("orders", "/ens/orders"))
-            .await;
-        self.apply::<EnsSubscription>(
+        self.apply(&callback("orders", "/ens/orders")).await;
+        self.apply(&subscription(
             "sent",
-            subscription_doc("sent", "orders", &["TransactionalSendEvents.EmailSent"]),
-        )
+            "orders",
+            &["TransactionalSendEvents.EmailSent"],
+        ))
         .await;
         let t = Duration::from_secs(60);
         let cbs: Api<EnsCallback> = Api::namespaced(self.client.clone(), &self.team.name);
@@ -448,8 +450,9 @@ impl Stack {
         format!("https://{HOST}{path}")
     }
 
-    /// Applies a manifest (JSON) into the team namespace with server-side apply.
-    pub async fn apply<K>(&self, name: &str, doc: Value) -> K
+    /// Applies `object` into the team namespace with server-side apply (every spec field is
+    /// the test's).
+    pub async fn apply<K>(&self, object: &K) -> K
     where
         K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -457,33 +460,54 @@ impl Stack {
             + serde::Serialize
             + std::fmt::Debug,
     {
+        let name = object.meta().name.clone().expect("a name");
         let api: Api<K> = Api::namespaced(self.client.clone(), &self.team.name);
         api.patch(
-            name,
+            &name,
             &PatchParams::apply("tests").force(),
-            &Patch::Apply(&doc),
+            &Patch::Apply(object),
         )
         .await
         .unwrap_or_else(|e| panic!("apply {name}: {e}"))
     }
 }
 
-/// An `EnsCallback` for `path` on [`HOST`], with the stack's credentials.
-pub fn callback_doc(name: &str, path: &str) -> Value {
-    json!({
-        "apiVersion": "ens-operator.io/v1alpha1", "kind": "EnsCallback",
-        "metadata": {"name": name},
-        "spec": {"url": Stack::url(path), "credentialsRef": {"name": CREDENTIALS}},
-    })
+/// An `EnsCallback` for `path` on [`HOST`], with the stack's credentials and the defaults.
+pub fn callback(name: &str, path: &str) -> EnsCallback {
+    EnsCallback::new(
+        name,
+        EnsCallbackSpec {
+            url: Stack::url(path),
+            callback_name: None,
+            max_batch_size: 1000, // the CRD's default
+            credentials_ref: Some(SecretRef {
+                name: CREDENTIALS.into(),
+            }),
+            receiver: ReceiverMode::default(),
+            deletion_policy: DeletionPolicy::default(),
+            management_policy: ManagementPolicy::default(),
+            adoption: AdoptionPolicy::default(),
+            signature_key_secret_name: None,
+        },
+    )
 }
 
-/// An `EnsSubscription` of `callback` to `types`.
-pub fn subscription_doc(name: &str, callback: &str, types: &[&str]) -> Value {
-    json!({
-        "apiVersion": "ens-operator.io/v1alpha1", "kind": "EnsSubscription",
-        "metadata": {"name": name},
-        "spec": {"callbackRef": {"name": callback}, "eventCategoryTypes": types},
-    })
+/// An `EnsSubscription` of `callback` to `types`, with the defaults.
+pub fn subscription(name: &str, callback: &str, types: &[&str]) -> EnsSubscription {
+    EnsSubscription::new(
+        name,
+        EnsSubscriptionSpec {
+            callback_ref: LocalRef {
+                name: callback.into(),
+            },
+            subscription_name: None,
+            event_category_types: types.iter().map(|t| t.to_string()).collect(),
+            filters: vec![],
+            paused: false,
+            deletion_policy: DeletionPolicy::default(),
+            management_policy: ManagementPolicy::default(),
+        },
+    )
 }
 
 fn ready(conds: Option<&[Condition]>) -> bool {

@@ -14,6 +14,8 @@ use crate::serial;
 use crate::stack::{CREDENTIALS, HOST, cb_ready, sub_ready};
 use ens_operator::api::{
     EnsCallback, EnsSubscription,
+    callback::ReceiverMode,
+    common::ManagementPolicy,
     conditions::{ConditionType, find},
 };
 use k8s_openapi::api::{
@@ -97,25 +99,21 @@ impl Tenants {
     }
 
     /// An EnsCallback of this test's shard for `path`, with the namespace's credentials.
-    fn callback(&self, name: &str, path: &str) -> Value {
-        json!({
-            "apiVersion": "ens-operator.io/v1alpha1", "kind": "EnsCallback",
-            "metadata": {"name": name, "labels": {SHARD_LABEL: self.shard}},
-            "spec": {"url": format!("https://{HOST}{path}"), "credentialsRef": {"name": CREDENTIALS}},
-        })
+    fn callback(&self, name: &str, path: &str) -> EnsCallback {
+        let mut cb = crate::stack::callback(name, path);
+        cb.metadata.labels = Some([(SHARD_LABEL.to_owned(), self.shard.clone())].into());
+        cb
     }
 
     /// An EnsSubscription of this test's shard.
-    fn subscription(&self, name: &str, callback: &str) -> Value {
-        json!({
-            "apiVersion": "ens-operator.io/v1alpha1", "kind": "EnsSubscription",
-            "metadata": {"name": name, "labels": {SHARD_LABEL: self.shard}},
-            "spec": {"callbackRef": {"name": callback}, "eventCategoryTypes": [EMAIL_SENT]},
-        })
+    fn subscription(&self, name: &str, callback: &str) -> EnsSubscription {
+        let mut sub = crate::stack::subscription(name, callback, &[EMAIL_SENT]);
+        sub.metadata.labels = Some([(SHARD_LABEL.to_owned(), self.shard.clone())].into());
+        sub
     }
 
-    /// Applies `doc` in `ns` as `client` (server-side apply).
-    async fn apply<K>(&self, client: &Client, ns: &str, doc: Value) -> K
+    /// Applies `object` in `ns` as `client` (server-side apply).
+    async fn apply<K>(&self, client: &Client, ns: &str, object: &K) -> K
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -123,15 +121,23 @@ impl Tenants {
             + serde::Serialize
             + std::fmt::Debug,
     {
-        server_apply(Api::<K>::namespaced(client.clone(), ns), doc).await
+        let name = object.meta().name.clone().expect("a name");
+        Api::<K>::namespaced(client.clone(), ns)
+            .patch(
+                &name,
+                &PatchParams::apply("tenancy-tests").force(),
+                &Patch::Apply(object),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply {ns}/{name}: {e}"))
     }
 
     /// The victim team's callback `orders` (`/ens/victim`) and subscription `sent`, Ready.
     async fn victim_ready(&self) -> Victim {
         let ns = self.victim.name.clone();
-        self.apply::<EnsCallback>(&self.admin, &ns, self.callback("orders", "/ens/victim"))
+        self.apply(&self.admin, &ns, &self.callback("orders", "/ens/victim"))
             .await;
-        self.apply::<EnsSubscription>(&self.admin, &ns, self.subscription("sent", "orders"))
+        self.apply(&self.admin, &ns, &self.subscription("sent", "orders"))
             .await;
         let cb = wait_for(&self.callbacks(&ns), "orders", T, cb_ready).await;
         let sub = wait_for(&self.subscriptions(&ns), "sent", T, sub_ready).await;
@@ -400,6 +406,16 @@ async fn tenant_client(admin: &Client, ns: &str) -> Client {
     c
 }
 
+/// Annotations from `(name, value)` pairs, for an object's metadata.
+fn annotations(pairs: &[(&str, &str)]) -> Option<std::collections::BTreeMap<String, String>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
 /// Adds `annotations` to `ns/name` as `client`.
 async fn annotate<K>(client: &Client, ns: &str, name: &str, annotations: Value)
 where
@@ -423,10 +439,10 @@ async fn namespace_and_name_never_share_a_route_secret() {
     let t = Tenants::start("ten-names").await;
     // `victim/a-orders` and `victim-a/orders` once met on one route Secret.
     let ns = t.victim.name.clone();
-    t.apply::<EnsCallback>(
+    t.apply(
         &t.admin,
         &ns,
-        t.callback("a-orders", "/ens/victim-a-orders"),
+        &t.callback("a-orders", "/ens/victim-a-orders"),
     )
     .await;
     let first = wait_for(&t.callbacks(&ns), "a-orders", T, cb_ready).await;
@@ -435,10 +451,10 @@ async fn namespace_and_name_never_share_a_route_secret() {
     let key_before = secrets.get(&route).await.unwrap().data;
 
     let ans = t.attacker.name.clone();
-    t.apply::<EnsCallback>(
+    t.apply(
         &t.mallory,
         &ans,
-        t.callback("orders", "/ens/attacker-orders"),
+        &t.callback("orders", "/ens/attacker-orders"),
     )
     .await;
     let second = wait_for(&t.callbacks(&ans), "orders", T, cb_ready).await;
@@ -466,9 +482,9 @@ async fn a_foreign_callback_id_annotation_changes_nothing_of_its_owner() {
     let ans = t.attacker.name.clone();
     // The attacker copies the victim's id (it is in status and Events) onto its own callback.
     let mut doc = t.callback("thief", "/ens/thief");
-    doc["metadata"]["annotations"] = json!({"ens-operator.io/callback-id": v.callback_id});
+    doc.metadata.annotations = annotations(&[("ens-operator.io/callback-id", &v.callback_id)]);
     let mutations = t.mutations().await;
-    t.apply::<EnsCallback>(&t.mallory, &ans, doc).await;
+    t.apply(&t.mallory, &ans, &doc).await;
     let msg = t
         .wait_reason::<EnsCallback>(&ans, "thief", "ForeignObject")
         .await;
@@ -511,23 +527,24 @@ async fn a_foreign_subscription_id_annotation_changes_nothing_of_its_owner() {
     let v = t.victim_ready().await;
     let ans = t.attacker.name.clone();
     // The attacker's own callback, Ready, and a subscription on it carrying the victim's id.
-    t.apply::<EnsCallback>(&t.mallory, &ans, t.callback("mine", "/ens/mine"))
+    t.apply(&t.mallory, &ans, &t.callback("mine", "/ens/mine"))
         .await;
     wait_for(&t.callbacks(&ans), "mine", T, cb_ready).await;
     let before = t.victim_state(&v).await;
     let mutations = t.mutations().await;
     let mut doc = t.subscription("steal", "mine");
-    doc["metadata"]["annotations"] = json!({"ens-operator.io/subscription-id": v.subscription_id});
-    t.apply::<EnsSubscription>(&t.mallory, &ans, doc).await;
+    doc.metadata.annotations =
+        annotations(&[("ens-operator.io/subscription-id", &v.subscription_id)]);
+    t.apply(&t.mallory, &ans, &doc).await;
     let msg = t
         .wait_reason::<EnsSubscription>(&ans, "steal", "ForeignObject")
         .await;
     assert!(msg.contains(&v.subscription_id), "{msg}");
     // And one whose EnsCallback does not exist (an orphan), with the same id.
     let mut orphan = t.subscription("orphan", "no-such-callback");
-    orphan["metadata"]["annotations"] =
-        json!({"ens-operator.io/subscription-id": v.subscription_id});
-    t.apply::<EnsSubscription>(&t.mallory, &ans, orphan).await;
+    orphan.metadata.annotations =
+        annotations(&[("ens-operator.io/subscription-id", &v.subscription_id)]);
+    t.apply(&t.mallory, &ans, &orphan).await;
     t.wait_reason::<EnsSubscription>(&ans, "orphan", "CallbackNotFound")
         .await;
     for name in ["steal", "orphan"] {
@@ -615,8 +632,8 @@ async fn another_owners_callback_is_not_adopted_by_url_and_a_hand_made_one_only_
     let before = t.remote(&theirs).await.unwrap();
     let mutations = t.mutations().await;
     let mut doc = t.callback("grab", "/ens/elsewhere");
-    doc["spec"]["receiver"] = json!("External");
-    t.apply::<EnsCallback>(&t.mallory, &ans, doc.clone()).await;
+    doc.spec.receiver = ReceiverMode::External;
+    t.apply(&t.mallory, &ans, &doc).await;
     let msg = t
         .wait_reason::<EnsCallback>(&ans, "grab", "ForeignObject")
         .await;
@@ -640,8 +657,8 @@ async fn another_owners_callback_is_not_adopted_by_url_and_a_hand_made_one_only_
     // A callback made by hand in Setup: not taken by URL alone, adopted once its id is named.
     let hand = t.hand_made_callback("Orders (Setup)", "/ens/setup").await;
     let mut doc = t.callback("setup", "/ens/setup");
-    doc["spec"]["receiver"] = json!("External");
-    t.apply::<EnsCallback>(&t.mallory, &ans, doc).await;
+    doc.spec.receiver = ReceiverMode::External;
+    t.apply(&t.mallory, &ans, &doc).await;
     let msg = t
         .wait_reason::<EnsCallback>(&ans, "setup", "ForeignObject")
         .await;
@@ -678,9 +695,9 @@ async fn signature_key_secret_name_cannot_take_over_a_secret() {
     let mutations = t.mutations().await;
     // An External callback whose key would go into the team's ENS credentials Secret.
     let mut doc = t.callback("over", "/ens/over");
-    doc["spec"]["receiver"] = json!("External");
-    doc["spec"]["signatureKeySecretName"] = json!(CREDENTIALS);
-    t.apply::<EnsCallback>(&t.mallory, &ans, doc).await;
+    doc.spec.receiver = ReceiverMode::External;
+    doc.spec.signature_key_secret_name = Some(CREDENTIALS.into());
+    t.apply(&t.mallory, &ans, &doc).await;
     let msg = t
         .wait_reason::<EnsCallback>(&ans, "over", "SecretNotOwned")
         .await;
@@ -712,9 +729,9 @@ async fn signature_key_secret_name_cannot_take_over_a_secret() {
     // The team's own endpoint answers ENS's probe.
     t.hand_made_route("/ens/lent").await;
     let mut doc = t.callback("lent", "/ens/lent");
-    doc["spec"]["receiver"] = json!("External");
-    doc["spec"]["signatureKeySecretName"] = json!("my-keys");
-    t.apply::<EnsCallback>(&t.mallory, &ans, doc).await;
+    doc.spec.receiver = ReceiverMode::External;
+    doc.spec.signature_key_secret_name = Some("my-keys".into());
+    t.apply(&t.mallory, &ans, &doc).await;
     wait_for(&secrets, "my-keys", T, |s| {
         s.data
             .as_ref()
@@ -775,9 +792,9 @@ async fn two_subscriptions_with_one_name_do_not_share_an_ens_subscription() {
     let first = t.subscriptions(&ns).get("sent").await.unwrap();
     let name = ens_operator::controller::names::subscription_name("test", &ns, "sent");
     assert!(first.metadata.annotations.is_some());
-    doc["spec"]["subscriptionName"] = json!(name);
+    doc.spec.subscription_name = Some(name);
     let mutations = t.mutations().await;
-    t.apply::<EnsSubscription>(&t.admin, &ns, doc).await;
+    t.apply(&t.admin, &ns, &doc).await;
     let msg = t
         .wait_reason::<EnsSubscription>(&ns, "copy", "NameInUse")
         .await;
@@ -860,14 +877,18 @@ async fn a_paused_object_says_so_and_its_deletion_still_cleans_up() {
 async fn an_observe_only_object_never_blocks_reads_or_changes_another_teams_callback() {
     let t = Tenants::start("ten-observe").await;
     let (vns, ans) = (t.victim.name.clone(), t.attacker.name.clone());
-    let observe = |mut doc: Value| {
-        doc["spec"]["managementPolicy"] = json!("Observe");
-        doc
+    let observe = |mut cb: EnsCallback| {
+        cb.spec.management_policy = ManagementPolicy::Observe;
+        cb
     };
     // The attacker observes the victim's URL before the victim exists, so it is the oldest
     // object for that URL.
-    t.apply::<EnsCallback>(&t.mallory, &ans, observe(t.callback("peek", "/ens/victim")))
-        .await;
+    t.apply(
+        &t.mallory,
+        &ans,
+        &observe(t.callback("peek", "/ens/victim")),
+    )
+    .await;
     t.wait_reason::<EnsCallback>(&ans, "peek", "NotFoundInEns")
         .await;
     // It does not block the victim, which becomes Ready as if it were alone.
@@ -883,8 +904,12 @@ async fn an_observe_only_object_never_blocks_reads_or_changes_another_teams_call
     // A callback made by hand, observed by the attacker, whose observer is then paused (its
     // report goes stale) while the victim adopts the callback and subscribes to it.
     let hand = t.hand_made_callback("Shared (Setup)", "/ens/shared").await;
-    t.apply::<EnsCallback>(&t.mallory, &ans, observe(t.callback("look", "/ens/shared")))
-        .await;
+    t.apply(
+        &t.mallory,
+        &ans,
+        &observe(t.callback("look", "/ens/shared")),
+    )
+    .await;
     wait_for(&t.callbacks(&ans), "look", T, |cb| {
         cb.status
             .as_ref()
@@ -906,12 +931,14 @@ async fn an_observe_only_object_never_blocks_reads_or_changes_another_teams_call
         .unwrap();
     let vkey = String::from_utf8(probe.data.unwrap()["verificationKey"].0.clone()).unwrap();
     let mut adopt = t.callback("shared", "/ens/shared");
-    adopt["spec"]["receiver"] = json!("External");
-    adopt["metadata"]["annotations"] = json!({
-        "ens-operator.io/callback-id": hand, "ens-operator.io/verification-key": vkey});
-    t.apply::<EnsCallback>(&t.admin, &vns, adopt).await;
+    adopt.spec.receiver = ReceiverMode::External;
+    adopt.metadata.annotations = annotations(&[
+        ("ens-operator.io/callback-id", &hand),
+        ("ens-operator.io/verification-key", &vkey),
+    ]);
+    t.apply(&t.admin, &vns, &adopt).await;
     wait_for(&t.callbacks(&vns), "shared", T, cb_ready).await;
-    t.apply::<EnsSubscription>(&t.admin, &vns, t.subscription("shared-sent", "shared"))
+    t.apply(&t.admin, &vns, &t.subscription("shared-sent", "shared"))
         .await;
     let victim_sub = wait_for(&t.subscriptions(&vns), "shared-sent", T, sub_ready).await;
     let victim_sub_id = victim_sub.status.unwrap().subscription_id.unwrap();
@@ -922,13 +949,14 @@ async fn an_observe_only_object_never_blocks_reads_or_changes_another_teams_call
     // named as the victim's, must show nothing of the victim's subscription.
     let stale = t.callbacks(&ans).get("look").await.unwrap();
     assert_eq!(stale.status.unwrap().observed.unwrap().callback_id, hand);
-    let mut sub = observe(t.subscription("look-sub", "look"));
-    sub["spec"]["subscriptionName"] = json!(ens_operator::controller::names::subscription_name(
+    let mut sub = t.subscription("look-sub", "look");
+    sub.spec.management_policy = ManagementPolicy::Observe;
+    sub.spec.subscription_name = Some(ens_operator::controller::names::subscription_name(
         "test",
         &vns,
-        "shared-sent"
+        "shared-sent",
     ));
-    t.apply::<EnsSubscription>(&t.mallory, &ans, sub).await;
+    t.apply(&t.mallory, &ans, &sub).await;
     let msg = t
         .wait_reason::<EnsSubscription>(&ans, "look-sub", "UrlInUse")
         .await;

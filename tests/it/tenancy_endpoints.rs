@@ -19,10 +19,11 @@ use std::{
 };
 
 use crate::common::{TestNamespace, client_as, kubectl, wait_for};
-use crate::stack::{Stack, cb_ready};
+use crate::stack::{Stack, callback, cb_ready};
 use axum::{Router, http::StatusCode, response::IntoResponse, routing::any};
 use ens_operator::api::{
     EnsCallback,
+    common::SecretRef,
     conditions::{ConditionType, find},
 };
 use k8s_openapi::api::{
@@ -100,14 +101,8 @@ impl Attacker {
 
     /// Applies an EnsCallback for `path` using `credentials` (none: the operator's default).
     async fn callback(&self, name: &str, path: &str, credentials: Option<&str>) {
-        let mut spec = json!({"url": Stack::url(path)});
-        if let Some(c) = credentials {
-            spec["credentialsRef"] = json!({"name": c});
-        }
-        let doc = json!({
-            "apiVersion": "ens-operator.io/v1alpha1", "kind": "EnsCallback",
-            "metadata": {"name": name}, "spec": spec,
-        });
+        let mut doc = callback(name, path);
+        doc.spec.credentials_ref = credentials.map(|c| SecretRef { name: c.into() });
         Api::<EnsCallback>::namespaced(self.client.clone(), &self.ns.name)
             .patch(
                 name,
@@ -466,15 +461,9 @@ async fn default_credentials_serve_only_their_namespaces() {
     stack.start_controller();
     stack.orders_with_sent().await;
     // In scope, the default serves: a callback of the victim without credentialsRef.
-    stack
-        .apply::<EnsCallback>(
-            "shared",
-            json!({
-                "apiVersion": "ens-operator.io/v1alpha1", "kind": "EnsCallback",
-                "metadata": {"name": "shared"}, "spec": {"url": Stack::url("/ens/shared")},
-            }),
-        )
-        .await;
+    let mut shared = callback("shared", "/ens/shared");
+    shared.spec.credentials_ref = None;
+    stack.apply(&shared).await;
     let cbs: Api<EnsCallback> = Api::namespaced(stack.client.clone(), &stack.team.name);
     wait_for(&cbs, "shared", T, cb_ready).await;
     let before = victim_state(&stack).await;
