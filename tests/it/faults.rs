@@ -139,7 +139,7 @@ fn bounded(calls: &Value, creates: u64) {
         .filter(|(r, _)| !r.contains("/v2/token"))
         .map(|(_, n)| n.as_u64().unwrap())
         .sum();
-    // An undisturbed lifecycle costs 8 (tests/controller.rs); recovering from a fault adds the
+    // An undisturbed lifecycle costs 8 (tests/it/controller.rs); recovering from a fault adds the
     // reads it needs (a list after an ambiguous create, a read after a restart) and a few retries.
     assert!(total <= 16, "{total} ENS calls: {calls}");
 }

@@ -3,7 +3,7 @@
 //! drift, never make a mutating ENS call (counted in the emulator), have no finalizer and leave
 //! ENS untouched when deleted; the orphan gauge counts the pair until they describe it; and the
 //! switch to `Full` is an explicit edit that adopts only with the callback-id annotation.
-//! The attack on another team's callback through an observer is in `tests/tenancy.rs`.
+//! The attack on another team's callback through an observer is in `tests/it/tenancy.rs`.
 
 use std::time::Duration;
 

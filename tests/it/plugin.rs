@@ -1,5 +1,5 @@
 //! `kubectl ens` against the real processes: a real API server, the ENS emulator, the receiver
-//! and the controller (tests/stack), and the real binary run as `kubectl-ens` from a symlink.
+//! and the controller (tests/it/stack.rs), and the real binary run as `kubectl-ens` from a symlink.
 //! Each command's output on a healthy stack and on each failure `why` names, asserting the
 //! reason shown; no output ever holds a secret the emulator issued or the client secret.
 

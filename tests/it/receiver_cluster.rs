@@ -1,4 +1,4 @@
-//! Cluster mode against a real kube-apiserver (`tests/common`): routes from route Secrets,
+//! Cluster mode against a real kube-apiserver (`tests/it/common`): routes from route Secrets,
 //! key rotation without a restart, and the probe hand-off as a `<route>-probe` Secret.
 
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
 //! The examples against the generated schema, without an API server: the OpenAPI part with a
 //! JSON-schema validator, the CEL rules with kube's client-side CEL evaluator. The same files go
-//! through a real API server in `tests/control_plane.rs`.
+//! through a real API server in `tests/it/control_plane.rs`.
 
 use crate::common::examples::{self, Example, kind};
 use ens_operator::crd;

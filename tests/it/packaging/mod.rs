@@ -33,7 +33,7 @@ fn all_crds() -> Vec<Value> {
         .collect()
 }
 
-/// The kubeconform schema directory, made once per test binary.
+/// The kubeconform schema directory, made once per test run.
 fn schema_dir() -> &'static Path {
     static DIR: OnceLock<(TempDir, usize)> = OnceLock::new();
     let (dir, _) = DIR.get_or_init(|| {
@@ -177,7 +177,7 @@ fn chart_lints_and_renders_manifests_valid_against_the_real_schemas() {
     }
 
     // The same setup refuses what the API server would: it can fail. (CEL rules, such as the
-    // maxBatchSize range, are beyond kubeconform: tests/schema.rs and the API server cover them.)
+    // maxBatchSize range, are beyond kubeconform: tests/it/schema.rs and the API server cover them.)
     let broken = write(
         &dir,
         "broken.yaml",
@@ -778,7 +778,7 @@ async fn helm_installs_with_default_values_and_rbac_is_least_privilege() {
     );
 
     // `--no-hooks`: no node runs pods here, so the pre-delete check (a Job) could not finish;
-    // tests/node.rs runs it.
+    // tests/it/node.rs runs it.
     ok(&mut helm(&[
         "uninstall",
         &release,
@@ -920,7 +920,7 @@ async fn helm_installs_every_optional_part_and_upgrades_without_changes() {
     );
 
     // `--no-hooks`: no node runs pods here, so the pre-delete check (a Job) could not finish;
-    // tests/node.rs runs it.
+    // tests/it/node.rs runs it.
     ok(&mut helm(&[
         "uninstall",
         &release,
@@ -968,7 +968,7 @@ fn the_argo_cd_snippet_in_the_docs_is_the_shipped_health_checks() {
 
 /// The chart's pre-delete check, run as its hook runs it (`ens-operator uninstall-check`), against
 /// the real API server: it refuses, naming the object, while one holds the operator's finalizer,
-/// and passes once that is released. (tests/node.rs runs it as the hook, through `helm uninstall`.)
+/// and passes once that is released. (tests/it/node.rs runs it as the hook, through `helm uninstall`.)
 #[tokio::test]
 async fn uninstall_check_refuses_while_an_object_holds_the_finalizer() {
     let _cluster = serial::cluster().await;
