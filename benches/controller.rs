@@ -1,7 +1,7 @@
 //! Controller benchmark (issue 10): N `EnsCallback`s with two `EnsSubscription`s each, applied
 //! at once to a real kube-apiserver, reconciled by the real `ens-operator controller` process
 //! against the ENS emulator, with the receiver (cluster mode) answering ENS's probes — the same
-//! processes `tests/stack` starts. For each N: time until every object is Ready, ENS calls per
+//! processes `tests/it/stack.rs` starts. For each N: time until every object is Ready, ENS calls per
 //! callback lifecycle (the emulator's per-route counters), API-server writes per object (the
 //! apiserver's own `apiserver_request_total`, minus the writes the bench and the receiver make),
 //! the controller's CPU and memory, and what it does during an idle window afterwards.

@@ -6,7 +6,7 @@
 //! that sink, batched), and NATS JetStream (`--nats-url`: 200 after every event's PubAck, a
 //! `nats-server` started here with a file-backed stream), and Apache Kafka (`--kafka-brokers`:
 //! 200 after every record's `acks=all` acknowledgement, a one-node KRaft broker started here,
-//! tests/kafka_broker). The HTTP sink is in this process and answers 202 after reading the
+//! tests/it/kafka_broker.rs). The HTTP sink is in this process and answers 202 after reading the
 //! body. Beside it, in the same run and on the same bodies: the in-process limit (HMAC
 //! verification + a JSON parse, no HTTP, 1 thread and one per core), the receiver's own request
 //! pipeline in-process (signature check + batch parse + CloudEvent ids, no HTTP), and the peer:
@@ -30,7 +30,9 @@
 
 #[path = "receiver/ack.rs"]
 mod ack;
-#[path = "../tests/kafka_broker/mod.rs"]
+// Shared with the tests (tests/it), which restart brokers too; the bench only starts them.
+#[allow(dead_code)]
+#[path = "../tests/it/kafka_broker.rs"]
 mod kafka_broker;
 #[path = "receiver/nats.rs"]
 mod nats;

@@ -12,7 +12,7 @@ GATEWAY_API_VERSION=${GATEWAY_API_VERSION:-v1.4.0}
 PROMETHEUS_OPERATOR_VERSION=${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}
 # The local node (scripts/node.sh): kubelet, kube-proxy, kube-scheduler at K8S_VERSION; CoreDNS.
 COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
-# The receiver's JetStream hand-off tests run a real nats-server (tests/receiver_nats.rs).
+# The receiver's JetStream hand-off tests run a real nats-server (tests/it/receiver_nats.rs).
 NATS_SERVER_VERSION=${NATS_SERVER_VERSION:-v2.15.3}
 # The Kafka hand-off tests run a real Apache Kafka broker (KRaft, one node) from its jars on
 # Maven Central with the machine's Java (>= 17), and Log4j 2's SLF4J binding for its log.

@@ -4,7 +4,7 @@
 # of their own that has no route out of the machine (docs/real-node.md).
 #
 #   scripts/node.sh start RUN_DIR     # RUN_DIR: a control plane started with ENS_WITH_NODE=1;
-#                                     # writes RUN_DIR/node-env (ENS_TEST_NODE_* for tests/node.rs)
+#                                     # writes RUN_DIR/node-env (ENS_TEST_NODE_* for tests/it/node.rs)
 #   scripts/node.sh stop  RUN_DIR     # removes everything start made
 #   scripts/node.sh sweep             # removes what runs never stopped left (start does it too)
 #   scripts/node.sh check RUN_DIR     # prints the host's outbound counters for the node's ranges

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the kustomize base deploy/base/ from the Helm chart with its default values, so the
-# two never differ (tests/packaging fails, naming this command, when they do):
+# two never differ (tests/it/packaging fails, naming this command, when they do):
 #
 #   scripts/render-deploy.sh [OUT_DIR]      # default OUT_DIR: deploy/base
 #

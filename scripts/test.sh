@@ -43,7 +43,7 @@ trap 'scripts/control-plane.sh stop "$run"; [ -z "$noderun" ] || { scripts/node.
 export ENS_TEST_NATS_SERVER=$NATS_SERVER_BIN/nats-server
 export ENS_TEST_KAFKA_LIBS=$KAFKA_LIBS
 
-# A second control plane with a real node (tests/node*.rs), so the pods it runs never meet the
+# A second control plane with a real node (tests/it/node*.rs), so the pods it runs never meet the
 # other tests' objects. The image is built from the release binary (cached by its hash).
 phase "the node: release build, images, control plane, kubelet"
 noderun=$(ENS_WITH_NODE=1 scripts/control-plane.sh start)

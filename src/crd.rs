@@ -1,5 +1,5 @@
 //! The CRDs as YAML, generated from the API types (`ens-operator crd`). The files under `crds/`
-//! and the chart's `crds/` are this output; `tests/crd_drift.rs` fails when they differ.
+//! and the chart's `crds/` are this output; `tests/it/crd_drift.rs` fails when they differ.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -3,7 +3,7 @@
 //! After a restart the API server's watch cache starts at the current etcd revision, and every
 //! watch resumed from an older resourceVersion is refused with 410 Gone ("too old resource
 //! version"). kube-runtime 5 then goes wrong in two ways, each seen leaving the controller blind
-//! to its objects for minutes (tests/apiserver_restart.rs):
+//! to its objects for minutes (tests/it/apiserver_restart.rs):
 //! - its relist uses `resourceVersion=0` (any cached state), which right after the restart can
 //!   again be older than the watch cache's window: list, watch, 410, list, ... with growing
 //!   backoff. client-go relists with a consistent read after a 410; so does [`watch`]
